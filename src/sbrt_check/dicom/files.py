@@ -1,0 +1,134 @@
+"""Find the RT objects in a folder by what they are, never by what they are called.
+
+A planning-system export holds files with any name, with or without the 128-byte preamble
+and file meta, often beside CT images and unrelated files. Each file is read once here
+(pixel data deferred); anything that looks like DICOM but cannot be read is an InputError
+naming the file, anything that is not DICOM at all is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from ..errors import InputError
+
+RTPLAN_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.8"}
+RTDOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+MODALITY_OF_SOP_CLASS = {
+    **dict.fromkeys(RTPLAN_SOP_CLASSES, "RTPLAN"),
+    RTDOSE_SOP_CLASS: "RTDOSE",
+    RTSTRUCT_SOP_CLASS: "RTSTRUCT",
+}
+RT_MODALITIES = ("RTPLAN", "RTDOSE", "RTSTRUCT")
+# Elements larger than this stay on disk until asked for: a folder of CT slices or a large
+# RTDOSE costs no pixel reading unless it is the dose actually used.
+DEFER_SIZE = "64 KB"
+
+
+@dataclass(frozen=True)
+class RtFile:
+    path: Path
+    modality: str
+    dataset: Dataset
+
+
+@dataclass(frozen=True)
+class FolderContents:
+    rt_files: tuple[RtFile, ...]
+    other_dicom: tuple[tuple[Path, Dataset], ...]
+    notes: tuple[str, ...]
+
+    def of(self, modality: str) -> list[RtFile]:
+        return [f for f in self.rt_files if f.modality == modality]
+
+
+def _looks_like_dicom(head: bytes) -> bool:
+    """True for a preamble+DICM file or a bare dataset starting at a group 0002/0008 tag."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    return len(head) >= 4 and head[1] == 0 and head[0] in (0x02, 0x08) and head[2:4] != b"\0\0"
+
+
+def modality_of(dataset: Dataset, path: Path) -> str | None:
+    """RT modality by SOP class (what the object is); Modality only when the class is absent.
+
+    A file whose Modality says RT but whose SOP class says otherwise is refused: one of
+    the two is wrong and guessing which could check the wrong object.
+    """
+    sop_class = str(dataset.get("SOPClassUID", "") or "")
+    modality = str(dataset.get("Modality", "") or "").upper()
+    if sop_class in MODALITY_OF_SOP_CLASS:
+        found = MODALITY_OF_SOP_CLASS[sop_class]
+        if modality in RT_MODALITIES and modality != found:
+            raise InputError(path, f"Modality {modality} contradicts SOP Class UID {sop_class}")
+        return found
+    if modality in RT_MODALITIES:
+        if sop_class:
+            raise InputError(
+                path, f"Modality {modality} but SOP Class UID {sop_class} is not an RT {modality}"
+            )
+        return modality
+    return None
+
+
+def read_dataset(path: Path) -> Dataset | None:
+    """Read one file; None when it is not DICOM at all, InputError when it is but is broken."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(path, f"cannot read file: {exc.strerror}") from None
+    if size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if not _looks_like_dicom(head):
+        return None
+    try:
+        dataset = pydicom.dcmread(path, force=True, defer_size=DEFER_SIZE)
+        # Touch the identifying elements now so truncation shows up here, with the file name.
+        dataset.get("SOPClassUID")
+        dataset.get("Modality")
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(path, f"not a readable DICOM file ({exc})") from None
+    except Exception as exc:  # pydicom raises many kinds on damaged files
+        raise InputError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
+    if len(dataset) == 0:
+        raise InputError(path, "DICOM file holds no elements")
+    return dataset
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every regular file below `folder`, in a stable order (hidden files skipped)."""
+    paths: list[Path] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        paths.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+    return paths
+
+
+def scan_folder(folder: Path) -> FolderContents:
+    """Read every file below `folder` and sort out the RT objects."""
+    if not folder.exists():
+        raise InputError(folder, "no such file or folder")
+    paths = [folder] if folder.is_file() else list_files(folder)
+    rt_files: list[RtFile] = []
+    others: list[tuple[Path, Dataset]] = []
+    notes: list[str] = []
+    for path in paths:
+        dataset = read_dataset(path)
+        if dataset is None:
+            notes.append(f"{path}: not DICOM, ignored")
+            continue
+        modality = modality_of(dataset, path)
+        if modality is None:
+            others.append((path, dataset))
+        else:
+            rt_files.append(RtFile(path, modality, dataset))
+    return FolderContents(tuple(rt_files), tuple(others), tuple(notes))

@@ -1,0 +1,202 @@
+"""RTDOSE to a DoseGrid in Gy on ascending axes, whatever the patient position or frame order.
+
+Supported: axial grids in any of HFS/FFS/HFP/FFP (ImageOrientationPatient with +/-1
+direction cosines), relative or absolute GridFrameOffsetVector, uniform or not,
+16/32-bit integer pixels with DoseGridScaling, PLAN/BEAM/FRACTION summation. Refused with a
+reason: oblique grids, RELATIVE dose units, short pixel data, non-finite or negative dose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ..errors import InputError
+from ..models import DoseGrid
+from . import elements as el
+
+AXIS_TOLERANCE = 1e-3
+SPACING_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class DoseFile:
+    """One RTDOSE read and checked, before any summation with others."""
+
+    path: Path
+    grid: DoseGrid
+    summation_type: str
+    referenced_plan_uid: str | None
+    referenced_beams: tuple[int, ...]
+    frame_of_reference_uid: str
+
+
+def _axis_sign(cosines: np.ndarray, axis: int) -> int | None:
+    """+1/-1 when the direction cosines point along patient `axis`, None otherwise."""
+    expected = np.zeros(3)
+    expected[axis] = 1.0
+    if np.allclose(cosines, expected, atol=AXIS_TOLERANCE):
+        return 1
+    if np.allclose(cosines, -expected, atol=AXIS_TOLERANCE):
+        return -1
+    return None
+
+
+def _pixel_values(dataset: Dataset, path: Path, frames: int, rows: int, columns: int) -> np.ndarray:
+    bits = int(el.required(dataset, "BitsAllocated", path))
+    signed = int(el.optional(dataset, "PixelRepresentation", path, 0)) == 1
+    if bits not in (16, 32):
+        raise InputError(path, f"BitsAllocated {bits} is not supported for RTDOSE (16 or 32)")
+    transfer_syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if transfer_syntax is not None and transfer_syntax.is_compressed:
+        raise InputError(path, f"compressed pixel data ({transfer_syntax.name}) is not supported")
+    big_endian = transfer_syntax is not None and not transfer_syntax.is_little_endian
+    dtype = np.dtype(f"{'>' if big_endian else '<'}{'i' if signed else 'u'}{bits // 8}")
+    try:
+        raw = dataset.PixelData
+    except Exception as exc:
+        raise InputError(path, f"unreadable PixelData ({exc})") from None
+    if raw is None:
+        raise InputError(path, "missing required element PixelData")
+    expected = frames * rows * columns
+    if len(raw) < expected * dtype.itemsize:
+        raise InputError(
+            path,
+            f"pixel data is {len(raw)} bytes, shorter than Rows x Columns x Frames "
+            f"({rows} x {columns} x {frames}) x {dtype.itemsize} = {expected * dtype.itemsize}",
+        )
+    return np.frombuffer(raw, dtype=dtype, count=expected).reshape(frames, rows, columns)
+
+
+def _frame_positions(dataset: Dataset, path: Path, frames: int, origin_z: float, normal_z: int) -> np.ndarray:
+    if frames == 1 and dataset.get("GridFrameOffsetVector") is None:
+        return np.array([origin_z])
+    offsets = el.numbers(dataset, "GridFrameOffsetVector", path)
+    if offsets.size != frames:
+        raise InputError(
+            path, f"GridFrameOffsetVector has {offsets.size} values for {frames} frames"
+        )
+    if offsets[0] == 0.0:
+        return origin_z + normal_z * offsets
+    if abs(offsets[0] - origin_z) <= SPACING_TOLERANCE_MM:
+        return offsets.astype(float)
+    raise InputError(
+        path,
+        f"GridFrameOffsetVector starts at {offsets[0]:g}, neither 0 (relative) nor the "
+        f"ImagePositionPatient z {origin_z:g} (absolute)",
+    )
+
+
+def read_dose_file(path: Path, dataset: Dataset) -> DoseFile:
+    units = el.text(dataset, "DoseUnits", path).upper()
+    if units != "GY":
+        raise InputError(
+            path, f"DoseUnits {units or '(empty)'}: only absolute dose in GY can be checked"
+        )
+    rows = int(el.required(dataset, "Rows", path))
+    columns = int(el.required(dataset, "Columns", path))
+    frames = int(el.optional(dataset, "NumberOfFrames", path, 1))
+    if min(rows, columns, frames) < 1:
+        raise InputError(path, f"empty dose grid ({frames} x {rows} x {columns})")
+    origin = el.numbers(dataset, "ImagePositionPatient", path, count=3)
+    orientation = el.numbers(dataset, "ImageOrientationPatient", path, count=6)
+    row_spacing, column_spacing = el.numbers(dataset, "PixelSpacing", path, count=2)
+    if row_spacing <= 0 or column_spacing <= 0:
+        raise InputError(path, f"PixelSpacing {row_spacing:g}\\{column_spacing:g} is not positive")
+    x_sign = _axis_sign(orientation[:3], 0)
+    y_sign = _axis_sign(orientation[3:], 1)
+    if x_sign is None or y_sign is None:
+        raise InputError(
+            path,
+            "oblique or non-axial dose grid (ImageOrientationPatient "
+            + "\\".join(f"{v:g}" for v in orientation)
+            + "): only axial grids are supported",
+        )
+    normal_z = x_sign * y_sign
+    z = _frame_positions(dataset, path, frames, float(origin[2]), normal_z)
+    scaling = float(el.optional(dataset, "DoseGridScaling", path, 1.0))
+    if not np.isfinite(scaling) or scaling <= 0:
+        raise InputError(path, f"DoseGridScaling {scaling} is not a positive number")
+    pixels = _pixel_values(dataset, path, frames, rows, columns)
+    if pixels.dtype.kind == "i" and pixels.min() < 0:
+        raise InputError(path, "negative dose values in pixel data")
+    dose = pixels.astype(np.float64) * scaling
+    x = origin[0] + x_sign * column_spacing * np.arange(columns)
+    y = origin[1] + y_sign * row_spacing * np.arange(rows)
+    if x_sign < 0:
+        x, dose = x[::-1], dose[:, :, ::-1]
+    if y_sign < 0:
+        y, dose = y[::-1], dose[:, ::-1, :]
+    order = np.argsort(z, kind="stable")
+    z, dose = z[order], dose[order]
+    if frames > 1 and np.any(np.diff(z) <= SPACING_TOLERANCE_MM):
+        raise InputError(path, "GridFrameOffsetVector repeats a plane or is not monotonic")
+    summation = el.text(dataset, "DoseSummationType", path).upper()
+    plan_refs = el.sequence(dataset, "ReferencedRTPlanSequence", path)
+    plan_uid = str(plan_refs[0].get("ReferencedSOPInstanceUID", "")) if plan_refs else None
+    beams = tuple(
+        int(beam.get("ReferencedBeamNumber"))
+        for ref in plan_refs
+        for group in ref.get("ReferencedFractionGroupSequence", [])
+        for beam in group.get("ReferencedBeamSequence", [])
+        if beam.get("ReferencedBeamNumber") is not None
+    )
+    grid = DoseGrid(x, y, z, np.ascontiguousarray(dose), summation, (str(path),))
+    frame_uid = el.text(dataset, "FrameOfReferenceUID", path)
+    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid)
+
+
+def _same_geometry(a: DoseGrid, b: DoseGrid) -> bool:
+    return all(
+        u.shape == v.shape and np.allclose(u, v, atol=SPACING_TOLERANCE_MM)
+        for u, v in ((a.x, b.x), (a.y, b.y), (a.z, b.z))
+    )
+
+
+def combine_doses(doses: list[DoseFile], fractions: float | None) -> tuple[DoseGrid, list[str]]:
+    """The plan's total dose from its RTDOSE files, with notes on what was done.
+
+    One PLAN dose is used as is; BEAM doses are summed (they must share one grid); a
+    FRACTION dose is multiplied by the planned number of fractions.
+    """
+    notes: list[str] = []
+    by_type: dict[str, list[DoseFile]] = {}
+    for dose in doses:
+        by_type.setdefault(dose.summation_type or "PLAN", []).append(dose)
+    if "PLAN" in by_type:
+        plan_doses = by_type["PLAN"]
+        if len(plan_doses) > 1:
+            names = ", ".join(str(d.path) for d in plan_doses)
+            raise InputError(None, f"several PLAN dose files for one plan ({names}); keep one")
+        return plan_doses[0].grid, notes
+    if "BEAM" in by_type:
+        beam_doses = by_type["BEAM"]
+        first = beam_doses[0].grid
+        total = first.dose_gy.copy()
+        for other in beam_doses[1:]:
+            if not _same_geometry(first, other.grid):
+                raise InputError(other.path, "BEAM dose grid differs from the other beams' grid")
+            total += other.grid.dose_gy
+        files = tuple(str(d.path) for d in beam_doses)
+        notes.append(f"summed {len(beam_doses)} BEAM dose files")
+        return DoseGrid(first.x, first.y, first.z, total, "BEAM (summed)", files), notes
+    if "FRACTION" in by_type:
+        fraction_doses = by_type["FRACTION"]
+        if len(fraction_doses) > 1:
+            raise InputError(None, "several FRACTION dose files for one plan; keep one")
+        if not fractions:
+            raise InputError(
+                fraction_doses[0].path,
+                "FRACTION dose but the number of planned fractions is unknown",
+            )
+        grid = fraction_doses[0].grid
+        notes.append(f"FRACTION dose multiplied by {fractions:g} planned fractions")
+        return (
+            DoseGrid(grid.x, grid.y, grid.z, grid.dose_gy * fractions, "FRACTION x n", grid.files),
+            notes,
+        )
+    kinds = ", ".join(sorted(by_type))
+    raise InputError(doses[0].path, f"DoseSummationType {kinds} is not supported")

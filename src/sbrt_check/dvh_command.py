@@ -1,0 +1,72 @@
+"""`sbrt-check dvh`: DVHs and metrics of ROIs by name, with either engine.
+
+Works from an RTSTRUCT and an RTDOSE alone; an RTPLAN, when it fits, only supplies the
+prescription for % metrics. The dose is reported as stored, with its summation type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import InputError
+from .metrics import MetricError, compute, parse_metric
+from .plandata import load_dose_and_structures
+from .protocol import normalize_name
+from .report.dvh_export import StructureDvh
+
+
+def compute_structure_dvhs(
+    folder: Path, structures: str | None, metrics: str, engine: str, rx_override: float | None
+) -> tuple[dict, list[StructureDvh], list[str]]:
+    parsed = []
+    for text in [m for m in metrics.split(",") if m.strip()]:
+        try:
+            parsed.append(parse_metric(text))
+        except MetricError as exc:
+            raise InputError(None, f"--metrics: {exc}") from None
+    plan = load_dose_and_structures(folder)
+    structure_set = plan.inputs.structure_set
+    volume_rois = [r for r in structure_set.rois if r.is_volume and r.contour_items]
+    notes = list(plan.notes)
+    skipped = [r.name for r in structure_set.rois if not r.is_volume]
+    if skipped:
+        notes.append(f"skipped marker/point ROIs: {', '.join(skipped)}")
+    if structures:
+        wanted = [s.strip() for s in structures.split(",") if s.strip()]
+        chosen = []
+        for name in wanted:
+            found = [r for r in volume_rois if normalize_name(r.name) == normalize_name(name)]
+            if not found:
+                names = ", ".join(r.name for r in volume_rois)
+                raise InputError(structure_set.path, f"no ROI named '{name}' (ROIs: {names})")
+            chosen.extend(found)
+    else:
+        chosen = volume_rois
+    rx = rx_override
+    if rx is None and plan.inputs.plan is not None:
+        rx = plan.inputs.plan.prescription_gy
+    if engine == "dicompyler":
+        from .engines.dicompyler_adapter import dicompyler_dvhs
+
+        dvhs = dicompyler_dvhs(structure_set.path, plan.inputs.dose_files, [r.number for r in chosen])
+    else:
+        dvhs = {r.number: plan.dvh((f"#{r.number}",)) for r in chosen}
+    items = []
+    for roi in chosen:
+        dvh = dvhs[roi.number]
+        values: dict[str, float | None] = {}
+        for metric in parsed:
+            try:
+                values[metric.text] = compute(metric, dvh, rx)
+            except MetricError:
+                values[metric.text] = None
+        items.append(StructureDvh(roi.name, dvh, values))
+        if dvh.uncovered_cc > 1e-6:
+            notes.append(f"{roi.name}: {dvh.uncovered_cc:.2f} cc outside the dose grid (0 Gy)")
+    header = {
+        "dose_summation_type": plan.dose.summation_type,
+        "prescription_gy": rx,
+        "engine": engine,
+        "notes": notes,
+    }
+    return header, items, [m.text for m in parsed]

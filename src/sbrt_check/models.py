@@ -1,0 +1,174 @@
+"""Immutable values passed between the layers: read -> geometry -> dvh -> evaluate -> report.
+
+Each layer only takes these in and gives these out, so a report can be rendered in any
+format without knowing how it was computed, and a test can build any of them by hand.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# z (mm) -> the closed polygons in that plane, each an (N, 2) array of x, y in mm.
+Planes = dict[float, list[np.ndarray]]
+
+
+class Status(str, enum.Enum):
+    """Outcome of one constraint; the string value is what JSON and JUnit show."""
+
+    PASS = "pass"
+    VARIATION = "variation"
+    FAIL = "fail"
+    NOT_EVALUATED = "not_evaluated"
+
+
+class Verdict(str, enum.Enum):
+    """Outcome of a whole plan; ERROR means something required could not be evaluated."""
+
+    PASS = "pass"
+    VARIATION = "variation"
+    FAIL = "fail"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class DoseGrid:
+    """Dose in Gy on an axis-aligned grid, axes ascending in patient coordinates (mm).
+
+    Stored as `dose_gy[z, y, x]` whatever the orientation or frame order of the file, so
+    the DVH code never has to think about patient position again.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    dose_gy: np.ndarray
+    summation_type: str
+    files: tuple[str, ...] = ()
+
+    @property
+    def max_gy(self) -> float:
+        return float(self.dose_gy.max()) if self.dose_gy.size else 0.0
+
+
+@dataclass(frozen=True)
+class Roi:
+    """One ROI of a structure set: its identity and the contours it has (maybe none)."""
+
+    number: int
+    name: str
+    interpreted_type: str
+    planes: Planes
+    notes: tuple[str, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.planes
+
+
+@dataclass(frozen=True)
+class Beam:
+    """What RTPLAN says about one beam, enough to judge the technique rules."""
+
+    number: int
+    name: str
+    radiation_type: str
+    treatment_delivery_type: str
+    energy_mv: float | None
+    gantry_start: float | None
+    gantry_stop: float | None
+    rotation_direction: str
+    control_points: int
+    meterset: float | None = None
+
+    @property
+    def is_arc(self) -> bool:
+        return self.rotation_direction in ("CW", "CC") and self.control_points > 1
+
+    @property
+    def arc_span_deg(self) -> float:
+        """Degrees the gantry sweeps, following the rotation direction (360 for a full arc)."""
+        if not self.is_arc or self.gantry_start is None or self.gantry_stop is None:
+            return 0.0
+        sweep = self.gantry_stop - self.gantry_start
+        if self.rotation_direction == "CC":
+            sweep = -sweep
+        sweep %= 360.0
+        return 360.0 if sweep == 0.0 else sweep
+
+
+@dataclass(frozen=True)
+class Sourced:
+    """A number together with where it came from, because a physicist must know which."""
+
+    value: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    patient_id: str
+    patient_name: str
+    plan_label: str
+    plan_uid: str
+    frame_of_reference_uid: str
+    prescription_gy: Sourced
+    fractions: Sourced
+    beams: tuple[Beam, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Dvh:
+    """A cumulative DVH: volume (cc) receiving at least each dose of `dose_gy`.
+
+    `uncovered_cc` is structure volume outside the dose grid. It is *not* in the curve: the
+    metrics treat it as 0 Gy for the reported value and as unknown when judging, so a dose
+    grid that misses part of an organ can never turn into a PASS.
+    """
+
+    dose_gy: np.ndarray
+    cumulative_cc: np.ndarray
+    volume_cc: float
+    mean_gy: float
+    min_gy: float
+    max_gy: float
+    uncovered_cc: float = 0.0
+
+    @property
+    def covered_cc(self) -> float:
+        return self.volume_cc - self.uncovered_cc
+
+
+@dataclass(frozen=True)
+class Result:
+    """One protocol constraint evaluated on one plan."""
+
+    structure: str
+    roi: str | None
+    metric: str
+    value: float | None
+    unit: str
+    pass_limit: str
+    variation_limit: str | None
+    status: Status
+    reason: str = ""
+    required: bool = True
+    group: str = "dose"
+    margin: float | None = None
+    source: str = ""
+    details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything a renderer needs; renderers are pure functions of this."""
+
+    verdict: Verdict
+    plan: dict
+    results: tuple[Result, ...]
+    messages: tuple[str, ...]
+    protocol: dict
+    dvhs: dict[str, Dvh] = field(default_factory=dict)

@@ -1,0 +1,123 @@
+"""A plan read from disk: its dose combined once, its ROI DVHs computed on demand and cached.
+
+Both `check` (protocol structures) and `dvh` (ROIs by name) go through here, so the
+read -> geometry -> dvh path exists once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_plans
+from .dicom.files import scan_folder
+from .dicom.rtdose import combine_doses
+from .dicom.rtstruct import RoiEntry
+from .dvh import compute_dvh, dose_axis
+from .errors import InputError
+from .geometry import Region, SlabShape, derive_region, nominal_spacing, sample_shape
+from .models import DoseGrid, Dvh, Roi
+
+DEFAULT_SLICE_MM = 3.0
+
+
+@dataclass
+class PlanData:
+    inputs: PlanInputs
+    dose: DoseGrid
+    notes: list[str]
+    _rois: dict[str, Roi] = field(default_factory=dict)
+    _shapes: dict[str, SlabShape] = field(default_factory=dict)
+    _axis: np.ndarray | None = None
+
+    @property
+    def axis(self) -> np.ndarray:
+        if self._axis is None:
+            self._axis = dose_axis(self.dose.max_gy)
+        return self._axis
+
+    @property
+    def max_spacing(self) -> float:
+        steps = [np.diff(a).min() for a in (self.dose.x, self.dose.y) if len(a) > 1]
+        return float(min(steps)) if steps else 2.5
+
+    def entry(self, key: str) -> RoiEntry:
+        number = int(key.lstrip("#"))
+        return next(r for r in self.inputs.structure_set.rois if r.number == number)
+
+    def roi(self, key: str) -> Roi:
+        if key not in self._rois:
+            roi = self.inputs.structure_set.load(self.entry(key))
+            self._rois[key] = roi
+            self.notes.extend(roi.notes)
+        return self._rois[key]
+
+    def _default_thickness(self) -> float:
+        """Slab thickness for an ROI contoured on one plane only: the dose grid's z step."""
+        return nominal_spacing(self.dose.z, DEFAULT_SLICE_MM)
+
+    def shape(self, key: str) -> SlabShape:
+        if key not in self._shapes:
+            roi = self.roi(key)
+            if roi.is_empty:
+                raise InputError(self.inputs.structure_set.path, f"ROI '{roi.name}' has no closed planar contours")
+            self._shapes[key] = SlabShape.from_planes(roi.planes, self._default_thickness())
+        return self._shapes[key]
+
+    def region(self, tokens: tuple[str, ...]) -> Region:
+        """Sampled region of an ROI key or of an expression over ROI keys."""
+        leaves = [t for t in tokens if t.startswith("#")]
+        if len(tokens) == 1:
+            return sample_shape(self.shape(tokens[0]), self.max_spacing)
+        shapes = {key: self.shape(key) for key in leaves}
+        return derive_region(list(tokens), shapes, self.max_spacing)
+
+    def dvh(self, tokens: tuple[str, ...]) -> Dvh:
+        boundary = self.shape(tokens[0]).boundary_points() if len(tokens) == 1 else None
+        return compute_dvh(self.region(tokens), self.dose, self.axis, boundary)
+
+
+def _load(inputs: PlanInputs) -> PlanData:
+    fractions = inputs.plan.fractions if inputs.plan else None
+    dose, notes = combine_doses(inputs.dose_files, fractions)
+    return PlanData(inputs, dose, list(inputs.notes) + notes)
+
+
+def load_plans(folder: Path) -> list[PlanData]:
+    """Every plan in the folder (RTPLAN + RTSTRUCT + RTDOSE), doses combined."""
+    contents = scan_folder(folder)
+    return [_load(inputs) for inputs in assemble_plans(folder, contents)]
+
+
+def load_plan(folder: Path, plan_label: str | None = None) -> PlanData:
+    """The one plan of a folder; several plans need `plan_label` (label or SOP Instance UID)."""
+    contents = scan_folder(folder)
+    all_inputs = assemble_plans(folder, contents)
+    if plan_label:
+        chosen = [
+            p for p in all_inputs
+            if p.plan and plan_label in (p.plan.label, p.plan.sop_instance_uid)
+        ]
+        if not chosen:
+            raise InputError(folder, f"no plan labelled '{plan_label}' (plans: {_labels(all_inputs)})")
+        all_inputs = chosen[:1]
+    if len(all_inputs) > 1:
+        raise InputError(
+            folder,
+            f"holds {len(all_inputs)} plans ({_labels(all_inputs)}): pick one with --plan LABEL, "
+            "or check them all with 'sbrt-check audit'",
+        )
+    return _load(all_inputs[0])
+
+
+def load_dose_and_structures(folder: Path) -> PlanData:
+    contents = scan_folder(folder)
+    return _load(assemble_dose_and_structures(folder, contents))
+
+
+def _labels(inputs: list[PlanInputs]) -> str:
+    return ", ".join(
+        f"'{p.plan.label}' of patient {p.plan.patient_id}" for p in inputs if p.plan
+    )

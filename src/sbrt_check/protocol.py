@@ -1,0 +1,351 @@
+"""Protocol files: YAML in, a validated immutable Protocol out, every problem reported at once.
+
+Only `yaml.safe_load` is used. Unknown keys, unknown metrics, malformed or impossible limits,
+undefined structures and cycles in derived structures are refused with the entry they are
+in, because a protocol typo that silently drops a rule is a false PASS waiting to happen.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ProtocolError
+from .geometry import expression_names, parse_expression
+from .metrics import Metric, MetricError, parse_metric
+
+DEFAULT_PROTOCOL = Path(__file__).parent / "protocols" / "rfa_sbrt.yaml"
+TOP_KEYS = {"name", "version", "description", "source", "prescription", "structures", "constraints", "rules"}
+STRUCTURE_KEYS = {"match", "derive", "required", "union", "description", "source"}
+CONSTRAINT_KEYS = {
+    "structure", "metric", "pass", "variation", "note", "source", "optional", "id",
+    "alpha_beta", "convert",
+}
+PRESCRIPTION_KEYS = {"dose_gy", "fallback_dose_gy", "fractions", "dose_per_fraction_gy", "source"}
+_LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    operator: str
+    value: float
+
+    def holds(self, x: float) -> bool:
+        return {
+            "<": x < self.value, "<=": x <= self.value, ">": x > self.value, ">=": x >= self.value
+        }[self.operator]
+
+    @property
+    def is_upper(self) -> bool:
+        return self.operator.startswith("<")
+
+    def margin(self, x: float) -> float:
+        """Distance to the limit, positive on the passing side."""
+        return self.value - x if self.is_upper else x - self.value
+
+    def __str__(self) -> str:
+        return f"{self.operator} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    name: str
+    match: tuple[str, ...] = ()
+    derive: tuple[str, ...] = ()
+    required: bool = True
+    union: bool = False
+
+
+@dataclass(frozen=True)
+class Constraint:
+    structure: str
+    metric: Metric
+    pass_limit: Limit
+    variation_limit: Limit | None = None
+    optional: bool = False
+    note: str = ""
+    source: str = ""
+    id: str = ""
+    alpha_beta: float | None = None
+    convert: str | None = None
+
+
+@dataclass(frozen=True)
+class Range:
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class PrescriptionSpec:
+    dose_gy: float | None = None  # None: from the plan
+    fallback_dose_gy: float | None = None
+    fractions: Range = field(default_factory=Range)
+    dose_per_fraction_gy: Range = field(default_factory=Range)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    path: str
+    name: str
+    version: str
+    prescription: PrescriptionSpec
+    structures: dict[str, StructureSpec]
+    constraints: tuple[Constraint, ...]
+    rules: tuple[dict, ...] = ()
+
+    def needed_structures(self) -> list[str]:
+        """Protocol structures the constraints use, with what their derivations use."""
+        needed: list[str] = []
+
+        def add(name: str) -> None:
+            if name in needed or name not in self.structures:
+                return
+            needed.append(name)
+            for operand in expression_names(list(self.structures[name].derive)):
+                add(operand)
+
+        for constraint in self.constraints:
+            add(constraint.structure)
+        for rule in self.rules:
+            for key in ("structure", "inner", "outer", "target"):
+                if isinstance(rule.get(key), str):
+                    add(rule[key])
+        return needed
+
+
+def normalize_name(name: str) -> str:
+    """ROI names compare case-insensitively, ignoring spaces, '_' and '-'."""
+    return re.sub(r"[\s_\-]+", "", name).casefold()
+
+
+def name_matches(pattern: str, roi_name: str) -> bool:
+    return fnmatch.fnmatchcase(normalize_name(roi_name), normalize_name(pattern))
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, entry: str, problem: str) -> None:
+        self.items.append(f"{entry}: {problem}")
+
+
+def parse_limit(text: Any, entry: str, problems: _Problems) -> Limit | None:
+    match = _LIMIT.match(str(text)) if isinstance(text, str | int | float) else None
+    if not match:
+        problems.add(entry, f"limit '{text}' is not '<op> <number>' with op one of < <= > >=")
+        return None
+    return Limit(match.group(1), float(match.group(2)))
+
+
+def _impossible(metric: Metric, limit: Limit) -> str | None:
+    """Why a limit can never be met (or never fail) for its metric, if it cannot."""
+    is_percent_volume = metric.unit == "%" and not metric.returns_dose
+    if is_percent_volume and (
+        (limit.operator == ">=" and limit.value > 100) or (limit.operator == ">" and limit.value >= 100)
+    ):
+        return f"{metric.text} {limit} can never be met (a volume is at most 100 %)"
+    if limit.is_upper and (limit.value < 0 or (limit.value == 0 and limit.operator == "<")):
+        return f"{metric.text} {limit} can never be met (values are not negative)"
+    return None
+
+
+def _check_keys(data: dict, allowed: set[str], entry: str, problems: _Problems) -> None:
+    for key in sorted(set(data) - allowed):
+        problems.add(entry, f"unknown key '{key}' (allowed: {', '.join(sorted(allowed))})")
+
+
+def _range(data: Any, entry: str, problems: _Problems) -> Range:
+    if data is None:
+        return Range()
+    if not isinstance(data, dict) or set(data) - {"min", "max"}:
+        problems.add(entry, "expected {min: <number>, max: <number>}")
+        return Range()
+    values = {}
+    for key in ("min", "max"):
+        if key in data and not isinstance(data[key], int | float):
+            problems.add(entry, f"{key} must be a number")
+        else:
+            values[key] = data.get(key)
+    return Range(values.get("min"), values.get("max"))
+
+
+def _prescription(data: Any, problems: _Problems) -> PrescriptionSpec:
+    if data is None:
+        return PrescriptionSpec()
+    if not isinstance(data, dict):
+        problems.add("prescription", "expected a mapping")
+        return PrescriptionSpec()
+    _check_keys(data, PRESCRIPTION_KEYS, "prescription", problems)
+    dose = data.get("dose_gy", "plan")
+    if dose != "plan" and not (isinstance(dose, int | float) and dose > 0):
+        problems.add("prescription.dose_gy", "must be 'plan' or a positive number of Gy")
+        dose = "plan"
+    fallback = data.get("fallback_dose_gy")
+    if fallback is not None and not (isinstance(fallback, int | float) and fallback > 0):
+        problems.add("prescription.fallback_dose_gy", "must be a positive number of Gy")
+        fallback = None
+    return PrescriptionSpec(
+        None if dose == "plan" else float(dose),
+        None if fallback is None else float(fallback),
+        _range(data.get("fractions"), "prescription.fractions", problems),
+        _range(data.get("dose_per_fraction_gy"), "prescription.dose_per_fraction_gy", problems),
+    )
+
+
+def _structures(data: Any, problems: _Problems) -> dict[str, StructureSpec]:
+    if not isinstance(data, dict) or not data:
+        problems.add("structures", "expected a non-empty mapping of structure name to spec")
+        return {}
+    specs: dict[str, StructureSpec] = {}
+    for name, spec in data.items():
+        entry = f"structures.{name}"
+        if not isinstance(spec, dict):
+            problems.add(entry, "expected a mapping with match and/or derive")
+            continue
+        _check_keys(spec, STRUCTURE_KEYS, entry, problems)
+        match = spec.get("match", [])
+        match = [match] if isinstance(match, str) else match
+        if not isinstance(match, list) or not all(isinstance(m, str) and m.strip() for m in match):
+            problems.add(entry, "match must be a list of ROI names or globs")
+            match = []
+        derive: list[str] = []
+        if "derive" in spec:
+            try:
+                derive = parse_expression(str(spec["derive"]))
+            except ValueError as exc:
+                problems.add(entry, str(exc))
+        if not match and not derive:
+            problems.add(entry, "needs match or derive")
+        for key in ("required", "union"):
+            if key in spec and not isinstance(spec[key], bool):
+                problems.add(entry, f"{key} must be true or false")
+        specs[str(name)] = StructureSpec(
+            str(name), tuple(match), tuple(derive),
+            bool(spec.get("required", True)), bool(spec.get("union", False)),
+        )
+    for spec in specs.values():
+        for operand in expression_names(list(spec.derive)):
+            if operand not in specs:
+                problems.add(f"structures.{spec.name}", f"derive uses undefined structure '{operand}'")
+    _find_cycles(specs, problems)
+    return specs
+
+
+def _find_cycles(specs: dict[str, StructureSpec], problems: _Problems) -> None:
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2 or name not in specs:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join(path[path.index(name):] + [name])
+            problems.add(f"structures.{name}", f"derived structures form a cycle: {cycle}")
+            return
+        state[name] = 1
+        for operand in expression_names(list(specs[name].derive)):
+            visit(operand, path + [name])
+        state[name] = 2
+
+    for name in specs:
+        visit(name, [])
+
+
+def _constraints(data: Any, structures: dict[str, StructureSpec], problems: _Problems) -> list[Constraint]:
+    if not isinstance(data, list):
+        problems.add("constraints", "expected a list")
+        return []
+    constraints = []
+    for index, item in enumerate(data):
+        entry = f"constraints[{index}]"
+        if not isinstance(item, dict):
+            problems.add(entry, "expected a mapping")
+            continue
+        entry = f"constraints[{index}] ({item.get('structure', '?')} {item.get('metric', '?')})"
+        _check_keys(item, CONSTRAINT_KEYS, entry, problems)
+        structure = str(item.get("structure", ""))
+        if structure not in structures:
+            problems.add(entry, f"structure '{structure}' is not defined under structures")
+        try:
+            metric = parse_metric(str(item.get("metric", "")))
+        except MetricError as exc:
+            problems.add(entry, str(exc))
+            continue
+        if "pass" not in item:
+            problems.add(entry, "needs a pass limit")
+            continue
+        pass_limit = parse_limit(item["pass"], entry, problems)
+        variation = parse_limit(item["variation"], entry, problems) if "variation" in item else None
+        if pass_limit is None or ("variation" in item and variation is None):
+            continue
+        reason = _impossible(metric, pass_limit)
+        if reason:
+            problems.add(entry, reason)
+        if variation is not None and (
+            variation.is_upper != pass_limit.is_upper
+            or variation.margin(pass_limit.value) < 0
+        ):
+            problems.add(
+                entry, f"variation '{variation}' must be looser than pass '{pass_limit}' in the same direction"
+            )
+        convert = item.get("convert")
+        alpha_beta = item.get("alpha_beta")
+        if convert is not None and convert not in ("eqd2", "bed"):
+            problems.add(entry, "convert must be eqd2 or bed")
+        if (convert is None) != (alpha_beta is None):
+            problems.add(entry, "alpha_beta and convert go together")
+        if alpha_beta is not None and not (isinstance(alpha_beta, int | float) and alpha_beta > 0):
+            problems.add(entry, "alpha_beta must be a positive number of Gy")
+        if convert is not None and not metric.returns_dose:
+            problems.add(entry, "convert applies to dose metrics only")
+        if "optional" in item and not isinstance(item["optional"], bool):
+            problems.add(entry, "optional must be true or false")
+        constraints.append(
+            Constraint(
+                structure, metric, pass_limit, variation, bool(item.get("optional", False)),
+                str(item.get("note", "")), str(item.get("source", "")), str(item.get("id", "")),
+                float(alpha_beta) if isinstance(alpha_beta, int | float) else None,
+                convert if isinstance(convert, str) else None,
+            )
+        )
+    return constraints
+
+
+def load_protocol(path: Path | str | None = None) -> Protocol:
+    path = Path(path) if path else DEFAULT_PROTOCOL
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(path, [f"cannot read protocol ({exc})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ProtocolError(path, [f"YAML error: {where}{getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(path, ["expected a mapping at the top level"])
+    problems = _Problems()
+    _check_keys(data, TOP_KEYS, "top level", problems)
+    for key in ("name", "version", "structures", "constraints"):
+        if key not in data:
+            problems.add("top level", f"missing '{key}'")
+    prescription = _prescription(data.get("prescription"), problems)
+    structures = _structures(data.get("structures"), problems)
+    constraints = _constraints(data.get("constraints", []), structures, problems)
+    rules = data.get("rules", []) or []
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        problems.add("rules", "expected a list of mappings")
+        rules = []
+    if problems.items:
+        raise ProtocolError(path, problems.items)
+    return Protocol(
+        str(path), str(data["name"]), str(data["version"]), prescription, structures,
+        tuple(constraints), tuple(rules),
+    )

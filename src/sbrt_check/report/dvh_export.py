@@ -1,0 +1,89 @@
+"""Rendering `sbrt-check dvh` output: cumulative DVHs and metrics as table, CSV or JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from rich.table import Table
+
+from ..models import Dvh
+
+EXPORT_STEP_GY = 0.01
+
+
+@dataclass(frozen=True)
+class StructureDvh:
+    name: str
+    dvh: Dvh
+    metrics: dict[str, float | None]
+
+
+def resampled(dvh: Dvh, step: float = EXPORT_STEP_GY) -> tuple[np.ndarray, np.ndarray]:
+    """The curve on a plain dose axis (0, step, ... past the maximum) for export."""
+    top = dvh.max_gy if math.isfinite(dvh.max_gy) else 0.0
+    dose = np.arange(0.0, top + 2 * step, step)
+    volume = np.interp(dose, dvh.dose_gy, dvh.cumulative_cc, right=0.0)
+    volume[dose > top] = 0.0
+    if dvh.uncovered_cc and len(volume):
+        volume[0] += dvh.uncovered_cc
+    return dose, volume
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
+    structures = {}
+    for item in items:
+        dose, volume = resampled(item.dvh)
+        structures[item.name] = {
+            "volume_cc": _round(item.dvh.volume_cc),
+            "uncovered_cc": _round(item.dvh.uncovered_cc),
+            "metrics": {k: _round(v) for k, v in item.metrics.items()},
+            "dvh": {
+                "dose_gy": [round(float(d), 4) for d in dose],
+                "volume_cc": [round(float(v), 5) for v in volume],
+            },
+        }
+    return json.dumps({**header, "structures": structures}, indent=1, ensure_ascii=False)
+
+
+def render_dvh_csv(items: list[StructureDvh]) -> str:
+    """Long format: one row per structure and dose point, metrics in a second block."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["structure", "dose_gy", "volume_cc", "volume_pct"])
+    for item in items:
+        dose, volume = resampled(item.dvh)
+        total = item.dvh.volume_cc or 1.0
+        for d, v in zip(dose, volume, strict=True):
+            writer.writerow([item.name, f"{d:.4f}", f"{v:.5f}", f"{100 * v / total:.4f}"])
+    writer.writerow([])
+    writer.writerow(["structure", "metric", "value"])
+    for item in items:
+        writer.writerow([item.name, "Volume[cc]", f"{item.dvh.volume_cc:.4f}"])
+        for metric, value in item.metrics.items():
+            writer.writerow([item.name, metric, "" if value is None else f"{value:.4f}"])
+    return out.getvalue()
+
+
+def dvh_table(items: list[StructureDvh], metric_names: list[str]) -> Table:
+    table = Table(header_style="bold")
+    table.add_column("Structure")
+    table.add_column("Volume [cc]", justify="right")
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    for item in items:
+        cells = [_cell(item.metrics.get(m)) for m in metric_names]
+        table.add_row(item.name, f"{item.dvh.volume_cc:.3f}", *cells)
+    return table
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"

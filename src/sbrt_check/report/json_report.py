@@ -1,0 +1,56 @@
+"""The JSON report, the stable machine-readable form (documented in the README)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from ..models import Report, Result
+
+SCHEMA_VERSION = 1
+
+
+def _number(value: float | None, digits: int = 4) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def result_dict(result: Result) -> dict:
+    return {
+        "structure": result.structure,
+        "roi": result.roi,
+        "metric": result.metric,
+        "value": _number(result.value),
+        "unit": result.unit,
+        "pass": result.pass_limit,
+        "variation": result.variation_limit,
+        "status": result.status.value,
+        "reason": result.reason,
+        "required": result.required,
+        "group": result.group,
+        "margin": _number(result.margin),
+        "source": result.source,
+        **({"details": result.details} if result.details else {}),
+    }
+
+
+def report_dict(report: Report) -> dict:
+    return {
+        "schema": SCHEMA_VERSION,
+        "verdict": report.verdict.value,
+        "plan": report.plan,
+        "protocol": report.protocol,
+        "results": [result_dict(r) for r in report.results],
+        "messages": list(report.messages),
+    }
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(report_dict(report), indent=2, ensure_ascii=False, default=_default)
+
+
+def _default(value: object) -> object:
+    if hasattr(value, "item"):
+        return value.item()  # numpy scalars
+    return str(value)

@@ -1,0 +1,103 @@
+"""The console report: a rich table grouped by structure, readable at a glance."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from ..models import Report, Result, Status, Verdict
+
+STATUS_STYLE = {
+    Status.PASS: ("PASS", "bold green"),
+    Status.VARIATION: ("VARIATION", "bold yellow"),
+    Status.FAIL: ("FAIL", "bold red"),
+    Status.NOT_EVALUATED: ("NOT EVALUATED", "bold magenta"),
+}
+VERDICT_STYLE = {
+    Verdict.PASS: ("PASS: plan meets the protocol", "bold white on green"),
+    Verdict.VARIATION: ("PASS WITH VARIATION: acceptable variations only", "bold black on yellow"),
+    Verdict.FAIL: ("FAIL: plan does not meet the protocol", "bold white on red"),
+    Verdict.ERROR: ("NOT EVALUATED: required items could not be checked", "bold white on magenta"),
+}
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _sourced(value: float | None, source: str, unit: str) -> str:
+    shown = "unknown" if value is None else f"{value:g}{unit}"
+    return f"{shown} ({source})"
+
+
+def header_text(report: Report) -> Text:
+    plan = report.plan
+    lines = [
+        f"Patient  {plan.get('patient_id', '')}   Plan  {plan.get('plan_label', '')}",
+        "Rx       " + _sourced(plan.get("prescription_gy"), plan.get("prescription_source", ""), " Gy")
+        + "   Fractions  " + _sourced(plan.get("fractions"), plan.get("fractions_source", ""), ""),
+        f"Protocol {report.protocol.get('name', '')} v{report.protocol.get('version', '')}",
+    ]
+    for key, label in (("stratum", "Stratum  "),):
+        if plan.get(key):
+            lines.append(f"{label}{plan[key]}")
+    return Text("\n".join(lines))
+
+
+def results_table(results: tuple[Result, ...]) -> Table:
+    table = Table(show_lines=False, header_style="bold", expand=False)
+    for column, justify in (("Structure", "left"), ("ROI", "left"), ("Metric", "left"),
+                            ("Limit", "left"), ("Value", "right"), ("Margin", "right"),
+                            ("Status", "left"), ("Note", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    previous = None
+    for result in sorted(results, key=lambda r: (r.group != "dose", _order(results, r))):
+        label, style = STATUS_STYLE[result.status]
+        if not result.required and result.status is Status.NOT_EVALUATED:
+            label, style = "NOT EVALUATED (optional)", "dim"
+        limit = result.pass_limit + (f" (var {result.variation_limit})" if result.variation_limit else "")
+        unit = f" {result.unit}" if result.unit else ""
+        value = _fmt(result.value) + (unit if result.value is not None else "")
+        margin = _fmt(result.margin) if result.margin is not None else ""
+        table.add_row(
+            escape(result.structure) if result.structure != previous else "",
+            escape(result.roi or "-"),
+            escape(result.metric),
+            escape(limit),
+            value,
+            Text(margin, style="green" if (result.margin or 0) >= 0 else "red"),
+            Text(label, style=style),
+            escape(result.reason),
+        )
+        previous = result.structure
+    return table
+
+
+def _order(results: tuple[Result, ...], result: Result) -> int:
+    structures = list(dict.fromkeys(r.structure for r in results))
+    return structures.index(result.structure)
+
+
+def render_table(report: Report) -> Group:
+    text, style = VERDICT_STYLE[report.verdict]
+    parts: list = [header_text(report), results_table(report.results)]
+    for message in report.messages:
+        parts.append(Text(f"note: {message}", style="yellow"))
+    parts.append(Text(f" {text} ", style=style))
+    return Group(*parts)
+
+
+def verdict_line(report: Report) -> str:
+    counts = {s: sum(r.status is s for r in report.results) for s in Status}
+    return (
+        f"{report.verdict.value.upper()}: {report.plan.get('patient_id', '')} "
+        f"{report.plan.get('plan_label', '')} - {counts[Status.PASS]} pass, "
+        f"{counts[Status.VARIATION]} variation, {counts[Status.FAIL]} fail, "
+        f"{counts[Status.NOT_EVALUATED]} not evaluated"
+    )
