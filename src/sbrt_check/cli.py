@@ -148,6 +148,9 @@ def dvh(
 
 def main() -> None:
     """Entry point: `sbrt-check DIR` means `sbrt-check check DIR`; errors become one line."""
+    import warnings
+
+    warnings.filterwarnings("ignore", module="pydicom")  # defects that matter become errors
     args = sys.argv[1:]
     if args and args[0] not in COMMANDS and args[0] not in ("--help", "-h"):
         args = ["check", *args]
@@ -166,12 +169,10 @@ def main() -> None:
     except Exception as exc:  # the last line of defence: never a traceback
         if os.environ.get("SBRT_CHECK_DEBUG"):
             raise
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click usage errors
             exc.show()
             sys.exit(EXIT_ERROR)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(130)
         typer.echo(f"sbrt-check: internal error: {type(exc).__name__}: {exc} "
                    "(set SBRT_CHECK_DEBUG=1 for details)", err=True)

@@ -216,21 +216,28 @@ def sample_shape(shape: SlabShape, max_spacing: float) -> Region:
 
 # --- derived structures -----------------------------------------------------------------
 
-_TOKEN = re.compile(r"\s*(?:(?P<op>[-|&()])|(?P<name>[^-|&()]+?))(?=\s*(?:[-|&()]|$))")
-
-
 def parse_expression(text: str) -> list[str]:
-    """Tokens of a derive expression such as `Liver - GTV` or `(A | B) - C`."""
-    tokens, position = [], 0
-    text = text.strip()
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if not match or match.end() == position:
-            raise ValueError(f"cannot parse derive expression '{text}' at '{text[position:]}'")
-        tokens.append(match.group("op") or match.group("name").strip())
-        position = match.end()
-        while position < len(text) and text[position].isspace():
-            position += 1
+    """Tokens of a derive expression such as `Liver - GTV` or `(Kidney_L | Kidney_R) - PTV`.
+
+    `|`, `&` and parentheses need no spaces; `-` must stand between spaces, since it is
+    common inside names (`Liver-GTV`).
+    """
+    tokens = re.sub(r"([|&()])", r" \1 ", text).split()
+    if not tokens:
+        raise ValueError("empty derive expression")
+    expected_name = True
+    depth = 0
+    for token in tokens:
+        if token in "()":
+            depth += 1 if token == "(" else -1
+            if depth < 0:
+                raise ValueError(f"unbalanced parentheses in '{text}'")
+            continue
+        if (token in "-|&") == expected_name:
+            raise ValueError(f"cannot parse derive expression '{text}' at '{token}'")
+        expected_name = not expected_name
+    if expected_name or depth:
+        raise ValueError(f"incomplete derive expression '{text}'")
     return tokens
 
 

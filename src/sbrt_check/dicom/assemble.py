@@ -153,6 +153,14 @@ def assemble_dose_and_structures(folder: Path, contents: FolderContents) -> Plan
         names = ", ".join(s.path.name for s in structs)
         raise InputError(folder, f"several RTSTRUCT files ({names}) and no RTPLAN tying one to the dose")
     structure_set = read_structure_set(structs[0].path, structs[0].dataset)
+    for dose in doses:
+        frame = _frame_of(dose)
+        if frame and structure_set.frame_of_reference_uid and frame != structure_set.frame_of_reference_uid:
+            raise InputError(
+                dose.path,
+                f"RTDOSE FrameOfReferenceUID {frame} differs from the RTSTRUCT's "
+                f"{structure_set.frame_of_reference_uid} ({structure_set.path.name}): they cannot be overlaid",
+            )
     dose_files = [read_dose_file(d.path, d.dataset) for d in doses]
     _check_frames(structure_set, dose_files, None)
     return PlanInputs(None, structure_set, dose_files, list(contents.other_dicom), [])

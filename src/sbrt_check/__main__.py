@@ -1,0 +1,5 @@
+"""`python -m sbrt_check` runs the CLI."""
+
+from .cli import main
+
+main()
