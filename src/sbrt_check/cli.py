@@ -110,7 +110,10 @@ def _print_table(report, output: Path | None) -> None:
     from .report.table import render_table
 
     if output is None:
-        Console(highlight=False).print(render_table(report))
+        console = Console(highlight=False)
+        if not console.is_terminal:
+            console = Console(highlight=False, width=120)
+        console.print(render_table(report))
         return
     with open(os.devnull, "w") as sink:
         console = Console(record=True, width=140, file=sink, highlight=False)
@@ -151,6 +154,10 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", module="pydicom")  # defects that matter become errors
+    # The DVH products are small; threaded BLAS spends longer handing off than computing, and
+    # `audit` runs one process per core anyway.
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
     args = sys.argv[1:]
     if args and args[0] not in COMMANDS and args[0] not in ("--help", "-h"):
         args = ["check", *args]

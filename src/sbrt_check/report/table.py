@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import Report, Result, Status, Verdict
+from ..protocol import normalize_name
 
 STATUS_STYLE = {
     Status.PASS: ("PASS", "bold green"),
@@ -50,31 +51,39 @@ def header_text(report: Report) -> Text:
     return Text("\n".join(lines))
 
 
+def _unit(unit: str) -> str:
+    return {"% Rx": "%Rx"}.get(unit, unit)
+
+
 def results_table(results: tuple[Result, ...]) -> Table:
-    table = Table(show_lines=False, header_style="bold", expand=False)
-    for column, justify in (("Structure", "left"), ("ROI", "left"), ("Metric", "left"),
-                            ("Limit", "left"), ("Value", "right"), ("Margin", "right"),
-                            ("Status", "left"), ("Note", "left")):
-        table.add_column(column, justify=justify, overflow="fold")
+    """One row per constraint, grouped by structure; the ROI shows only where it differs."""
+    table = Table(header_style="bold", expand=False)
+    table.add_column("Structure", no_wrap=True)
+    table.add_column("Metric", no_wrap=True)
+    table.add_column("Limit", no_wrap=True)
+    table.add_column("Value", justify="right", no_wrap=True)
+    table.add_column("Margin", justify="right", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    if any(r.reason for r in results):
+        table.add_column("Note", overflow="fold")
     previous = None
     for result in sorted(results, key=lambda r: (r.group != "dose", _order(results, r))):
         label, style = STATUS_STYLE[result.status]
         if not result.required and result.status is Status.NOT_EVALUATED:
             label, style = "NOT EVALUATED (optional)", "dim"
         limit = result.pass_limit + (f" (var {result.variation_limit})" if result.variation_limit else "")
-        unit = f" {result.unit}" if result.unit else ""
-        value = _fmt(result.value) + (unit if result.value is not None else "")
-        margin = _fmt(result.margin) if result.margin is not None else ""
-        table.add_row(
-            escape(result.structure) if result.structure != previous else "",
-            escape(result.roi or "-"),
-            escape(result.metric),
-            escape(limit),
-            value,
-            Text(margin, style="green" if (result.margin or 0) >= 0 else "red"),
-            Text(label, style=style),
-            escape(result.reason),
-        )
+        value = f"{_fmt(result.value)} {_unit(result.unit)}" if result.value is not None else "-"
+        margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
+        name = ""
+        if result.structure != previous:
+            name = escape(result.structure)
+            if result.roi and normalize_name(result.roi) != normalize_name(result.structure):
+                name += f" [dim]({escape(result.roi)})[/dim]"
+        cells = [name, escape(result.metric), escape(limit), value,
+                 Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), Text(label, style=style)]
+        if len(table.columns) == 7:
+            cells.append(escape(result.reason))
+        table.add_row(*cells)
         previous = result.structure
     return table
 
