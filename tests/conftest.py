@@ -1,0 +1,27 @@
+"""Shared fixtures: the synthetic liver SBRT plans, written once per test session.
+
+The folders are generated with pydicom from code (deterministic UIDs), never committed; each
+has an expected.json with the truth under the slab convention (see tests/fixtures/generate.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import liver_plan
+from tests.fixtures.generate import write_variants
+
+
+@pytest.fixture(scope="session")
+def liver_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """variant name -> plan folder (compliant, low_coverage, hot_stomach, hot_cord, variation_stomach)."""
+    return write_variants(tmp_path_factory.mktemp("liver"), list(liver_plan.VARIANTS))
+
+
+@pytest.fixture(scope="session")
+def liver_truth(liver_variants: dict[str, Path]) -> dict[str, dict]:
+    """variant name -> its expected.json document."""
+    return {name: json.loads((folder / "expected.json").read_text()) for name, folder in liver_variants.items()}
