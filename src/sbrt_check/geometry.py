@@ -81,6 +81,17 @@ def polygon_area(points: np.ndarray) -> float:
     return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
+def densify(polygon: np.ndarray, step_mm: float) -> np.ndarray:
+    """The closed polygon's vertices plus points on its edges no more than `step_mm` apart."""
+    following = np.roll(polygon, -1, axis=0)
+    pieces = np.maximum(np.ceil(np.hypot(*(following - polygon).T) / step_mm).astype(int), 1)
+    if pieces.max() == 1:
+        return polygon
+    edge = np.repeat(np.arange(len(polygon)), pieces)
+    fraction = (np.arange(pieces.sum()) - np.repeat(np.cumsum(pieces) - pieces, pieces)) / pieces[edge]
+    return polygon[edge] + fraction[:, None] * (following[edge] - polygon[edge])
+
+
 def _inside(point: np.ndarray, polygon: np.ndarray) -> bool:
     x, y = point
     x1, y1 = polygon[:, 0], polygon[:, 1]
@@ -181,14 +192,35 @@ class SlabShape:
     def bounds(self) -> tuple[float, float, float, float]:
         return _bounds(self.planes)
 
-    def boundary_points(self) -> np.ndarray:
-        """Contour vertices at the bottom and top of their slabs: where a linear dose peaks."""
+    def boundary_points(self, step_mm: float = 1.0) -> np.ndarray:
+        """Contour points at most `step_mm` apart, at the bottom and top of their slabs.
+
+        Trilinear dose peaks on the surface at vertices or where edges cross grid lines, so
+        edges are subdivided finer than the dose grid.
+        """
         blocks = []
         for polygons, lo, hi in zip(self.planes.values(), self.z_lo, self.z_hi, strict=True):
-            vertices = np.concatenate(polygons)
+            vertices = np.concatenate([densify(p, step_mm) for p in polygons])
             for height in (lo, hi):
                 blocks.append(np.column_stack([vertices, np.full(len(vertices), height)]))
         return np.concatenate(blocks) if blocks else np.empty((0, 3))
+
+    def grid_nodes_inside(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Grid-node columns (x, y) inside the shape, on dose planes and slab faces: peak candidates."""
+        xmin, xmax, ymin, ymax = self.bounds
+        x_in, y_in = x[(x >= xmin) & (x <= xmax)], y[(y >= ymin) & (y <= ymax)]
+        # Dose planes inside the slabs, and the slab faces (where a z-linear dose peaks).
+        faces = np.concatenate([self.z_lo, np.nextafter(self.z_hi, -np.inf)])
+        z = np.unique(np.concatenate([z[(z >= self.z_lo.min()) & (z < self.z_hi.max())], faces]))
+        slab = np.searchsorted(self.z_hi, z, side="right")
+        valid = slab < len(self.z_hi)
+        valid[valid] &= self.z_lo[slab[valid]] <= z[valid]
+        if not (x_in.size and y_in.size and valid.any()):
+            return np.empty((0, 3))
+        polygons = list(self.planes.values())
+        masks = rasterize([polygons[k] for k in slab[valid]], x_in, y_in)
+        plane, row, column = np.nonzero(masks)
+        return np.column_stack([x_in[column], y_in[row], z[valid][plane]])
 
     @property
     def areas_mm2(self) -> np.ndarray:
