@@ -25,3 +25,9 @@ def liver_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def liver_truth(liver_variants: dict[str, Path]) -> dict[str, dict]:
     """variant name -> its expected.json document."""
     return {name: json.loads((folder / "expected.json").read_text()) for name, folder in liver_variants.items()}
+
+
+@pytest.fixture(scope="session")
+def liver_anatomy() -> list:
+    """The liver phantom's ROIs, built once: variants of it (other margins, lesions) swap a few ROIs."""
+    return liver_plan.anatomy()

@@ -59,8 +59,8 @@ def test_every_verdict_is_right_and_every_metric_is_near_its_truth(variant, live
     failed = {(r.structure, r.metric) for r in report.results if r.status is Status.FAIL}
     assert failed == FAILING[variant]
     assert report.verdict is (Verdict.FAIL if FAILING[variant] else Verdict.PASS)
-    assert all(r.status is not Status.NOT_EVALUATED for r in report.results)
-    for result in report.results:
+    assert all(r.status is not Status.NOT_EVALUATED or not r.required for r in report.results)
+    for result in (r for r in report.results if r.group == "dose"):  # rules: tests/test_rules_*.py
         roi, key, factor = TRUTH_OF[(result.structure, result.metric)]
         expected = truth[roi][key] * factor
         small = 0.2 if result.unit == "Gy" else 1.0  # Gy, or %-points
@@ -70,7 +70,7 @@ def test_every_verdict_is_right_and_every_metric_is_near_its_truth(variant, live
 def test_metrics_agree_with_truth_much_better_than_the_bar(liver_variants, liver_truth):
     report = _report(liver_variants["compliant"])
     truth = liver_truth["compliant"]["rois"]
-    for result in report.results:
+    for result in (r for r in report.results if r.group == "dose"):
         roi, key, factor = TRUTH_OF[(result.structure, result.metric)]
         assert result.value == pytest.approx(truth[roi][key] * factor, rel=0.005, abs=0.05)
 

@@ -32,6 +32,8 @@ app = typer.Typer(
 class Format(str, Enum):
     table = "table"
     json = "json"
+    junit = "junit"
+    markdown = "markdown"
 
 
 class DvhFormat(str, Enum):
@@ -70,8 +72,10 @@ def _write(text: str, output: Path | None) -> None:
         raise InputError(output, f"cannot write output ({exc.strerror})") from None
 
 
-def _exit_code(verdict: str) -> int:
-    return {"pass": EXIT_OK, "variation": EXIT_OK, "fail": EXIT_FAIL}.get(verdict, EXIT_ERROR)
+def _exit_code(verdict: str, strict: bool = False) -> int:
+    """Stable codes for CI; `strict` makes an acceptable variation fail the gate too."""
+    variation = EXIT_FAIL if strict else EXIT_OK
+    return {"pass": EXIT_OK, "variation": variation, "fail": EXIT_FAIL}.get(verdict, EXIT_ERROR)
 
 
 @app.command()
@@ -83,6 +87,9 @@ def check(
     plan: Annotated[str | None, typer.Option("--plan", help="Plan label or UID when the folder holds several.")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Acceptable variations fail too (exit code 1).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
 ) -> None:
     """Check one exported plan folder against the protocol (the default command)."""
     from .evaluate import Evaluator, Options
@@ -94,14 +101,44 @@ def check(
     loaded_protocol = load_protocol(protocol)
     plan_data = load_plan(folder, plan)
     options = Options(prescription_gy=rx, structure_map=_parse_map(map_))
-    report = Evaluator(plan_data, loaded_protocol, options).report()
-    if format_ is Format.json:
-        from .report.json_report import render_json
+    evaluator = Evaluator(plan_data, loaded_protocol, options)
+    report = evaluator.report()
+    if html is not None:
+        _write_html(evaluator, report, html)
+    if output is not None or not quiet:
+        if format_ is Format.table:
+            _print_table(report, output)
+        else:
+            _write(_render(report, format_, strict), output)
+    if quiet:
+        from .report.table import verdict_line
 
-        _write(render_json(report), output)
-    else:
-        _print_table(report, output)
-    raise typer.Exit(_exit_code(report.verdict.value))
+        typer.echo(verdict_line(report))
+    raise typer.Exit(_exit_code(report.verdict.value, strict))
+
+
+def _render(report, format_: Format, strict: bool) -> str:
+    """A text format of the report; each renderer is imported only when asked for."""
+    if format_ is Format.junit:
+        from .report.junit import render_junit
+
+        return render_junit(report, strict=strict)
+    if format_ is Format.markdown:
+        from .report.markdown import render_markdown
+
+        return render_markdown(report)
+    from .report.json_report import render_json
+
+    return render_json(report)
+
+
+def _write_html(evaluator, report, path: Path) -> None:
+    """The HTML report: the slices come from the plan, the rest from the report."""
+    from .report.html import render_html
+    from .slices import report_slices
+
+    slices = report_slices(evaluator.plan, report, lambda name: evaluator.matcher.resolve(name).tokens)
+    _write(render_html(report, slices), path)
 
 
 def _print_table(report, output: Path | None) -> None:
@@ -147,6 +184,106 @@ def dvh(
         Console(highlight=False).print(dvh_export.dvh_table(items, metric_names))
         for note in header.get("notes", []):
             typer.echo(f"note: {note}")
+
+
+@app.command()
+def audit(
+    root: Annotated[Path, typer.Argument(help="Folder tree holding the plans, of any shape.")],
+    protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="Force a match: STRUCTURE=ROI (repeatable).")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
+    out: Annotated[list[Path] | None, typer.Option(
+        "--out", "-o", help="Write one row per plan: .csv or .json (repeatable).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Earlier audit (.csv/.json): keep its rows of unchanged plans; also the default --out.")] = None,
+    anonymize: Annotated[bool, typer.Option(
+        "--anonymize", help="Replace patient IDs and names in every output by a salted hash.")] = False,
+    salt: Annotated[str | None, typer.Option(help="Salt for --anonymize (default: $SBRT_CHECK_SALT).")] = None,
+    shard: Annotated[str | None, typer.Option(help="Check only shard i of n (1-based), e.g. 3/10.")] = None,
+) -> None:
+    """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
+
+    Exit code: 0 every plan compliant, 1 any plan fails, 2 any plan could not be evaluated.
+    """
+    import time
+
+    from . import audit as au
+    from .protocol import load_protocol
+
+    started = time.perf_counter()
+    loaded_protocol = load_protocol(protocol)
+    settings = au.Settings(str(protocol) if protocol else None, _parse_map(map_))
+    n_jobs = jobs if jobs is not None else au.default_jobs()
+    if n_jobs < 1:
+        raise InputError(None, f"--jobs {n_jobs} is not a positive number")
+    outputs = list(out or ([resume] if resume else []))
+    found = au.discover(root)
+    todo = found.jobs
+    if shard:
+        todo = au.select_shard(todo, *au.parse_shard(shard))
+    scrub = au.Anonymizer(salt or os.environ.get("SBRT_CHECK_SALT", ""), found.identities) if anonymize else None
+    kept: list = []
+    if resume:
+        todo, kept = au.split_resumed(todo, au.read_previous(resume), loaded_protocol)
+    rows = [scrub.row(r) if scrub else r for r in kept]
+    if not found.jobs:
+        raise InputError(root, "no RTPLAN found in the tree")
+
+    def save() -> None:
+        ordered = au.sort_rows(rows)
+        for path in outputs:
+            au.write_atomic(path, au.render(path, ordered, loaded_protocol, root))
+
+    interrupted = False
+    try:
+        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save)
+    except KeyboardInterrupt:
+        interrupted = True
+    save()
+    from rich.console import Console
+
+    from .report.audit_report import summary_line, summary_table
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=160)
+    console.print(summary_table(au.sort_rows(rows)))
+    typer.echo(summary_line(rows, len(kept), time.perf_counter() - started, len(rows) - len(kept)))
+    if interrupted:
+        typer.echo(f"sbrt-check: interrupted: {len(rows)} of {len(todo) + len(kept)} plans kept"
+                   + (f" in {', '.join(map(str, outputs))}" if outputs else ""), err=True)
+        raise typer.Exit(130)
+    raise typer.Exit(au.audit_exit_code(rows))
+
+
+def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) -> None:
+    """Run the plans, append each row as it finishes, show progress, checkpoint every 25 rows."""
+    from rich.console import Console
+
+    from .report.audit_report import progress_line
+
+    console = Console(stderr=True)
+    progress = None
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.description}"), console=console, transient=True)
+        task = progress.add_task("", total=len(todo))
+        progress.start()
+    try:
+        for done, outcome in enumerate(au.run_jobs(todo, settings, n_jobs), start=1):
+            row = au.make_row(outcome, root, protocol)
+            rows.append(scrub.row(row) if scrub else row)
+            if progress is not None:
+                progress.update(task, advance=1, description=progress_line(done, len(todo), rows[-1])[:80])
+            else:
+                typer.echo(progress_line(done, len(todo), rows[-1]), err=True)
+            if done % 25 == 0:
+                save()
+    finally:
+        if progress is not None:
+            progress.stop()
 
 
 def main() -> None:

@@ -60,7 +60,9 @@ def compute_structure_dvhs(
                 values[metric.text] = compute(metric, dvh, rx)
             except MetricError:
                 values[metric.text] = None
-        items.append(StructureDvh(roi.name, dvh, values))
+        duplicate = sum(normalize_name(r.name) == normalize_name(roi.name) for r in chosen) > 1
+        label = f"{roi.name} #{roi.number}" if duplicate else roi.name  # never merge two ROIs' entries
+        items.append(StructureDvh(label, dvh, values))
         if dvh.uncovered_cc > 1e-6:
             notes.append(f"{roi.name}: {dvh.uncovered_cc:.2f} cc outside the dose grid (0 Gy)")
     header = {

@@ -16,7 +16,9 @@ from .matching import Matcher, Resolution
 from .metrics import MetricError, compute
 from .models import Dvh, Report, Result, Sourced, Status, Verdict
 from .plandata import PlanData
-from .protocol import Constraint, Limit, Protocol
+from .protocol import Constraint, Protocol
+from .rules import RuleContext, evaluate_rules
+from .rules.base import judge
 
 UNCOVERED_TOLERANCE_CC = 1e-6
 
@@ -27,16 +29,6 @@ class Options:
 
     prescription_gy: float | None = None
     structure_map: tuple[tuple[str, str], ...] = ()
-
-
-def judge(value: float, pass_limit: Limit, variation_limit: Limit | None) -> Status:
-    if not math.isfinite(value) and not math.isinf(value):
-        return Status.NOT_EVALUATED
-    if pass_limit.holds(value):
-        return Status.PASS
-    if variation_limit is not None and variation_limit.holds(value):
-        return Status.VARIATION
-    return Status.FAIL
 
 
 def resolve_prescription(plan: PlanData, protocol: Protocol, options: Options) -> tuple[Sourced, Sourced]:
@@ -78,6 +70,7 @@ class Evaluator:
         self.matcher = Matcher(protocol, plan.inputs.structure_set, dict(options.structure_map))
         self.dvhs: dict[str, Dvh] = {}
         self.messages: list[str] = []
+        self.header_extra: dict = {}
 
     def dvh_of(self, resolution: Resolution) -> Dvh:
         if resolution.name not in self.dvhs:
@@ -149,16 +142,27 @@ class Evaluator:
 
     def report(self, extra_results: list[Result] | None = None) -> Report:
         results = [self.evaluate_constraint(c) for c in self.protocol.constraints]
+        results += self.evaluate_rules()
         results += extra_results or []
         return Report(
             verdict=overall_verdict(results),
-            plan=self.plan_header(),
+            plan={**self.plan_header(), **self.header_extra},
             results=tuple(results),
             messages=tuple(self.plan.notes + self.messages + self._prescription_messages()),
             protocol={"name": self.protocol.name, "version": self.protocol.version,
                       "file": self.protocol.path},
             dvhs=dict(self.dvhs),
         )
+
+    def evaluate_rules(self) -> list[Result]:
+        """The protocol's `rules:` (plan, geometry, indices), on the same resolved structures and DVHs."""
+        if not self.protocol.rules:
+            return []
+        context = RuleContext(
+            self.plan, self.protocol, self.matcher, self.rx, self.fractions, self.options.prescription_gy,
+            self.dvh_of, self.header_extra,
+        )
+        return evaluate_rules(context, self.protocol.rules)
 
     def _prescription_messages(self) -> list[str]:
         if self.rx.value is None:

@@ -42,6 +42,8 @@ class Region:
 
     @property
     def volume_cc(self) -> float:
+        if not len(self.masks):
+            return 0.0  # a derived structure with nothing left (ITV - PTV when the PTV holds the ITV)
         counts = self.masks.reshape(len(self.masks), -1).sum(axis=1)
         return float(np.sum(counts * self.cell_area_mm2 * (self.z_hi - self.z_lo)) / 1000.0)
 
@@ -103,12 +105,21 @@ def _inside(point: np.ndarray, polygon: np.ndarray) -> bool:
 
 
 def even_odd_area(polygons: list[np.ndarray]) -> float:
-    """Area of the even-odd union of non-crossing polygons: holes subtract, islands add."""
+    """Area of the even-odd union of non-crossing polygons: holes subtract, islands add.
+
+    Nesting depth decides the sign; a polygon can only lie inside another whose bounding box
+    holds its own, which rules out most pairs (ribs, bowel loops) without a containment test.
+    """
     if len(polygons) == 1:
         return polygon_area(polygons[0])
+    boxes = np.array([[p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max()] for p in polygons])
     total = 0.0
     for i, polygon in enumerate(polygons):
-        depth = sum(_inside(polygon[0], other) for j, other in enumerate(polygons) if j != i)
+        holders = np.flatnonzero(
+            (boxes[:, 0] <= boxes[i, 0]) & (boxes[:, 1] >= boxes[i, 1])
+            & (boxes[:, 2] <= boxes[i, 2]) & (boxes[:, 3] >= boxes[i, 3])
+        )
+        depth = sum(_inside(polygon[0], polygons[j]) for j in holders if j != i)
         total += polygon_area(polygon) * (-1 if depth % 2 else 1)
     return max(total, 0.0)
 
@@ -316,12 +327,19 @@ def evaluate_expression(tokens: list[str], leaf: Callable[[str], np.ndarray]) ->
     return result
 
 
-def derive_region(tokens: list[str], shapes: dict[str, SlabShape], max_spacing: float) -> Region:
-    """Sample a boolean combination of ROIs on one shared grid and z partition."""
+def derive_region(
+    tokens: list[str], shapes: dict[str, SlabShape], max_spacing: float, within: str | None = None
+) -> Region:
+    """Sample a boolean combination of ROIs on one shared grid and z partition.
+
+    `within` names an operand the result cannot leave (`box & Body`): its bounds and area
+    alone set the sample grid, so a small box is not sampled as coarsely as the body.
+    """
     used = {name: shapes[name] for name in expression_names(tokens)}
-    bounds = np.array([s.bounds for s in used.values()])
+    sizing = [used[within]] if within else list(used.values())
+    bounds = np.array([s.bounds for s in sizing])
     union_bounds = (bounds[:, 0].min(), bounds[:, 1].max(), bounds[:, 2].min(), bounds[:, 3].max())
-    area_sum = max(float(s.areas_mm2.sum()) for s in used.values())
+    area_sum = max(float(s.areas_mm2.sum()) for s in sizing)
     x, y = sample_axes(union_bounds, area_sum, max_spacing)
     edges = np.unique(np.concatenate([np.r_[s.z_lo, s.z_hi] for s in used.values()]))
     middles = (edges[:-1] + edges[1:]) / 2
@@ -342,3 +360,244 @@ def derive_region(tokens: list[str], shapes: dict[str, SlabShape], max_spacing: 
         x, y, edges[:-1][occupied], edges[1:][occupied], combined[occupied],
         np.full(int(occupied.sum()), cell),
     )
+
+
+# --- surfaces, containment and distances (margins, lesions, indices) ----------------------
+# Rules that measure geometry (PTV margin, lesion size, D2cm) need points on a structure's
+# surface under the slab convention and distances between them. All of it is vectorised
+# numpy; the only Python loops run over planes or polygons, never over points.
+
+DISTANCE_BLOCK = 2_000_000  # point x cloud pairs per product: ~16 MB
+COARSE_POINTS = 1500
+
+
+def slab_of(shape: SlabShape, z: np.ndarray) -> np.ndarray:
+    """Index of the slab holding each z (z_lo <= z < z_hi), -1 where no slab does."""
+    z = np.asarray(z, dtype=float)
+    slab = np.searchsorted(shape.z_hi, z, side="right")
+    valid = slab < len(shape.z_hi)
+    valid[valid] &= shape.z_lo[slab[valid]] <= z[valid]
+    return np.where(valid, slab, -1)
+
+
+def _crossings(polygons: list[np.ndarray], level: float, along: int) -> np.ndarray:
+    """Coordinates along axis `along` (0: x, 1: y) where the polygons' edges cross the line at `level`."""
+    across = 1 - along
+    points = np.concatenate(polygons)
+    ends = np.concatenate([np.roll(p, -1, axis=0) for p in polygons])
+    a1, a2 = points[:, across], ends[:, across]
+    crosses = (a1 <= level) != (a2 <= level)
+    b1, b2 = points[crosses, along], ends[crosses, along]
+    a1, a2 = a1[crosses], a2[crosses]
+    return b1 + (level - a1) * (b2 - b1) / (a2 - a1)
+
+
+def contains_points(shape: SlabShape, points: np.ndarray) -> np.ndarray:
+    """Which (x, y, z) points lie inside the shape (slab convention, even-odd rule)."""
+    points = np.asarray(points, dtype=float).reshape(-1, 3)
+    inside = np.zeros(len(points), dtype=bool)
+    xmin, xmax, ymin, ymax = shape.bounds
+    slab = slab_of(shape, points[:, 2])
+    slab[(points[:, 0] < xmin) | (points[:, 0] > xmax) | (points[:, 1] < ymin) | (points[:, 1] > ymax)] = -1
+    polygons = list(shape.planes.values())
+    for k in np.unique(slab[slab >= 0]):
+        chosen = np.flatnonzero(slab == k)
+        p1 = np.concatenate(polygons[k])
+        p2 = np.concatenate([np.roll(p, -1, axis=0) for p in polygons[k]])
+        x, y = points[chosen, 0:1], points[chosen, 1:2]
+        crosses = (p1[None, :, 1] <= y) != (p2[None, :, 1] <= y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = p1[None, :, 0] + (y - p1[None, :, 1]) * (p2[None, :, 0] - p1[None, :, 0]) / (
+                p2[None, :, 1] - p1[None, :, 1]
+            )
+        inside[chosen] = (np.count_nonzero(crosses & (x_cross > x), axis=1) % 2).astype(bool)
+    return inside
+
+
+def extent_along(shape: SlabShape, origin: np.ndarray, axis: int) -> tuple[float, float]:
+    """Outermost boundary positions of the shape on the line through `origin` along `axis`.
+
+    x and y lines lie in the slab that holds the origin (edge crossings are exact); the z
+    line goes through every slab whose contour holds the origin's (x, y). NaN when the line
+    misses the shape.
+    """
+    origin = np.asarray(origin, dtype=float)
+    if axis == 2:
+        middles = (shape.z_lo + shape.z_hi) / 2
+        column = np.column_stack([np.full(len(middles), origin[0]), np.full(len(middles), origin[1]), middles])
+        hit = contains_points(shape, column)
+        if not hit.any():
+            return float("nan"), float("nan")
+        return float(shape.z_lo[hit].min()), float(shape.z_hi[hit].max())
+    k = int(slab_of(shape, origin[2:3])[0])
+    if k < 0:
+        return float("nan"), float("nan")
+    crossings = _crossings(list(shape.planes.values())[k], float(origin[1 - axis]), axis)
+    if not crossings.size:
+        return float("nan"), float("nan")
+    return float(crossings.min()), float(crossings.max())
+
+
+def _densify(polygon: np.ndarray, spacing: float) -> np.ndarray:
+    """The polygon's vertices plus points along its edges, at most `spacing` apart."""
+    ends = np.roll(polygon, -1, axis=0)
+    counts = np.maximum(np.ceil(np.linalg.norm(ends - polygon, axis=1) / spacing).astype(np.int64), 1)
+    edge = np.repeat(np.arange(len(polygon)), counts)
+    t = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)) / counts[edge]
+    return polygon[edge] + t[:, None] * (ends[edge] - polygon[edge])
+
+
+def contour_points(shape: SlabShape, spacing: float) -> np.ndarray:
+    """Points (x, y, z) along every contour at its own plane, at most `spacing` apart.
+
+    The contours sample the drawn surface without the slab steps, so distances between two
+    structures' contour points measure a margin as it was drawn (3 mm slabs of two nested
+    spheres are up to 2.5 mm closer at their steps than the spheres are).
+    """
+    return np.concatenate([
+        np.column_stack([ring, np.full(len(ring), z)])
+        for z, polygons in shape.planes.items()
+        for ring in (_densify(p, spacing) for p in polygons)
+    ])
+
+
+def surface_points(shape: SlabShape, spacing: float) -> np.ndarray:
+    """Points (x, y, z) on the shape's surface, about `spacing` apart.
+
+    The side of each slab is its contours extruded between the slab faces; the top (bottom)
+    of a slab is what its contours cover and the next (previous) touching slab's do not.
+    """
+    polygons = list(shape.planes.values())
+    blocks = []
+    for k, plane in enumerate(polygons):
+        ring = np.concatenate([_densify(p, spacing) for p in plane])
+        steps = max(int(np.ceil((shape.z_hi[k] - shape.z_lo[k]) / spacing)), 1)
+        for z in np.linspace(shape.z_lo[k], shape.z_hi[k], steps + 1):
+            blocks.append(np.column_stack([ring, np.full(len(ring), z)]))
+    xmin, xmax, ymin, ymax = shape.bounds
+    x = np.arange(xmin + spacing / 2, xmax, spacing)
+    y = np.arange(ymin + spacing / 2, ymax, spacing)
+    masks = rasterize(polygons, x, y)
+    touching = np.isclose(shape.z_hi[:-1], shape.z_lo[1:])
+    above = np.zeros_like(masks)
+    below = np.zeros_like(masks)
+    above[:-1][touching] = masks[1:][touching]
+    below[1:][touching] = masks[:-1][touching]
+    for cap, heights in ((masks & ~above, shape.z_hi), (masks & ~below, shape.z_lo)):
+        plane, row, column = np.nonzero(cap)
+        blocks.append(np.column_stack([x[column], y[row], heights[plane]]))
+    return np.concatenate(blocks)
+
+
+def nearest_distances(points: np.ndarray, cloud: np.ndarray) -> np.ndarray:
+    """Distance from each point to the nearest point of `cloud` (chunked |a|^2+|b|^2-2ab)."""
+    points = np.asarray(points, dtype=float).reshape(-1, 3)
+    if not len(cloud):
+        return np.full(len(points), np.inf)
+    centre = cloud.mean(axis=0)
+    cloud = cloud - centre
+    cloud_sq = np.einsum("ij,ij->i", cloud, cloud)
+    result = np.empty(len(points))
+    chunk = max(DISTANCE_BLOCK // len(cloud), 1)
+    for start in range(0, len(points), chunk):
+        block = points[start : start + chunk] - centre
+        squared = np.einsum("ij,ij->i", block, block)[:, None] + cloud_sq[None, :] - 2.0 * block @ cloud.T
+        result[start : start + chunk] = np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+    return result
+
+
+def at_least_apart(points: np.ndarray, cloud: np.ndarray, distance: float) -> np.ndarray:
+    """Which points are at least `distance` from every cloud point.
+
+    A sparse subset of the cloud first rules out the points clearly closer (a distance to a
+    subset is never smaller than to the whole), so the full cloud meets only the rest.
+    """
+    points = np.asarray(points, dtype=float).reshape(-1, 3)
+    step = max(len(cloud) // COARSE_POINTS, 1)
+    result = nearest_distances(points, cloud[::step]) >= distance
+    if result.any():
+        result[result] = nearest_distances(points[result], cloud) >= distance
+    return result
+
+
+def connected_parts(shape: SlabShape, spacing: float) -> list[SlabShape]:
+    """The disconnected parts of a shape (two lesions drawn as one ROI), largest extent first.
+
+    Polygons of one plane belong together when one lies inside another (a hole or an island
+    in a hole); polygons of touching slabs belong together when their areas overlap, tested
+    on masks of a shared grid (a polygon smaller than a sample keeps its nearest sample).
+    """
+    owners: list[tuple[int, int]] = [(k, i) for k, plane in enumerate(shape.planes.values()) for i in range(len(plane))]
+    polygons = [list(shape.planes.values())[k][i] for k, i in owners]
+    parent = list(range(len(polygons)))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def join(a: int, b: int) -> None:
+        parent[find(a)] = find(b)
+
+    xmin, xmax, ymin, ymax = shape.bounds
+    x = np.arange(xmin + spacing / 2, xmax + spacing, spacing)
+    y = np.arange(ymin + spacing / 2, ymax + spacing, spacing)
+    masks = rasterize([[p] for p in polygons], x, y).reshape(len(polygons), -1)
+    for index in np.flatnonzero(~masks.any(axis=1)):
+        centre = polygons[index].mean(axis=0)
+        masks[index, np.abs(y - centre[1]).argmin() * len(x) + np.abs(x - centre[0]).argmin()] = True
+    plane_of = np.array([k for k, _ in owners])
+    for k in range(len(shape.planes)):
+        members = np.flatnonzero(plane_of == k)
+        for a in members:
+            for b in members:
+                if a != b and _inside(polygons[a][0], polygons[b]):
+                    join(a, b)
+        if k + 1 < len(shape.planes) and np.isclose(shape.z_hi[k], shape.z_lo[k + 1]):
+            following = np.flatnonzero(plane_of == k + 1)
+            overlap = masks[members].astype(np.float32) @ masks[following].astype(np.float32).T
+            for a, b in zip(*np.nonzero(overlap > 0), strict=True):
+                join(int(members[a]), int(following[b]))
+    groups: dict[int, list[int]] = {}
+    for index in range(len(polygons)):
+        groups.setdefault(find(index), []).append(index)
+    parts = []
+    for members in groups.values():
+        planes: dict[int, list[np.ndarray]] = {}
+        for index in members:
+            planes.setdefault(owners[index][0], []).append(polygons[index])
+        keys = sorted(planes)
+        z_values = list(shape.planes)
+        parts.append(SlabShape(
+            {z_values[k]: planes[k] for k in keys}, shape.z_lo[keys].copy(), shape.z_hi[keys].copy()
+        ))
+    return parts
+
+
+def box_shape(x_range: tuple[float, float], y_range: tuple[float, float], z_planes: np.ndarray) -> SlabShape:
+    """An axis-aligned box as a contoured shape: a rectangle on each plane (whole-grid volumes)."""
+    (x0, x1), (y0, y1) = x_range, y_range
+    rectangle = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=float)
+    planes = {float(z): [rectangle] for z in z_planes}
+    return SlabShape.from_planes(planes, nominal_spacing(np.asarray(z_planes, dtype=float), 1.0))
+
+
+def grid_distances(mask: np.ndarray, spacings: tuple[float, float, float]) -> np.ndarray:
+    """Exact Euclidean distance (mm) from every node of a (z, y, x) grid to the nearest True node.
+
+    Separable: the squared distance is minimised along one axis at a time (brute force over
+    that axis, so meant for modest grids: a box around a target, not a whole CT).
+    """
+    squared = np.where(mask, 0.0, np.inf)
+    for axis, step in enumerate(spacings):
+        moved = np.moveaxis(squared, axis, -1)
+        n = moved.shape[-1]
+        offsets = (step * (np.arange(n)[:, None] - np.arange(n)[None, :])) ** 2  # (i, j)
+        out = np.empty_like(moved)
+        rows = max(DISTANCE_BLOCK // max(n * n, 1), 1)
+        for start in range(0, moved.shape[0], rows):
+            block = moved[start : start + rows]
+            out[start : start + rows] = (block[..., None, :] + offsets).min(axis=-1)
+        squared = np.moveaxis(out, -1, axis)
+    return np.sqrt(squared)

@@ -6,13 +6,15 @@ read -> geometry -> dvh path exists once.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_plans
-from .dicom.files import scan_folder
+from .dicom.files import scan_files, scan_folder
 from .dicom.rtdose import combine_doses
 from .dicom.rtstruct import RoiEntry
 from .dvh import compute_dvh, dose_axis
@@ -97,9 +99,18 @@ def load_plans(folder: Path) -> list[PlanData]:
     return [_load(inputs) for inputs in assemble_plans(folder, contents)]
 
 
-def load_plan(folder: Path, plan_label: str | None = None) -> PlanData:
-    """The one plan of a folder; several plans need `plan_label` (label or SOP Instance UID)."""
-    contents = scan_folder(folder)
+def load_plan(folder: Path | Sequence[Path], plan_label: str | None = None) -> PlanData:
+    """The one plan of a folder; several plans need `plan_label` (label or SOP Instance UID).
+
+    `folder` may also be a list of files (the audit hands each worker the files of one plan,
+    wherever in an archive they lie): the same reading and checks, just no folder walk.
+    """
+    if isinstance(folder, (str, Path)):
+        contents = scan_folder(Path(folder))
+    else:
+        files = [Path(f) for f in folder]
+        folder = Path(os.path.commonpath(files)) if files else Path(".")
+        contents = scan_files(files)
     all_inputs = assemble_plans(folder, contents)
     if plan_label:
         chosen = [

@@ -317,6 +317,15 @@ def _constraints(data: Any, structures: dict[str, StructureSpec], problems: _Pro
     return constraints
 
 
+def _rules(rules: list[dict], structures: dict[str, StructureSpec], problems: _Problems) -> None:
+    """Validate `rules:` entries against the rule registry, each problem with its entry."""
+    from .rules import validate_entry  # the rules evaluate Protocol objects: import here, not above
+
+    for index, rule in enumerate(rules):
+        for problem in validate_entry(rule, set(structures)):
+            problems.add(f"rules[{index}] ({rule.get('rule', '?')})", problem)
+
+
 def load_protocol(path: Path | str | None = None) -> Protocol:
     path = Path(path) if path else DEFAULT_PROTOCOL
     try:
@@ -343,6 +352,7 @@ def load_protocol(path: Path | str | None = None) -> Protocol:
     if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
         problems.add("rules", "expected a list of mappings")
         rules = []
+    _rules(rules, structures, problems)
     if problems.items:
         raise ProtocolError(path, problems.items)
     return Protocol(

@@ -17,7 +17,7 @@ from ..errors import InputError
 from .files import FolderContents, RtFile
 from .rtdose import DoseFile, read_dose_file
 from .rtplan import PlanFile, read_plan
-from .rtstruct import StructureSet, read_structure_set
+from .rtstruct import StructureSet, read_structure_set, referenced_series_uid
 
 
 @dataclass
@@ -71,59 +71,163 @@ def _missing(kind: str, folder: Path, contents: FolderContents) -> InputError:
     return InputError(folder, f"no {kind} found (found: {found})")
 
 
-def assemble_plans(folder: Path, contents: FolderContents) -> list[PlanInputs]:
-    """Every plan in the folder with its structure set and doses; refuses what does not fit."""
-    plans = contents.of("RTPLAN")
-    structs = contents.of("RTSTRUCT")
-    doses = contents.of("RTDOSE")
-    for kind, present in (("RTPLAN", plans), ("RTSTRUCT", structs), ("RTDOSE", doses)):
-        if not present:
-            raise _missing(kind, folder, contents)
-    plan_files = {_uid(p, "SOPInstanceUID"): read_plan(p.path, p.dataset) for p in plans}
-    struct_by_uid = {_uid(s, "SOPInstanceUID"): s for s in structs}
+@dataclass(frozen=True)
+class PlanGroup:
+    """The files of one plan, tied together by UID references before any is read in full.
+
+    `problem` says why the plan cannot be assembled (a referenced object is missing): `check`
+    raises it, `audit` turns it into an error row for this plan alone and goes on.
+    """
+
+    plan_uid: str
+    plan: RtFile
+    structure_set: RtFile | None
+    doses: tuple[RtFile, ...]
+    notes: tuple[str, ...] = ()
+    problem: InputError | None = None
+    images: tuple[Path, ...] = ()  # the planning CT the structures were drawn on, when present
+
+    @property
+    def files(self) -> list[Path]:
+        others = ([self.structure_set] if self.structure_set else []) + list(self.doses)
+        return [self.plan.path] + [f.path for f in others] + list(self.images)
+
+
+def _unique(files: list[RtFile], notes: list[str]) -> dict[str, RtFile]:
+    """By SOP Instance UID; a second copy of one object is the same object, never added twice."""
+    by_uid: dict[str, RtFile] = {}
+    for rt in files:
+        uid = _uid(rt, "SOPInstanceUID") or str(rt.path)
+        if uid in by_uid:
+            notes.append(f"{rt.path}: a copy of {rt.modality} {by_uid[uid].path} (same SOP Instance UID), ignored")
+            continue
+        by_uid[uid] = rt
+    return by_uid
+
+
+def _some(items: list[str], shown: int = 3) -> str:
+    """A short list for a message: an archive holds thousands of plans."""
+    if not items:
+        return "none"
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _structure_set_uid(plan: RtFile) -> str | None:
+    refs = plan.dataset.get("ReferencedStructureSetSequence") or []
+    return (str(refs[0].get("ReferencedSOPInstanceUID", "") or "") or None) if refs else None
+
+
+def group_plans(folder: Path, contents: FolderContents) -> tuple[list[PlanGroup], list[InputError], list[str]]:
+    """Every RTPLAN with the RTSTRUCT it references and the RTDOSE files that reference it.
+
+    Works on headers only, so a whole archive can be grouped cheaply. Returns the groups, the
+    problems no plan owns (an RTDOSE whose RTPLAN is absent), and notes. An RTDOSE without a
+    plan reference goes to the only plan there is, else to the only plan in its frame of
+    reference; an RTPLAN without a structure set reference to the only RTSTRUCT in its frame.
+    """
+    notes: list[str] = []
+    plans = _unique(contents.of("RTPLAN"), notes)
+    structs = _unique(contents.of("RTSTRUCT"), notes)
+    stray: list[InputError] = []
     doses_by_plan: dict[str, list[RtFile]] = {}
-    for dose in doses:
+    dose_notes: dict[str, list[str]] = {}
+    for dose in _unique(contents.of("RTDOSE"), notes).values():
         plan_uid = _dose_plan_uid(dose)
         if plan_uid is None:
-            if len(plan_files) != 1:
-                raise InputError(dose.path, "RTDOSE references no RTPLAN and the folder holds several plans")
-            plan_uid = next(iter(plan_files))
-        if plan_uid not in plan_files:
-            raise InputError(
+            same_frame = [uid for uid, p in plans.items() if _frame_of(p) and _frame_of(p) == _frame_of(dose)]
+            if len(plans) == 1:
+                plan_uid = next(iter(plans))
+            elif len(same_frame) == 1:
+                plan_uid = same_frame[0]
+                dose_notes.setdefault(plan_uid, []).append(
+                    f"{dose.path.name} references no RTPLAN; matched by frame of reference"
+                )
+            else:
+                stray.append(InputError(dose.path, "RTDOSE references no RTPLAN and the folder holds several plans"))
+                continue
+        if plan_uid not in plans:
+            stray.append(InputError(
                 dose.path,
                 f"RTDOSE references RTPLAN {plan_uid}, which is not in the folder "
-                f"(RTPLAN here: {', '.join(plan_files) or 'none'})",
-            )
+                f"(RTPLAN here: {_some(list(plans))}){_other_patient(dose, list(plans.values()))}",
+            ))
+            continue
         doses_by_plan.setdefault(plan_uid, []).append(dose)
-    assembled: list[PlanInputs] = []
-    for plan_uid, plan in plan_files.items():
-        notes: list[str] = []
-        struct_uid = plan.structure_set_uid
+    groups: list[PlanGroup] = []
+    for plan_uid, plan in plans.items():
+        plan_notes = list(dose_notes.get(plan_uid, []))
+        problem: InputError | None = None
+        struct_rt: RtFile | None = None
+        struct_uid = _structure_set_uid(plan)
         if struct_uid is None:
-            same_frame = [s for s in structs if _frame_of(s) == plan.frame_of_reference_uid]
-            if len(same_frame) != 1:
-                raise InputError(
+            same_frame = [s for s in structs.values() if _frame_of(s) == _frame_of(plan)]
+            if len(same_frame) == 1:
+                struct_rt = same_frame[0]
+                plan_notes.append("RTPLAN references no RTSTRUCT; matched by frame of reference")
+            else:
+                problem = InputError(
                     plan.path, "RTPLAN references no RTSTRUCT and none can be matched by frame of reference"
                 )
-            struct_rt = same_frame[0]
-            notes.append("RTPLAN references no RTSTRUCT; matched by frame of reference")
-        elif struct_uid in struct_by_uid:
-            struct_rt = struct_by_uid[struct_uid]
+        elif struct_uid in structs:
+            struct_rt = structs[struct_uid]
         else:
-            raise InputError(
-                plan.path,
-                f"RTPLAN references RTSTRUCT {struct_uid}, which is not in the folder",
-            )
+            problem = InputError(plan.path, f"RTPLAN references RTSTRUCT {struct_uid}, which is not in the folder")
         plan_doses = doses_by_plan.get(plan_uid, [])
-        if not plan_doses:
-            raise InputError(plan.path, f"no RTDOSE in the folder references this RTPLAN ({plan.label})")
-        structure_set = read_structure_set(struct_rt.path, struct_rt.dataset)
-        dose_files = [read_dose_file(d.path, d.dataset) for d in plan_doses]
-        _check_frames(structure_set, dose_files, plan)
-        assembled.append(
-            PlanInputs(plan, structure_set, dose_files, list(contents.other_dicom), notes)
-        )
+        if problem is None and not plan_doses:
+            label = str(plan.dataset.get("RTPlanLabel", "") or "")
+            problem = InputError(plan.path, f"no RTDOSE in the folder references this RTPLAN ({label})")
+        images = _images_of(struct_rt, plan, contents.other_dicom)
+        groups.append(PlanGroup(plan_uid, plan, struct_rt, tuple(plan_doses), tuple(plan_notes), problem, images))
+    return groups, stray, notes
+
+
+def _images_of(struct: RtFile | None, plan: RtFile, others: tuple[tuple[Path, Dataset], ...]) -> tuple[Path, ...]:
+    """Images of the series the RTSTRUCT references, else of the plan's frame of reference."""
+    series = referenced_series_uid(struct.dataset, struct.path) if struct else ""
+    if series:
+        return tuple(path for path, ds in others if str(ds.get("SeriesInstanceUID", "")) == series)
+    frame = _frame_of(plan)
+    return tuple(path for path, ds in others if frame and str(ds.get("FrameOfReferenceUID", "")) == frame)
+
+
+def read_group(group: PlanGroup, other_dicom: list[tuple[Path, Dataset]] | None = None) -> PlanInputs:
+    """Read and cross-check the objects of one grouped plan; its problem, if any, is raised."""
+    if group.problem is not None:
+        raise group.problem
+    assert group.structure_set is not None  # a group without problem has one
+    plan = read_plan(group.plan.path, group.plan.dataset)
+    structure_set = read_structure_set(group.structure_set.path, group.structure_set.dataset)
+    dose_files = [read_dose_file(d.path, d.dataset) for d in group.doses]
+    _check_frames(structure_set, dose_files, plan)
+    return PlanInputs(plan, structure_set, dose_files, list(other_dicom or []), list(group.notes))
+
+
+def assemble_plans(folder: Path, contents: FolderContents) -> list[PlanInputs]:
+    """Every plan in the folder with its structure set and doses; refuses what does not fit."""
+    for kind in ("RTPLAN", "RTSTRUCT", "RTDOSE"):
+        if not contents.of(kind):
+            raise _missing(kind, folder, contents)
+    groups, stray, notes = group_plans(folder, contents)
+    if stray:
+        raise stray[0]
+    assembled = [read_group(group, list(contents.other_dicom)) for group in groups]
+    for inputs in assembled:
+        inputs.notes.extend(notes)
     return assembled
+
+
+def _other_patient(rt: RtFile, others: list[RtFile]) -> str:
+    """'; it is of patient A, RTPLAN x of patient B' when no object of `others` is rt's patient.
+
+    Objects of two patients in one folder are the likeliest cause of a broken reference, and
+    saying so turns a puzzling UID mismatch into an obvious mix-up.
+    """
+    mine = _uid(rt, "PatientID")
+    theirs = [(o, _uid(o, "PatientID")) for o in others]
+    if not mine or not theirs or any(pid == mine for _, pid in theirs):
+        return ""
+    listed = ", ".join(f"{o.modality} {o.path.name} of patient {pid or '(none)'}" for o, pid in theirs)
+    return f"; files of different patients: {rt.modality} {rt.path.name} is of patient {mine}, {listed}"
 
 
 def _frame_of(rt: RtFile) -> str:
@@ -159,7 +263,8 @@ def assemble_dose_and_structures(folder: Path, contents: FolderContents) -> Plan
             raise InputError(
                 dose.path,
                 f"RTDOSE FrameOfReferenceUID {frame} differs from the RTSTRUCT's "
-                f"{structure_set.frame_of_reference_uid} ({structure_set.path.name}): they cannot be overlaid",
+                f"{structure_set.frame_of_reference_uid} ({structure_set.path.name}): they cannot be overlaid"
+                f"{_other_patient(dose, structs)}",
             )
     dose_files = [read_dose_file(d.path, d.dataset) for d in doses]
     _check_frames(structure_set, dose_files, None)

@@ -9,6 +9,7 @@ naming the file, anything that is not DICOM at all is skipped with a note.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..errors import InputError
+from .integrity import verify_complete
 
 RTPLAN_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.8"}
 RTDOSE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -30,6 +32,9 @@ RT_MODALITIES = ("RTPLAN", "RTDOSE", "RTSTRUCT")
 # Elements larger than this stay on disk until asked for: a folder of CT slices or a large
 # RTDOSE costs no pixel reading unless it is the dose actually used.
 DEFER_SIZE = "64 KB"
+# Grouping a large archive into plans needs only UIDs and references: stop before pixel data
+# and leave anything over 1 KB (contours, CT pixels) unread.
+HEADER_DEFER_SIZE = "1 KB"
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class FolderContents:
     rt_files: tuple[RtFile, ...]
     other_dicom: tuple[tuple[Path, Dataset], ...]
     notes: tuple[str, ...]
+    # Only with keep_going: files that look like DICOM but cannot be read, each named.
+    unreadable: tuple[InputError, ...] = ()
 
     def of(self, modality: str) -> list[RtFile]:
         return [f for f in self.rt_files if f.modality == modality]
@@ -78,8 +85,12 @@ def modality_of(dataset: Dataset, path: Path) -> str | None:
     return None
 
 
-def read_dataset(path: Path) -> Dataset | None:
-    """Read one file; None when it is not DICOM at all, InputError when it is but is broken."""
+def read_dataset(path: Path, header_only: bool = False) -> Dataset | None:
+    """Read one file; None when it is not DICOM at all, InputError when it is but is broken.
+
+    `header_only` reads no pixel data and defers every larger element: enough to group
+    objects into plans; damage further into the file shows when the plan is read in full.
+    """
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -89,9 +100,14 @@ def read_dataset(path: Path) -> Dataset | None:
     with open(path, "rb") as handle:
         head = handle.read(132)
     if not _looks_like_dicom(head):
+        if len(head) < 132 and not any(head[:128]) and b"DICM".startswith(head[128:]):
+            raise InputError(path, f"truncated DICOM file: {len(head)} bytes, cut inside the 128-byte preamble")
         return None
     try:
-        dataset = pydicom.dcmread(path, force=True, defer_size=DEFER_SIZE)
+        dataset = pydicom.dcmread(
+            path, force=True, defer_size=HEADER_DEFER_SIZE if header_only else DEFER_SIZE,
+            stop_before_pixels=header_only,
+        )
         # Touch the identifying elements now so truncation shows up here, with the file name.
         dataset.get("SOPClassUID")
         dataset.get("Modality")
@@ -113,22 +129,51 @@ def list_files(folder: Path) -> list[Path]:
     return paths
 
 
-def scan_folder(folder: Path) -> FolderContents:
-    """Read every file below `folder` and sort out the RT objects."""
-    if not folder.exists():
-        raise InputError(folder, "no such file or folder")
-    paths = [folder] if folder.is_file() else list_files(folder)
+IMAGE_KEYWORDS = ("SOPClassUID", "Modality", "SeriesInstanceUID", "FrameOfReferenceUID")
+
+
+def _identity_only(dataset: Dataset) -> Dataset:
+    """What ties an image to a plan, without the rest: an archive holds thousands of CT slices."""
+    small = Dataset()
+    for keyword in IMAGE_KEYWORDS:
+        if keyword in dataset:
+            setattr(small, keyword, dataset.get(keyword))
+    return small
+
+
+def scan_files(paths: Iterable[Path], *, header_only: bool = False, keep_going: bool = False) -> FolderContents:
+    """Read the given files and sort out the RT objects.
+
+    `keep_going` (the audit of a whole archive) collects broken files in `unreadable`
+    instead of stopping at the first; `header_only` keeps of non-RT DICOM (thousands of CT
+    slices in an archive) only what ties it to a plan.
+    """
     rt_files: list[RtFile] = []
     others: list[tuple[Path, Dataset]] = []
     notes: list[str] = []
+    unreadable: list[InputError] = []
     for path in paths:
-        dataset = read_dataset(path)
+        try:
+            dataset = read_dataset(path, header_only)
+            modality = None if dataset is None else modality_of(dataset, path)
+            if modality is not None:
+                verify_complete(path, dataset)  # a cut RT file must not read as a shorter one
+        except InputError as exc:
+            if not keep_going:
+                raise
+            unreadable.append(exc)
+            continue
         if dataset is None:
             notes.append(f"{path}: not DICOM, ignored")
-            continue
-        modality = modality_of(dataset, path)
-        if modality is None:
-            others.append((path, dataset))
-        else:
+        elif modality is not None:
             rt_files.append(RtFile(path, modality, dataset))
-    return FolderContents(tuple(rt_files), tuple(others), tuple(notes))
+        else:
+            others.append((path, _identity_only(dataset) if header_only else dataset))
+    return FolderContents(tuple(rt_files), tuple(others), tuple(notes), tuple(unreadable))
+
+
+def scan_folder(folder: Path) -> FolderContents:
+    """Read every file below `folder` (or the one file) and sort out the RT objects."""
+    if not folder.exists():
+        raise InputError(folder, "no such file or folder")
+    return scan_files([folder] if folder.is_file() else list_files(folder))

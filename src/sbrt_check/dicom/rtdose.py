@@ -45,22 +45,39 @@ def _axis_sign(cosines: np.ndarray, axis: int) -> int | None:
     return None
 
 
-def _pixel_values(dataset: Dataset, path: Path, frames: int, rows: int, columns: int) -> np.ndarray:
-    bits = int(el.required(dataset, "BitsAllocated", path))
-    signed = int(el.optional(dataset, "PixelRepresentation", path, 0)) == 1
-    if bits not in (16, 32):
-        raise InputError(path, f"BitsAllocated {bits} is not supported for RTDOSE (16 or 32)")
+FLOAT_PIXEL_ELEMENTS = (("FloatPixelData", "f4"), ("DoubleFloatPixelData", "f8"))
+
+
+def _raw(dataset: Dataset, keyword: str, path: Path) -> bytes | None:
+    try:
+        return dataset.get(keyword)
+    except Exception as exc:
+        raise InputError(path, f"unreadable {keyword} ({exc})") from None
+
+
+def _pixel_values(dataset: Dataset, path: Path, frames: int, rows: int, columns: int) -> tuple[np.ndarray, str]:
+    """The stored values as an array [frame, row, column] and the element they came from.
+
+    Integer PixelData is what the RT Dose module defines; Float/DoubleFloatPixelData are
+    accepted because some research exports write them, and are checked for NaN by the caller.
+    """
     transfer_syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     if transfer_syntax is not None and transfer_syntax.is_compressed:
         raise InputError(path, f"compressed pixel data ({transfer_syntax.name}) is not supported")
-    big_endian = transfer_syntax is not None and not transfer_syntax.is_little_endian
-    dtype = np.dtype(f"{'>' if big_endian else '<'}{'i' if signed else 'u'}{bits // 8}")
-    try:
-        raw = dataset.PixelData
-    except Exception as exc:
-        raise InputError(path, f"unreadable PixelData ({exc})") from None
-    if raw is None:
-        raise InputError(path, "missing required element PixelData")
+    order = ">" if transfer_syntax is not None and not transfer_syntax.is_little_endian else "<"
+    keyword, raw = "PixelData", _raw(dataset, "PixelData", path)
+    if raw is not None:
+        bits = int(el.required(dataset, "BitsAllocated", path))
+        signed = int(el.optional(dataset, "PixelRepresentation", path, 0)) == 1
+        if bits not in (16, 32):
+            raise InputError(path, f"BitsAllocated {bits} is not supported for RTDOSE (16 or 32)")
+        dtype = np.dtype(f"{order}{'i' if signed else 'u'}{bits // 8}")
+    else:
+        found = [(k, code) for k, code in FLOAT_PIXEL_ELEMENTS if _raw(dataset, k, path) is not None]
+        if not found:
+            raise InputError(path, "missing required element PixelData")
+        keyword, code = found[0]
+        raw, dtype = _raw(dataset, keyword, path), np.dtype(order + code)
     expected = frames * rows * columns
     if len(raw) < expected * dtype.itemsize:
         raise InputError(
@@ -68,7 +85,7 @@ def _pixel_values(dataset: Dataset, path: Path, frames: int, rows: int, columns:
             f"pixel data is {len(raw)} bytes, shorter than Rows x Columns x Frames "
             f"({rows} x {columns} x {frames}) x {dtype.itemsize} = {expected * dtype.itemsize}",
         )
-    return np.frombuffer(raw, dtype=dtype, count=expected).reshape(frames, rows, columns)
+    return np.frombuffer(raw, dtype=dtype, count=expected).reshape(frames, rows, columns), keyword
 
 
 def _frame_positions(dataset: Dataset, path: Path, frames: int, origin_z: float, normal_z: int) -> np.ndarray:
@@ -96,6 +113,8 @@ def read_dose_file(path: Path, dataset: Dataset) -> DoseFile:
         raise InputError(
             path, f"DoseUnits {units or '(empty)'}: only absolute dose in GY can be checked"
         )
+    if el.text(dataset, "DoseType", path).upper() == "ERROR":
+        raise InputError(path, "DoseType ERROR: this grid holds the dose uncertainty, not the dose")
     rows = int(el.required(dataset, "Rows", path))
     columns = int(el.required(dataset, "Columns", path))
     frames = int(el.optional(dataset, "NumberOfFrames", path, 1))
@@ -117,12 +136,17 @@ def read_dose_file(path: Path, dataset: Dataset) -> DoseFile:
         )
     normal_z = x_sign * y_sign
     z = _frame_positions(dataset, path, frames, float(origin[2]), normal_z)
-    scaling = float(el.optional(dataset, "DoseGridScaling", path, 1.0))
+    pixels, pixel_element = _pixel_values(dataset, path, frames, rows, columns)
+    if pixel_element == "PixelData":  # integers mean nothing without their scale
+        scaling = el.number(dataset, "DoseGridScaling", path)
+    else:
+        scaling = float(el.optional(dataset, "DoseGridScaling", path, 1.0))
     if not np.isfinite(scaling) or scaling <= 0:
         raise InputError(path, f"DoseGridScaling {scaling} is not a positive number")
-    pixels = _pixel_values(dataset, path, frames, rows, columns)
-    if pixels.dtype.kind == "i" and pixels.min() < 0:
-        raise InputError(path, "negative dose values in pixel data")
+    if pixels.dtype.kind == "f" and not np.all(np.isfinite(pixels)):
+        raise InputError(path, f"{pixel_element} holds NaN or infinite dose values")
+    if pixels.dtype.kind in "if" and pixels.min() < 0:
+        raise InputError(path, f"negative dose values in {pixel_element}")
     dose = pixels.astype(np.float64) * scaling
     x = origin[0] + x_sign * column_spacing * np.arange(columns)
     y = origin[1] + y_sign * row_spacing * np.arange(rows)

@@ -20,6 +20,7 @@ from . import elements as el
 
 CONTOUR_DATA = Tag(0x3006, 0x0050)
 PLANE_TOLERANCE_MM = 0.01
+GEOMETRIC_TYPES = {"POINT", "OPEN_PLANAR", "OPEN_NONPLANAR", "CLOSED_PLANAR", "CLOSEDPLANAR_XOR"}
 NON_VOLUME_TYPES = {"MARKER", "ISOCENTER", "REGISTRATION", "CONTROL", "DOSE_REGION"}
 
 
@@ -60,35 +61,62 @@ def _raw_floats(item: Dataset, path: Path) -> np.ndarray:
     value = element.value
     try:
         if isinstance(value, bytes | bytearray):
-            text = bytes(value).strip(b" \0")
+            # Some exporters end the value with a stray backslash or pad with spaces/NULs.
+            text = bytes(value).strip(b" \0").rstrip(b"\\").strip()
             return np.array(text.split(b"\\"), dtype=np.float64) if text else np.empty(0)
         return np.asarray([float(v) for v in np.atleast_1d(value)], dtype=np.float64)
     except ValueError as exc:
         raise InputError(path, f"ContourData is not numeric ({exc})") from None
 
 
+def _int_or_none(value: object) -> int | None:
+    try:
+        return None if value is None or value == "" else int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
 def load_roi(path: Path, entry: RoiEntry) -> Roi:
-    """Closed planar contours of one ROI grouped by plane; anything else is noted and skipped."""
+    """Closed planar contours of one ROI grouped by plane; points and open contours are noted and skipped.
+
+    A closed contour that cannot be used (no data, a point count that disagrees with its data,
+    not in an axial plane, an unknown geometric type) is an error, never skipped: dropping it
+    would leave a smaller structure and a confident, wrong DVH.
+    """
     planes: Planes = {}
     notes: list[str] = []
     skipped: dict[str, int] = {}
-    for item in entry.contour_items:
-        kind = str(item.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
+    for index, item in enumerate(entry.contour_items, start=1):
+        kind = str(item.get("ContourGeometricType", "CLOSED_PLANAR") or "CLOSED_PLANAR").strip().upper()
+        if kind not in GEOMETRIC_TYPES:
+            raise InputError(path, f"ROI '{entry.name}' contour {index}: unknown ContourGeometricType '{kind}'")
         points = _raw_floats(item, path)
+        if kind == "CLOSEDPLANAR_XOR":  # XOR of the plane's contours is the even-odd rule used anyway
+            kind = "CLOSED_PLANAR"
         if kind != "CLOSED_PLANAR":
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
         if points.size == 0:
-            continue
+            raise InputError(path, f"ROI '{entry.name}' contour {index}: CLOSED_PLANAR contour without ContourData")
         if points.size % 3:
             raise InputError(path, f"ROI '{entry.name}': ContourData length {points.size} is not x,y,z triplets")
+        declared = _int_or_none(item.get("NumberOfContourPoints"))
+        if declared is not None and declared != points.size // 3:
+            raise InputError(
+                path,
+                f"ROI '{entry.name}' contour {index}: NumberOfContourPoints {declared} but ContourData holds "
+                f"{points.size // 3} points",
+            )
         xyz = points.reshape(-1, 3)
         if not np.all(np.isfinite(xyz)):
             raise InputError(path, f"ROI '{entry.name}': ContourData holds a non-finite value")
         z_values = xyz[:, 2]
         if np.ptp(z_values) > PLANE_TOLERANCE_MM * 10:
-            skipped["non-axial"] = skipped.get("non-axial", 0) + 1
-            continue
+            raise InputError(
+                path,
+                f"ROI '{entry.name}' contour {index}: not in an axial plane (z from {z_values.min():g} to "
+                f"{z_values.max():g}); only axial contours can be used",
+            )
         if len(xyz) < 3:
             skipped["degenerate"] = skipped.get("degenerate", 0) + 1
             continue
@@ -98,6 +126,16 @@ def load_roi(path: Path, entry: RoiEntry) -> Roi:
         notes.append(f"ROI '{entry.name}': {count} {kind} contour(s) ignored")
     ordered = {z: planes[z] for z in sorted(planes)}
     return Roi(entry.number, entry.name, entry.interpreted_type, ordered, tuple(notes))
+
+
+def referenced_series_uid(dataset: Dataset, path: Path) -> str:
+    """The image series the contours were drawn on (first one referenced), or ''."""
+    for frame in el.sequence(dataset, "ReferencedFrameOfReferenceSequence", path):
+        for study in frame.get("RTReferencedStudySequence", []) or []:
+            for series in study.get("RTReferencedSeriesSequence", []) or []:
+                if series.get("SeriesInstanceUID"):
+                    return str(series.get("SeriesInstanceUID"))
+    return ""
 
 
 def read_structure_set(path: Path, dataset: Dataset) -> StructureSet:
@@ -128,11 +166,7 @@ def read_structure_set(path: Path, dataset: Dataset) -> StructureSet:
         frame_uid = str(referenced[0].get("FrameOfReferenceUID", "")) if referenced else ""
     if not frame_uid and len(frame_uids) == 1:
         frame_uid = frame_uids.pop()
-    series_uid = ""
-    for frame in el.sequence(dataset, "ReferencedFrameOfReferenceSequence", path):
-        for study in frame.get("RTReferencedStudySequence", []) or []:
-            for series in study.get("RTReferencedSeriesSequence", []) or []:
-                series_uid = series_uid or str(series.get("SeriesInstanceUID", ""))
+    series_uid = referenced_series_uid(dataset, path)
     return StructureSet(
         path=path,
         sop_instance_uid=el.text(dataset, "SOPInstanceUID", path),

@@ -55,37 +55,72 @@ def _unit(unit: str) -> str:
     return {"% Rx": "%Rx"}.get(unit, unit)
 
 
-def results_table(results: tuple[Result, ...]) -> Table:
-    """One row per constraint, grouped by structure; the ROI shows only where it differs."""
+def _value_text(result: Result) -> str:
+    if result.value is None or not math.isfinite(result.value):
+        return "-"
+    unit = _unit(result.unit)
+    measured = result.unit in ("Gy", "%", "% Rx", "cc", "mm", "cm") or result.group == "indices"
+    counted = not measured and float(result.value).is_integer()
+    text = f"{int(result.value)} {unit}" if counted else f"{_fmt(result.value)} {unit}".rstrip()
+    if "physical_gy" in result.details:  # EQD2/BED: the physical dose too
+        text += f" ({_fmt(result.details['physical_gy'])} Gy phys)"
+    return text
+
+
+def _status_text(result: Result) -> Text:
+    label, style = STATUS_STYLE[result.status]
+    if result.pass_limit == "report only" and result.status is Status.PASS:
+        return Text("REPORTED", style="cyan")
+    if not result.required and result.status is Status.NOT_EVALUATED:
+        return Text("NOT EVALUATED (optional)", style="dim")
+    return Text(label, style=style)
+
+
+def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
+    """One row per constraint, grouped by structure (the ROI shows where its name differs).
+
+    Reasons go below the table as numbered notes, so the table stays narrow enough to read
+    at a glance in an 80-120 column terminal.
+    """
     table = Table(header_style="bold", expand=False)
-    table.add_column("Structure", no_wrap=True)
+    table.add_column("Structure", max_width=32)
     table.add_column("Metric", no_wrap=True)
     table.add_column("Limit", no_wrap=True)
     table.add_column("Value", justify="right", no_wrap=True)
     table.add_column("Margin", justify="right", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    if any(r.reason for r in results):
-        table.add_column("Note", overflow="fold")
+    table.add_column("Status")
+    notes: list[str] = []
     previous = None
-    for result in sorted(results, key=lambda r: (r.group != "dose", _order(results, r))):
-        label, style = STATUS_STYLE[result.status]
-        if not result.required and result.status is Status.NOT_EVALUATED:
-            label, style = "NOT EVALUATED (optional)", "dim"
+    for result in sorted(results, key=lambda r: (_group_rank(r.group), _order(_same_group(results, r), r))):
         limit = result.pass_limit + (f" (var {result.variation_limit})" if result.variation_limit else "")
-        value = f"{_fmt(result.value)} {_unit(result.unit)}" if result.value is not None else "-"
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
         name = ""
         if result.structure != previous:
             name = escape(result.structure)
             if result.roi and normalize_name(result.roi) != normalize_name(result.structure):
                 name += f" [dim]({escape(result.roi)})[/dim]"
-        cells = [name, escape(result.metric), escape(limit), value,
-                 Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), Text(label, style=style)]
-        if len(table.columns) == 7:
-            cells.append(escape(result.reason))
-        table.add_row(*cells)
+        status = _status_text(result)
+        if result.reason:
+            notes.append(f"{result.structure} {result.metric}: {result.reason}")
+            status.append(f" [{len(notes)}]", style="dim")
+        table.add_row(
+            name, escape(result.metric), escape(limit), _value_text(result),
+            Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), status,
+        )
         previous = result.structure
-    return table
+    return table, notes
+
+
+GROUP_ORDER = ("dose", "plan", "geometry", "indices")
+
+
+def _group_rank(group: str) -> int:
+    """Dose limits first, then the protocol's other rules by kind (plan, geometry, indices)."""
+    return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
+
+
+def _same_group(results: tuple[Result, ...], result: Result) -> tuple[Result, ...]:
+    return tuple(r for r in results if r.group == result.group)
 
 
 def _order(results: tuple[Result, ...], result: Result) -> int:
@@ -95,7 +130,10 @@ def _order(results: tuple[Result, ...], result: Result) -> int:
 
 def render_table(report: Report) -> Group:
     text, style = VERDICT_STYLE[report.verdict]
-    parts: list = [header_text(report), results_table(report.results)]
+    table, notes = results_table(report.results)
+    parts: list = [header_text(report), table]
+    for number, note in enumerate(notes, start=1):
+        parts.append(Text(f"[{number}] {note}", style="dim"))
     for message in report.messages:
         parts.append(Text(f"note: {message}", style="yellow"))
     parts.append(Text(f" {text} ", style=style))

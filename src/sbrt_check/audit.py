@@ -1,0 +1,600 @@
+"""Audit a whole archive: find every plan wherever its files lie, check each, one row per plan.
+
+Why a module of its own: the QA office audits every enrolled patient's plan, exported by
+different people into trees of any shape. Plans are found by UID references (the same
+grouping `check` uses, on headers only), each plan is checked by exactly the `check` code
+path in a worker process, and the outcome is a flat row a statistician can join with
+outcomes. A broken file or plan is an error row, never the end of the audit. Pure logic:
+the CLI prints the progress and the table and decides the exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import hashlib
+import hmac
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dicom.assemble import group_plans
+from .dicom.files import list_files, scan_files
+from .errors import CheckError, InputError
+
+AUDIT_SCHEMA = 1
+FIXED_COLUMNS = (
+    "patient_id", "patient_name", "plan_label", "plan_uid", "prescription_gy", "fractions", "verdict",
+    "fail", "variation", "not_evaluated", "not_evaluated_optional", "worst", "error",
+    "protocol_name", "protocol_version", "input_hash", "files", "seconds",
+)
+INT_COLUMNS = ("fail", "variation", "not_evaluated", "not_evaluated_optional")
+FLOAT_COLUMNS = ("prescription_gy", "fractions", "seconds")
+STATUS_SUFFIX = " status"
+# Never rewritten by --anonymize: identifiers of the plan and its inputs, not of the patient.
+STRUCTURAL = frozenset({"plan_uid", "input_hash", "protocol_name", "protocol_version", "verdict", "status"})
+MAX_BROKEN_POOLS_PER_PLAN = 2
+
+
+# --- discovery -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanJob:
+    """One plan to check (or one problem to report): its files and who it belongs to.
+
+    `key` is the RTPLAN SOP Instance UID, or for a file no plan owns `file:<relative path>`.
+    `problem` is known before reading in full (a referenced object missing, a broken file):
+    the row is an error row with this message.
+    """
+
+    key: str
+    files: tuple[str, ...]
+    patient_id: str = ""
+    patient_name: str = ""
+    plan_label: str = ""
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def plan_uid(self) -> str:
+        return "" if self.key.startswith("file:") else self.key
+
+
+@dataclass
+class Discovery:
+    root: Path
+    jobs: list[PlanJob]
+    notes: list[str] = field(default_factory=list)
+    identities: set[tuple[str, str]] = field(default_factory=set)  # (patient ID, name) seen anywhere
+
+
+def _text(dataset: Any, keyword: str) -> str:
+    try:
+        return str(dataset.get(keyword, "") or "")
+    except Exception:  # a damaged element must not stop discovery
+        return ""
+
+
+def discover(root: Path) -> Discovery:
+    """Every plan below `root`, grouped by UID references on headers only.
+
+    A file that cannot be read is attached to a broken plan in its own folder (its RTDOSE is
+    usually why that plan has none), else it is a row of its own.
+    """
+    if not root.is_dir():
+        raise InputError(root, "no such folder" if not root.exists() else "not a folder")
+    contents = scan_files(list_files(root), header_only=True, keep_going=True)
+    groups, stray, notes = group_plans(root, contents)
+    identities = {(_text(rt.dataset, "PatientID"), _text(rt.dataset, "PatientName")) for rt in contents.rt_files}
+    jobs: list[PlanJob] = []
+    unreadable = list(contents.unreadable)
+    for group in groups:
+        problem = str(group.problem) if group.problem else None
+        if problem:
+            here = [u for u in unreadable if u.file and Path(u.file).parent == group.plan.path.parent]
+            for error in here:
+                problem += f"; also unreadable in this folder: {error}"
+                unreadable.remove(error)
+        ds = group.plan.dataset
+        jobs.append(PlanJob(
+            key=group.plan_uid,
+            files=tuple(str(p) for p in group.files),
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            plan_label=_text(ds, "RTPlanLabel") or _text(ds, "RTPlanName"),
+            problem=problem,
+            notes=group.notes,
+        ))
+    by_path = {str(rt.path): rt for rt in contents.rt_files}
+    for error in stray + unreadable:
+        file = error.file or str(root)
+        rt = by_path.get(file)
+        jobs.append(PlanJob(
+            key="file:" + _relative(file, root),
+            files=(file,),
+            patient_id=_text(rt.dataset, "PatientID") if rt else "",
+            patient_name=_text(rt.dataset, "PatientName") if rt else "",
+            problem=str(error),
+        ))
+    jobs.sort(key=lambda j: (j.patient_id, j.plan_label, j.key))
+    return Discovery(root, jobs, [*notes, *contents.notes], identities)
+
+
+def _relative(file: str, root: Path) -> str:
+    try:
+        return str(Path(file).relative_to(root))
+    except ValueError:
+        return file
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' with 1 <= i <= n (1-based, as most job arrays count)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise InputError(None, f"--shard '{text}' is not i/n with 1 <= i <= n")
+    return int(match[1]), int(match[2])
+
+
+def shard_of(key: str, count: int) -> int:
+    """1-based shard of a plan: a stable hash of its UID, the same on every machine and run."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % count + 1
+
+
+def select_shard(jobs: list[PlanJob], index: int, count: int) -> list[PlanJob]:
+    return [job for job in jobs if shard_of(job.key, count) == index]
+
+
+def input_hash(files: Iterable[str]) -> str:
+    """SHA-256 over the contents of a plan's files (order and location do not matter)."""
+    digests = []
+    for name in files:
+        digest = hashlib.sha256()
+        try:
+            with open(name, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            digest.update(f"unreadable: {exc.strerror}".encode())
+        digests.append(digest.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
+
+
+# --- the worker ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """What every worker needs besides its plan; small and picklable."""
+
+    protocol_path: str | None = None
+    structure_map: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker sends back: a small summary and the JSON report (None when it errored)."""
+
+    job: PlanJob
+    input_hash: str
+    seconds: float
+    report: dict | None = None
+    error: str | None = None
+
+
+@functools.lru_cache(maxsize=4)
+def _protocol(path: str | None) -> Any:
+    from .protocol import load_protocol
+
+    return load_protocol(path)
+
+
+def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
+    """Check one plan exactly as `check` does; any failure becomes the outcome's error."""
+    started = time.perf_counter()
+    digest = input_hash(job.files)
+    if job.problem:
+        return Outcome(job, digest, time.perf_counter() - started, error=job.problem)
+    try:
+        from .evaluate import Evaluator, Options
+        from .plandata import load_plan
+        from .report.json_report import report_dict
+
+        plan = load_plan([Path(f) for f in job.files], job.key)
+        options = Options(structure_map=settings.structure_map)
+        document = report_dict(Evaluator(plan, _protocol(settings.protocol_path), options).report())
+        return Outcome(job, digest, time.perf_counter() - started, report=json.loads(json.dumps(
+            document, default=_json_default)))
+    except CheckError as exc:
+        error = str(exc)
+    except MemoryError:
+        error = "out of memory while checking this plan"
+    except Exception as exc:  # one plan's surprise must not end a 500-plan audit
+        error = f"internal error: {type(exc).__name__}: {exc}"
+    return Outcome(job, digest, time.perf_counter() - started, error=error)
+
+
+def _json_default(value: object) -> object:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which keeps the finished rows and stops them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_jobs() -> int:
+    """The cores this process may use (a cluster job's allocation, not the whole machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def run_jobs(jobs: list[PlanJob], settings: Settings, n_jobs: int) -> Iterator[Outcome]:
+    """Outcomes as plans finish. One job runs in-process; more run in a process pool.
+
+    A worker that dies (killed for memory, crashed) breaks the pool: the unfinished plans go
+    to a fresh pool, and a plan caught in two such breaks becomes an error row. Stopping the
+    iteration (Ctrl-C in the caller) cancels what has not started and ends the workers.
+    """
+    if n_jobs <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield audit_plan(job, settings)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        context.set_forkserver_preload(["sbrt_check.audit", "sbrt_check.evaluate", "sbrt_check.plandata"])
+    breaks: Counter[str] = Counter()
+    pending = list(jobs)
+    while pending:
+        pool = ProcessPoolExecutor(min(n_jobs, len(pending)), mp_context=context, initializer=_ignore_sigint)
+        try:
+            futures = {pool.submit(audit_plan, job, settings): job for job in pending}
+            pending = []
+            for future in as_completed(futures):
+                job = futures[future]
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    breaks[job.key] += 1
+                    if breaks[job.key] < MAX_BROKEN_POOLS_PER_PLAN:
+                        pending.append(job)
+                    else:
+                        yield Outcome(job, input_hash(job.files), 0.0,
+                                      error="the worker process checking this plan died (out of memory?)")
+        finally:
+            workers = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in workers:
+                if process.is_alive():
+                    process.terminate()
+
+
+# --- rows ----------------------------------------------------------------------------------
+@dataclass
+class AuditRow:
+    """One plan: the flat cells of the CSV (fixed columns + one per constraint) and its report."""
+
+    cells: dict[str, Any]
+    report: dict | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.cells.get("plan_uid") or "")
+
+    @property
+    def verdict(self) -> str:
+        return str(self.cells.get("verdict") or "error")
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.cells.get("error"))
+
+
+def column_names(results: list[dict]) -> list[str]:
+    """'PTV V95%[%]' per constraint; a second constraint on the same metric gets ' #2'."""
+    names: list[str] = []
+    seen: Counter[str] = Counter()
+    for result in results:
+        base = f"{result['structure']} {result['metric']}"
+        seen[base] += 1
+        names.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
+    return names
+
+
+def protocol_columns(protocol: Any) -> list[str]:
+    return column_names([{"structure": c.structure, "metric": c.metric.text} for c in protocol.constraints])
+
+
+def _limit_value(limit: str | None) -> float | None:
+    match = re.fullmatch(r"\s*[<>]=?\s*(-?\d+(?:\.\d+)?)\s*", limit or "")
+    return float(match[1]) if match else None
+
+
+def _describe(result: dict) -> str:
+    value = result.get("value")
+    shown = "n/a" if value is None else f"{value:.2f} {result.get('unit', '')}".rstrip()
+    return f"{result['structure']} {result['metric']} {shown} ({result.get('pass', '')})"
+
+
+def worst_constraint(results: list[dict]) -> str:
+    """The constraint furthest on the wrong side of its limit, relative to the limit.
+
+    Else the first required NOT EVALUATED (with why), else the tightest passing margin, else
+    the first optional NOT EVALUATED: the one thing a reviewer should look at first.
+    """
+    def relative(result: dict) -> float:
+        limit = _limit_value(result.get("pass"))
+        return result["margin"] / abs(limit) if limit else result["margin"]
+
+    judged = [r for r in results if r.get("margin") is not None and math.isfinite(r["margin"])]
+    negative = [r for r in judged if r["margin"] < 0]
+    if negative:
+        return _describe(min(negative, key=relative))
+    missing = [r for r in results if r.get("status") == "not_evaluated"]
+    required = [r for r in missing if r.get("required", True)]
+    if required:
+        return f"{required[0]['structure']} {required[0]['metric']}: not evaluated ({required[0].get('reason', '')})"
+    if judged:
+        return _describe(min(judged, key=relative))
+    if missing:
+        return f"{missing[0]['structure']} {missing[0]['metric']}: not evaluated (optional)"
+    return ""
+
+
+def make_row(outcome: Outcome, root: Path, protocol: Any) -> AuditRow:
+    """The flat row of one outcome (an error row when the plan could not be checked)."""
+    job, report = outcome.job, outcome.report
+    cells: dict[str, Any] = dict.fromkeys(FIXED_COLUMNS, "")
+    cells.update(
+        patient_id=job.patient_id, patient_name=job.patient_name, plan_label=job.plan_label,
+        plan_uid=job.plan_uid, protocol_name=protocol.name, protocol_version=protocol.version,
+        input_hash=outcome.input_hash, files=";".join(_relative(f, root) for f in job.files),
+        seconds=round(outcome.seconds, 3),
+    )
+    if report is None:
+        cells.update(verdict="error", error=outcome.error or "unknown error")
+        return AuditRow(cells, None)
+    plan, results = report["plan"], report["results"]
+    statuses = Counter((r["status"], bool(r.get("required", True))) for r in results)
+    cells.update(
+        patient_id=plan.get("patient_id", ""), patient_name=plan.get("patient_name", ""),
+        plan_label=plan.get("plan_label", ""), prescription_gy=plan.get("prescription_gy"),
+        fractions=plan.get("fractions"), verdict=report["verdict"],
+        fail=statuses[("fail", True)] + statuses[("fail", False)],
+        variation=statuses[("variation", True)] + statuses[("variation", False)],
+        not_evaluated=statuses[("not_evaluated", True)], not_evaluated_optional=statuses[("not_evaluated", False)],
+        worst=worst_constraint(results),
+    )
+    for name, result in zip(column_names(results), results, strict=True):
+        cells[name] = result["value"]
+        cells[name + STATUS_SUFFIX] = result["status"]
+    return AuditRow(cells, report)
+
+
+def audit_exit_code(rows: list[AuditRow]) -> int:
+    """2 when any plan could not be evaluated (the audit is incomplete), else 1 for any FAIL, else 0.
+
+    No rows (an empty shard) is 0: nothing in it is non-compliant.
+    """
+    verdicts = {row.verdict for row in rows}
+    if "error" in verdicts:
+        return 2
+    return 1 if "fail" in verdicts else 0
+
+
+def columns_of(rows: list[AuditRow], protocol: Any) -> list[str]:
+    """Fixed columns, then value and status of each protocol constraint, then anything extra."""
+    columns = list(FIXED_COLUMNS)
+    for name in protocol_columns(protocol):
+        columns += [name, name + STATUS_SUFFIX]
+    known = set(columns)
+    for row in rows:
+        for name in row.cells:
+            if name not in known:
+                columns.append(name)
+                known.add(name)
+    return columns
+
+
+# --- resume --------------------------------------------------------------------------------
+def read_previous(path: Path) -> list[AuditRow]:
+    """Rows of an earlier audit (CSV or JSON, by extension); a missing file is no rows."""
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            document = json.loads(text)
+            return [AuditRow({k: v for k, v in p.items() if k != "report"}, p.get("report"))
+                    for p in document.get("plans", [])]
+        return [AuditRow(_coerce(row)) for row in csv.DictReader(io.StringIO(text))]
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error, AttributeError, TypeError) as exc:
+        raise InputError(path, f"cannot read it as an earlier audit ({exc})") from None
+
+
+def _coerce(cells: dict[str, str]) -> dict[str, Any]:
+    """CSV text back to numbers, so a resumed row is the same in CSV and JSON output."""
+    out: dict[str, Any] = {}
+    for name, text in cells.items():
+        text = _unguard(text or "")
+        if name in INT_COLUMNS:
+            out[name] = int(text) if text else ""
+        elif name in FLOAT_COLUMNS or (name not in FIXED_COLUMNS and not name.endswith(STATUS_SUFFIX)):
+            out[name] = float(text) if text else None
+        else:
+            out[name] = text
+    return out
+
+
+def split_resumed(
+    jobs: list[PlanJob], previous: list[AuditRow], protocol: Any
+) -> tuple[list[PlanJob], list[AuditRow]]:
+    """(plans still to check, rows kept): a row is kept when it was evaluated without error
+    under the same protocol name and version and the plan's files still hash the same."""
+    done = {
+        row.key: row for row in previous
+        if row.key and not row.is_error
+        and row.cells.get("protocol_version") == protocol.version and row.cells.get("protocol_name") == protocol.name
+    }
+    todo: list[PlanJob] = []
+    kept: list[AuditRow] = []
+    for job in jobs:
+        row = done.get(job.plan_uid) if job.plan_uid and not job.problem else None
+        if row is not None and row.cells.get("input_hash") == input_hash(job.files):
+            kept.append(row)
+        else:
+            todo.append(job)
+    return todo, kept
+
+
+# --- anonymisation -------------------------------------------------------------------------
+class Anonymizer:
+    """Patient IDs and names -> 'anon-' + 12 hex of HMAC-SHA256(salt, value): stable across runs
+    and machines with the same salt, not reversible without it (a bare hash of a patient ID
+    can be inverted by hashing every plausible ID, hence the salt).
+
+    The patient ID and name columns are replaced whole; in every other text (messages, file
+    paths, ROI notes) any whole-word occurrence of a known ID, name, or name component of 3 or
+    more characters is replaced, case-insensitively.
+    """
+
+    def __init__(self, salt: str, identities: Iterable[tuple[str, str]]) -> None:
+        if not salt:
+            raise InputError(None, "--anonymize needs a salt: --salt TEXT or the SBRT_CHECK_SALT environment variable")
+        self.salt = salt.encode()
+        replacements: dict[str, str] = {}
+        for patient_id, name in identities:
+            for token in self._tokens(patient_id, name):
+                replacements.setdefault(token.casefold(), self.token(token))
+        ordered = sorted(replacements, key=len, reverse=True)
+        self._replacements = replacements
+        alternatives = "|".join(re.escape(t) for t in ordered)
+        # Whole words only ('Doe' is not replaced inside 'does'); '_', '/', '^' and '.' separate words.
+        self._pattern = (
+            re.compile(f"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE) if ordered else None
+        )
+
+    @staticmethod
+    def _tokens(patient_id: str, name: str) -> list[str]:
+        tokens = [patient_id.strip(), name.strip()]
+        parts = [p.strip() for p in re.split(r"[\^=]", name) if p.strip()]
+        for joiner in (" ", "_", ", ", ",", "-", ""):
+            tokens.append(joiner.join(parts))
+            tokens.append(joiner.join(parts[1::-1]))  # given before family
+        tokens += parts
+        return [t for t in dict.fromkeys(tokens) if len(t) >= 3]
+
+    def token(self, value: str) -> str:
+        if not value:
+            return ""
+        return "anon-" + hmac.new(self.salt, value.strip().encode(), hashlib.sha256).hexdigest()[:12]
+
+    def text(self, value: str) -> str:
+        if not self._pattern or not value:
+            return value
+        return self._pattern.sub(lambda m: self._replacements[m.group(0).casefold()], value)
+
+    def _walk(self, value: Any, key: str = "") -> Any:
+        if key in STRUCTURAL:
+            return value
+        if key in ("patient_id", "patient_name") and isinstance(value, str):
+            return value if value.startswith("anon-") else self.token(value)
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {k: self._walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._walk(v, key) for v in value]
+        return value
+
+    def row(self, row: AuditRow) -> AuditRow:
+        return AuditRow(self._walk(row.cells), self._walk(row.report) if row.report else None)
+
+
+# --- output --------------------------------------------------------------------------------
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _guard(value: Any) -> Any:
+    """Text cells that a spreadsheet would run as a formula get a leading quote (CSV injection)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value
+
+
+def _unguard(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:2] in FORMULA_START else text
+
+
+def render_csv(rows: list[AuditRow], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else _guard(v) for k, v in row.cells.items()})
+    return buffer.getvalue()
+
+
+def render_json(rows: list[AuditRow], columns: list[str], protocol: Any, root: Path) -> str:
+    document = {
+        "schema": AUDIT_SCHEMA,
+        "kind": "sbrt-check audit",
+        "root": str(root),
+        "protocol": {"name": protocol.name, "version": protocol.version, "file": protocol.path},
+        "columns": columns,
+        "summary": dict(Counter(row.verdict for row in rows)),
+        "plans": [{**{c: row.cells.get(c) for c in columns}, "report": row.report} for row in rows],
+    }
+    return json.dumps(document, indent=1, ensure_ascii=False, default=_json_default) + "\n"
+
+
+def render(path: Path, rows: list[AuditRow], protocol: Any, root: Path) -> str:
+    """The output text for `path`: JSON for .json, CSV otherwise."""
+    columns = columns_of(rows, protocol)
+    if path.suffix.lower() == ".json":
+        return render_json(rows, columns, protocol, root)
+    return render_csv(rows, columns)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write beside the target and rename over it: a reader (or a crash) never sees half a file."""
+    path = Path(path)
+    temp = None
+    try:
+        descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except OSError as exc:
+        if temp:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+        raise InputError(path, f"cannot write output ({exc.strerror})") from None
+
+
+def sort_rows(rows: list[AuditRow]) -> list[AuditRow]:
+    """Stable order whatever order the workers finished in."""
+    return sorted(rows, key=lambda r: (str(r.cells.get("patient_id")), str(r.cells.get("plan_label")),
+                                       r.key, str(r.cells.get("files"))))
+

@@ -1,0 +1,47 @@
+"""Making untrusted text safe for each output format.
+
+Everything read from a DICOM file (ROI names, patient and plan fields, and the reasons that
+quote them) is chosen by whoever wrote the file. A ROI named `<script>` must not run in a
+browser, one named `a | b` must not add a column to a Markdown table, and a control
+character must not make an XML report unparseable. Each renderer passes every such string
+through the function for its format, once, at the point of output.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+# Characters XML 1.0 forbids even as character references (C0 controls except tab, LF, CR;
+# surrogates; U+FFFE/U+FFFF). They are dropped: no parser would accept the report otherwise.
+_INVALID_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# C0/C1 controls (an ESC could recolour a terminal or a log viewer); kept: tab, LF, CR.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Inline markup a table cell can open: escapes, code, emphasis, links, strike-through, math.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~$])")
+
+
+def xml_text(value: object) -> str:
+    """Text valid in XML 1.0: forbidden characters removed (the XML writer escapes the rest)."""
+    return _INVALID_XML.sub("", _CONTROL.sub("", str(value)))
+
+
+def plain_text(value: object) -> str:
+    """Text without control characters, safe to embed anywhere after format escaping."""
+    return _CONTROL.sub("", xml_text(value))
+
+
+def html_text(value: object) -> str:
+    """Text for HTML element content and quoted attribute values."""
+    return html.escape(plain_text(value), quote=True)
+
+
+def markdown_cell(value: object) -> str:
+    """Text for one cell of a Markdown table: one line, no markup, no raw HTML.
+
+    Pipes would split the cell, backticks open code spans, `<` opens HTML (GitLab and GitHub
+    render some), and a newline ends the table row; all are neutralised.
+    """
+    text = " ".join(plain_text(value).split())
+    text = html.escape(text, quote=False)  # & < > first: the backslashes below are not HTML
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)

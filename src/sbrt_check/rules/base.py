@@ -1,0 +1,190 @@
+"""What every rule kind shares: its declaration (id, options, VALIDATE), the context it
+reads the plan through, and how a measured value becomes a Result.
+
+A rule kind is declared like a yamllint rule: an id, its options with defaults, and a
+VALIDATE function returning the problems of one protocol entry, so a typo in a rule is
+refused when the protocol is loaded, not silently skipped when a plan is checked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..matching import Matcher, Resolution
+from ..models import Dvh, Result, Sourced, Status
+from ..plandata import PlanData
+from ..protocol import Limit, Protocol, parse_limit
+
+# Keys any rule entry may carry, whatever its kind.
+COMMON_KEYS = {"rule": None, "id": "", "source": "", "note": "", "optional": False}
+STRUCTURE_KEYS = ("structure", "inner", "outer", "target", "body")
+
+
+def judge(value: float, pass_limit: Limit, variation_limit: Limit | None) -> Status:
+    """PASS, VARIATION or FAIL of a value against its limits; NaN is NOT_EVALUATED."""
+    if not math.isfinite(value) and not math.isinf(value):
+        return Status.NOT_EVALUATED
+    if pass_limit.holds(value):
+        return Status.PASS
+    if variation_limit is not None and variation_limit.holds(value):
+        return Status.VARIATION
+    return Status.FAIL
+
+
+@dataclass
+class RuleContext:
+    """The plan as rules see it: resolved structures, cached DVHs, the prescription.
+
+    `header` collects what a rule adds to the report header (the lesion stratum).
+    """
+
+    plan: PlanData
+    protocol: Protocol
+    matcher: Matcher
+    rx: Sourced
+    fractions: Sourced
+    rx_override: float | None
+    dvh_of: Callable[[Resolution], Dvh]
+    header: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+    def roi_keys(self, resolution: Resolution) -> list[str]:
+        """The ROI keys ("#n") an expression uses, in order."""
+        return [t for t in resolution.tokens if t.startswith("#")]
+
+
+Check = Callable[[RuleContext, dict], list[Result]]
+Validate = Callable[[dict], list[str]]
+
+
+@dataclass(frozen=True)
+class RuleKind:
+    """One rule kind: `options` maps each option to its default (None: required or unset)."""
+
+    id: str
+    options: dict[str, Any]
+    check: Check
+    validate: Validate | None = None
+    doc: str = ""
+
+    def configure(self, entry: dict) -> dict:
+        """The entry with every option present (defaults filled in)."""
+        return {**COMMON_KEYS, **self.options, **entry}
+
+
+class _Collector:
+    """Stands in for protocol._Problems when a rule parses its limits."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, entry: str, problem: str) -> None:
+        self.items.append(problem)
+
+
+def limit_problems(conf: dict, keys: Iterable[str] = ("pass", "variation")) -> list[str]:
+    """Problems of optional limit options ('< 1.5' style), as protocol constraints have."""
+    problems = []
+    for key in keys:
+        if conf.get(key) is not None:
+            collector = _Collector()
+            parse_limit(conf[key], key, collector)
+            problems += [f"{key}: {problem}" for problem in collector.items]
+    pass_limit, variation = limit_of(conf, "pass"), limit_of(conf, "variation")
+    if variation is not None and pass_limit is None:
+        problems.append("variation needs a pass limit")
+    if pass_limit and variation and (
+        variation.is_upper != pass_limit.is_upper or variation.margin(pass_limit.value) < 0
+    ):
+        problems.append(f"variation '{variation}' must be looser than pass '{pass_limit}' in the same direction")
+    return problems
+
+
+def limit_of(conf: dict, key: str) -> Limit | None:
+    if conf.get(key) is None:
+        return None
+    return parse_limit(conf[key], key, _Collector())
+
+
+def number_problems(conf: dict, keys: Iterable[str], positive: bool = False) -> list[str]:
+    problems = []
+    for key in keys:
+        value = conf.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or (positive and value <= 0):
+            problems.append(f"{key} must be a {'positive ' if positive else ''}number")
+    return problems
+
+
+def range_problems(conf: dict, key: str) -> list[str]:
+    value = conf.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, dict) or set(value) - {"min", "max"} or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+    ):
+        return [f"{key} must be {{min: <number>, max: <number>}}"]
+    return []
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A measured value, its unit and what to show about it; turned into a Result by `result`."""
+
+    structure: str
+    metric: str
+    value: float | None
+    unit: str
+    status: Status
+    pass_limit: str
+    reason: str = ""
+    roi: str | None = None
+    margin: float | None = None
+    variation_limit: str | None = None
+    details: dict = field(default_factory=dict)
+
+
+def result(conf: dict, group: str, measured: Measured) -> Result:
+    """The Result of one measurement of a rule entry: group, source and optionality from the entry."""
+    value, status, reason = measured.value, measured.status, measured.reason
+    if value is not None and not math.isfinite(value):
+        value, status, reason = None, Status.NOT_EVALUATED, reason or "value is not a finite number"
+    return Result(
+        structure=measured.structure,
+        roi=measured.roi,
+        metric=measured.metric,
+        value=value,
+        unit=measured.unit,
+        pass_limit=measured.pass_limit,
+        variation_limit=measured.variation_limit,
+        status=status,
+        reason=reason,
+        required=not conf.get("optional", False),
+        group=group,
+        margin=measured.margin,
+        source=str(conf.get("source") or conf.get("note") or ""),
+        details=measured.details,
+    )
+
+
+def not_evaluated(conf: dict, group: str, structure: str, metric: str, reason: str, unit: str = "") -> Result:
+    return result(conf, group, Measured(structure, metric, None, unit, Status.NOT_EVALUATED, "-", reason))
+
+
+def judged(
+    conf: dict, group: str, structure: str, metric: str, value: float, unit: str, **extra: Any
+) -> Result:
+    """A value judged against the entry's optional pass/variation limits (reported only without)."""
+    pass_limit, variation = limit_of(conf, "pass"), limit_of(conf, "variation")
+    if pass_limit is None:
+        return result(conf, group, Measured(structure, metric, value, unit, Status.PASS, "report only", **extra))
+    status = judge(value, pass_limit, variation)
+    return result(conf, group, Measured(
+        structure, metric, value, unit, status, str(pass_limit),
+        margin=pass_limit.margin(value) if math.isfinite(value) else None,
+        variation_limit=str(variation) if variation else None, **extra,
+    ))
