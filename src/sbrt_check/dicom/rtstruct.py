@@ -2,7 +2,8 @@
 
 ContourData is the bulk of a structure set (hundreds of thousands of points with a body
 outline). pydicom's per-value DS conversion of it costs about half a second, so the raw
-element bytes are parsed with numpy instead, and only for ROIs the protocol asks for.
+element bytes are parsed with numpy instead, all contours of an ROI at once, and only for
+ROIs the protocol asks for.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from ..models import Planes, Roi
 from . import elements as el
 
 CONTOUR_DATA = Tag(0x3006, 0x0050)
+GEOMETRIC_TYPE = Tag(0x3006, 0x0042)
+NUMBER_OF_POINTS = Tag(0x3006, 0x0046)
 PLANE_TOLERANCE_MM = 0.01
 GEOMETRIC_TYPES = {"POINT", "OPEN_PLANAR", "OPEN_NONPLANAR", "CLOSED_PLANAR", "CLOSEDPLANAR_XOR"}
 NON_VOLUME_TYPES = {"MARKER", "ISOCENTER", "REGISTRATION", "CONTROL", "DOSE_REGION"}
@@ -50,23 +53,30 @@ class StructureSet:
         return load_roi(self.path, entry)
 
 
-def _raw_floats(item: Dataset, path: Path) -> np.ndarray:
-    """ContourData as float64, straight from the element's bytes when still unconverted."""
+def _raw_value(item: Dataset, tag: int, path: Path) -> object:
+    """An element's value as stored: bytes while pydicom has not converted it yet."""
     try:
-        element = item.get_item(CONTOUR_DATA)
+        element = item.get_item(tag)
     except Exception as exc:
-        raise InputError(path, f"unreadable ContourData ({exc})") from None
-    if element is None:
-        return np.empty(0)
-    value = element.value
-    try:
-        if isinstance(value, bytes | bytearray):
-            # Some exporters end the value with a stray backslash or pad with spaces/NULs.
-            text = bytes(value).strip(b" \0").rstrip(b"\\").strip()
-            return np.array(text.split(b"\\"), dtype=np.float64) if text else np.empty(0)
-        return np.asarray([float(v) for v in np.atleast_1d(value)], dtype=np.float64)
-    except ValueError as exc:
-        raise InputError(path, f"ContourData is not numeric ({exc})") from None
+        raise InputError(path, f"unreadable element {Tag(tag)} ({exc})") from None
+    return None if element is None else element.value
+
+
+def _as_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("ascii", "replace").strip(" \0")
+    return str(value).strip()
+
+
+def _contour_bytes(value: object) -> bytes:
+    """ContourData as backslash-separated bytes; exporters may end it with a stray backslash or padding."""
+    if value is None:
+        return b""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).strip(b" \0").rstrip(b"\\").strip()
+    return b"\\".join(str(v).encode() for v in np.atleast_1d(value))
 
 
 def _int_or_none(value: object) -> int | None:
@@ -76,56 +86,91 @@ def _int_or_none(value: object) -> int | None:
         return None
 
 
+def _first(flags: np.ndarray, indices: list[int]) -> int:
+    return indices[int(np.flatnonzero(flags)[0])]
+
+
 def load_roi(path: Path, entry: RoiEntry) -> Roi:
     """Closed planar contours of one ROI grouped by plane; points and open contours are noted and skipped.
 
     A closed contour that cannot be used (no data, a point count that disagrees with its data,
     not in an axial plane, an unknown geometric type) is an error, never skipped: dropping it
-    would leave a smaller structure and a confident, wrong DVH.
+    would leave a smaller structure and a confident, wrong DVH. All contours of the ROI are
+    parsed in one go and checked with array operations: per-contour Python work on a body
+    outline's hundreds of contours costs more than the parsing itself.
     """
-    planes: Planes = {}
     notes: list[str] = []
     skipped: dict[str, int] = {}
+    indices: list[int] = []
+    texts: list[bytes] = []
+    declared: list[int] = []
     for index, item in enumerate(entry.contour_items, start=1):
-        kind = str(item.get("ContourGeometricType", "CLOSED_PLANAR") or "CLOSED_PLANAR").strip().upper()
+        kind = (_as_text(_raw_value(item, GEOMETRIC_TYPE, path)) or "CLOSED_PLANAR").upper()
         if kind not in GEOMETRIC_TYPES:
             raise InputError(path, f"ROI '{entry.name}' contour {index}: unknown ContourGeometricType '{kind}'")
-        points = _raw_floats(item, path)
         if kind == "CLOSEDPLANAR_XOR":  # XOR of the plane's contours is the even-odd rule used anyway
             kind = "CLOSED_PLANAR"
         if kind != "CLOSED_PLANAR":
             skipped[kind] = skipped.get(kind, 0) + 1
             continue
-        if points.size == 0:
+        text = _contour_bytes(_raw_value(item, CONTOUR_DATA, path))
+        if not text:
             raise InputError(path, f"ROI '{entry.name}' contour {index}: CLOSED_PLANAR contour without ContourData")
-        if points.size % 3:
-            raise InputError(path, f"ROI '{entry.name}': ContourData length {points.size} is not x,y,z triplets")
-        declared = _int_or_none(item.get("NumberOfContourPoints"))
-        if declared is not None and declared != points.size // 3:
-            raise InputError(
-                path,
-                f"ROI '{entry.name}' contour {index}: NumberOfContourPoints {declared} but ContourData holds "
-                f"{points.size // 3} points",
-            )
-        xyz = points.reshape(-1, 3)
-        if not np.all(np.isfinite(xyz)):
-            raise InputError(path, f"ROI '{entry.name}': ContourData holds a non-finite value")
-        z_values = xyz[:, 2]
-        if np.ptp(z_values) > PLANE_TOLERANCE_MM * 10:
-            raise InputError(
-                path,
-                f"ROI '{entry.name}' contour {index}: not in an axial plane (z from {z_values.min():g} to "
-                f"{z_values.max():g}); only axial contours can be used",
-            )
-        if len(xyz) < 3:
-            skipped["degenerate"] = skipped.get("degenerate", 0) + 1
-            continue
-        z = round(float(np.mean(z_values)) / PLANE_TOLERANCE_MM) * PLANE_TOLERANCE_MM
-        planes.setdefault(round(z, 4), []).append(np.ascontiguousarray(xyz[:, :2]))
+        count = _int_or_none(_as_text(_raw_value(item, NUMBER_OF_POINTS, path)))
+        indices.append(index)
+        texts.append(text)
+        declared.append(-1 if count is None else count)
+    planes: Planes = {}
+    if texts:
+        planes = _planes(path, entry.name, indices, texts, np.array(declared), skipped)
     for kind, count in sorted(skipped.items()):
         notes.append(f"ROI '{entry.name}': {count} {kind} contour(s) ignored")
-    ordered = {z: planes[z] for z in sorted(planes)}
-    return Roi(entry.number, entry.name, entry.interpreted_type, ordered, tuple(notes))
+    return Roi(entry.number, entry.name, entry.interpreted_type, planes, tuple(notes))
+
+
+def _planes(
+    path: Path, name: str, indices: list[int], texts: list[bytes], declared: np.ndarray, skipped: dict[str, int]
+) -> Planes:
+    try:
+        values = np.array(b"\\".join(texts).split(b"\\"), dtype=np.float64)
+    except ValueError as exc:
+        raise InputError(path, f"ROI '{name}': ContourData is not numeric ({exc})") from None
+    sizes = np.array([t.count(b"\\") + 1 for t in texts])
+    if np.any(sizes % 3):
+        raise InputError(path, f"ROI '{name}': ContourData length {sizes[sizes % 3 > 0][0]} is not x,y,z triplets")
+    points = sizes // 3
+    mismatch = (declared >= 0) & (declared != points)
+    if mismatch.any():
+        k = int(np.flatnonzero(mismatch)[0])
+        raise InputError(
+            path,
+            f"ROI '{name}' contour {indices[k]}: NumberOfContourPoints {declared[k]} but ContourData holds "
+            f"{points[k]} points",
+        )
+    xyz = values.reshape(-1, 3)
+    if not np.all(np.isfinite(xyz)):
+        raise InputError(path, f"ROI '{name}': ContourData holds a non-finite value")
+    starts = np.concatenate(([0], np.cumsum(points)[:-1]))
+    z = xyz[:, 2]
+    low, high = np.minimum.reduceat(z, starts), np.maximum.reduceat(z, starts)
+    tilted = high - low > PLANE_TOLERANCE_MM * 10
+    if tilted.any():
+        k = int(np.flatnonzero(tilted)[0])
+        raise InputError(
+            path,
+            f"ROI '{name}' contour {indices[k]}: not in an axial plane (z from {low[k]:g} to {high[k]:g}); "
+            "only axial contours can be used",
+        )
+    heights = np.round(np.add.reduceat(z, starts) / points / PLANE_TOLERANCE_MM) * PLANE_TOLERANCE_MM
+    degenerate = int(np.count_nonzero(points < 3))
+    if degenerate:
+        skipped["degenerate"] = skipped.get("degenerate", 0) + degenerate
+    planes: Planes = {}
+    xy = np.ascontiguousarray(xyz[:, :2])
+    for k, start in enumerate(starts):
+        if points[k] >= 3:
+            planes.setdefault(round(float(heights[k]), 4), []).append(xy[start : start + points[k]])
+    return {height: planes[height] for height in sorted(planes)}
 
 
 def referenced_series_uid(dataset: Dataset, path: Path) -> str:
