@@ -7,11 +7,13 @@ has an expected.json with the truth under the slab convention (see tests/fixture
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import liver_plan
+from tests.fixtures.dicom_writer import write_plan_folder
 from tests.fixtures.generate import write_variants
 
 
@@ -31,3 +33,21 @@ def liver_truth(liver_variants: dict[str, Path]) -> dict[str, dict]:
 def liver_anatomy() -> list:
     """The liver phantom's ROIs, built once: variants of it (other margins, lesions) swap a few ROIs."""
     return liver_plan.anatomy()
+
+
+def write_variant(folder: Path, anatomy, **changes) -> Path:
+    """The compliant liver plan with `changes` to its PlanSpec (rois, beams, rx_gy, fractions, dose)."""
+    spec = replace(liver_plan.plan_spec("compliant", rois=list(anatomy)), **changes)
+    write_plan_folder(folder, spec)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def anatomy(liver_anatomy) -> list:
+    return liver_anatomy
+
+
+@pytest.fixture(scope="session")
+def compliant(tmp_path_factory, anatomy) -> Path:
+    """The compliant liver plan without its DVH truth (which rule tests do not need)."""
+    return write_variant(tmp_path_factory.mktemp("compliant"), anatomy)

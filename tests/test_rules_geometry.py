@@ -19,9 +19,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from sbrt_check.protocol import DEFAULT_PROTOCOL
+from tests.conftest import write_variant
 from tests.fixtures import liver_plan, shapes
 from tests.fixtures.dicom_writer import RoiSpec, quantize_planes
-from tests.test_rules_plan import row, rows, run_check, write_variant
+from tests.test_rules_plan import row, rows, run_check
 
 TX, TY, TZ = liver_plan.TARGET
 PLANES = liver_plan.ORGAN_PLANES
@@ -40,17 +41,6 @@ def spheres(name: str, r: float, offsets) -> RoiSpec:
         for z, polygons in sphere(name, r, offset).planes.items():
             planes.setdefault(z, []).extend(polygons)
     return RoiSpec(name, planes, "GTV")
-
-
-@pytest.fixture(scope="session")
-def anatomy(liver_anatomy) -> list:
-    return liver_anatomy
-
-
-@pytest.fixture(scope="session")
-def compliant(tmp_path_factory, anatomy) -> Path:
-    """The compliant liver plan without its DVH truth (which these tests do not need)."""
-    return write_variant(tmp_path_factory.mktemp("compliant"), anatomy)
 
 
 def lens_cc(small: float, big: float, d: float) -> float:

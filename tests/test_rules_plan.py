@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,9 @@ import yaml
 from sbrt_check.cli import main
 from sbrt_check.errors import ProtocolError
 from sbrt_check.protocol import DEFAULT_PROTOCOL, load_protocol
+from tests.conftest import write_variant
 from tests.fixtures import liver_plan
-from tests.fixtures.dicom_writer import BeamSpec, DoseSpec, PlanSpec, write_plan_folder
+from tests.fixtures.dicom_writer import BeamSpec, DoseSpec
 
 
 def run_check(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict]:
@@ -41,25 +41,6 @@ def row(report: dict, metric: str, structure: str | None = None) -> dict:
     found = [r for r in rows(report, metric) if structure is None or r["structure"] == structure]
     assert len(found) == 1, (metric, structure, found)
     return found[0]
-
-
-def write_variant(folder: Path, anatomy, **changes) -> Path:
-    """The compliant liver plan with `changes` to its PlanSpec (rois, beams, rx_gy, fractions, dose)."""
-    spec: PlanSpec = liver_plan.plan_spec("compliant", rois=list(anatomy))
-    spec = replace(spec, **changes)
-    write_plan_folder(folder, spec)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def anatomy(liver_anatomy) -> list:
-    return liver_anatomy
-
-
-@pytest.fixture(scope="session")
-def compliant(tmp_path_factory, anatomy) -> Path:
-    """The compliant liver plan without its DVH truth (which these tests do not need)."""
-    return write_variant(tmp_path_factory.mktemp("compliant"), anatomy)
 
 
 @pytest.fixture(scope="session")

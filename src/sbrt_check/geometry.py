@@ -80,7 +80,8 @@ def slab_bounds(z_positions: np.ndarray, default_thickness: float) -> tuple[np.n
 
 def polygon_area(points: np.ndarray) -> float:
     x, y = points[:, 0], points[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    wrap = x[-1] * y[0] - x[0] * y[-1]  # the closing edge, without copying the arrays
+    return 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) + wrap))
 
 
 def densify(polygon: np.ndarray, step_mm: float) -> np.ndarray:
