@@ -117,32 +117,30 @@ def compute_dvh(region: Region, grid: DoseGrid, axis: np.ndarray, boundary: np.n
     plane_z = grid.z[kz] if kz.size else np.empty(0)
     z_cover_lo, z_cover_hi = _z_coverage(grid.z)
     covered_xy = (cover_y[:, None] & cover_x[None, :]).ravel()
-    lows, highs, weights = [], [], []
-    extremes: list[float] = []
-    uncovered_mm3 = 0.0
-    for k in range(len(region.z_lo)):
-        flat = np.flatnonzero(region.masks[k].ravel())
-        inside = covered_xy[flat]
-        area = region.cell_area_mm2[k]
-        thickness = region.z_hi[k] - region.z_lo[k]
-        uncovered_mm3 += np.count_nonzero(~inside) * area * thickness
-        flat = flat[inside]
-        lo, hi = max(region.z_lo[k], z_cover_lo), min(region.z_hi[k], z_cover_hi)
-        uncovered_mm3 += flat.size * area * (thickness - max(hi - lo, 0.0))
-        if hi <= lo or not flat.size:
-            continue
-        knots = np.concatenate(([lo], plane_z[(plane_z > lo) & (plane_z < hi)], [hi]))
-        values = [_at(z, plane_z, images, flat) for z in knots]
-        widths = [_at(z, plane_z, spread, flat) for z in knots]
-        extremes += [float(values[0].max()), float(values[0].min())]
-        for j in range(len(knots) - 1):
-            a, b = values[j], values[j + 1]
-            middle = (a + b) / 2
-            half = np.sqrt((b - a) ** 2 + (widths[j] + widths[j + 1]) ** 2 / 4) / 2
-            lows.append(middle - half)
-            highs.append(middle + half)
-            weights.append(np.full(flat.size, area * (knots[j + 1] - knots[j]) / 1000.0))
-            extremes += [float(b.max()), float(b.min())]
+    slab, flat = np.nonzero(region.masks.reshape(len(region.masks), -1))  # grouped by slab
+    area = region.cell_area_mm2[slab]
+    thickness = (region.z_hi - region.z_lo)[slab]
+    inside = covered_xy[flat]
+    uncovered_mm3 = float(np.sum(area[~inside] * thickness[~inside]))
+    slab, flat, area, thickness = slab[inside], flat[inside], area[inside], thickness[inside]
+    lo = np.maximum(region.z_lo, z_cover_lo)
+    hi = np.minimum(region.z_hi, z_cover_hi)
+    uncovered_mm3 += float(np.sum(area * (thickness - np.clip(hi - lo, 0.0, None)[slab])))
+    piece_slab, z_a, z_b = _pieces(lo, hi, plane_z)
+    if not flat.size or not piece_slab.size or not images.size:
+        return Dvh(axis, np.zeros(len(axis)), volume_cc, 0.0, 0.0, 0.0, (uncovered_mm3 + 0.0) / 1000.0)
+    per_slab = np.bincount(slab, minlength=len(region.z_lo))
+    first = np.cumsum(per_slab) - per_slab
+    counts = per_slab[piece_slab]
+    sample = np.repeat(first[piece_slab] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+    flat = flat[sample]
+    start_value, start_width = _gather((images, spread), plane_z, np.repeat(z_a, counts), flat)
+    end_value, end_width = _gather((images, spread), plane_z, np.repeat(z_b, counts), flat)
+    middle = (start_value + end_value) / 2
+    half = np.sqrt((end_value - start_value) ** 2 + (start_width + end_width) ** 2 / 4) / 2
+    lows, highs = [middle - half], [middle + half]
+    weights = [area[sample] * np.repeat(z_b - z_a, counts) / 1000.0]
+    extremes = [float(start_value.max()), float(start_value.min()), float(end_value.max()), float(end_value.min())]
     uncovered_cc = uncovered_mm3 / 1000.0
     if not lows:
         return Dvh(axis, np.zeros(len(axis)), volume_cc, 0.0, 0.0, 0.0, uncovered_cc)
@@ -167,7 +165,7 @@ def _resample_planes(block: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> np.nd
     along_x = block.reshape(planes * rows, columns) @ wx.T  # (planes*rows, nx)
     along_x = along_x.reshape(planes, rows, -1).transpose(1, 0, 2).reshape(rows, -1)
     both = wy @ along_x  # (ny, planes*nx)
-    return both.reshape(len(wy), planes, -1).transpose(1, 0, 2)
+    return np.ascontiguousarray(both.reshape(len(wy), planes, -1).transpose(1, 0, 2))
 
 
 def _cell_spread(images: np.ndarray) -> np.ndarray:
@@ -233,24 +231,35 @@ def trilinear(points: np.ndarray, grid: DoseGrid) -> np.ndarray:
     return total * result
 
 
+def _pieces(lo: np.ndarray, hi: np.ndarray, plane_z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each slab's covered part cut at the dose planes inside it: (slab, z start, z end) per piece."""
+    slabs, starts, ends = [], [], []
+    for k in np.flatnonzero(hi > lo):
+        cuts = plane_z[np.searchsorted(plane_z, lo[k], side="right") : np.searchsorted(plane_z, hi[k], side="left")]
+        knots = np.concatenate(([lo[k]], cuts, [hi[k]]))
+        slabs.append(np.full(len(knots) - 1, k))
+        starts.append(knots[:-1])
+        ends.append(knots[1:])
+    if not slabs:
+        return np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+    return np.concatenate(slabs), np.concatenate(starts), np.concatenate(ends)
+
+
+def _gather(images: tuple[np.ndarray, ...], plane_z: np.ndarray, z: np.ndarray, flat: np.ndarray) -> list[np.ndarray]:
+    """Values of each image stack at (z, flat sample index) pairs, linear between dose planes."""
+    if len(plane_z) == 1:
+        return [stack[0, flat] for stack in images]
+    upper = np.clip(np.searchsorted(plane_z, z, side="right"), 1, len(plane_z) - 1)
+    lower = upper - 1
+    t = np.clip((z - plane_z[lower]) / (plane_z[upper] - plane_z[lower]), 0.0, 1.0)
+    at_lower, at_upper = lower * images[0].shape[1] + flat, upper * images[0].shape[1] + flat
+    return [stack.ravel()[at_lower] * (1.0 - t) + stack.ravel()[at_upper] * t for stack in images]
+
+
 def _z_coverage(z: np.ndarray) -> tuple[float, float]:
     if len(z) == 1:
         return z[0] - 0.5, z[0] + 0.5
     return z[0] - (z[1] - z[0]) / 2, z[-1] + (z[-1] - z[-2]) / 2
-
-
-def _at(z: float, plane_z: np.ndarray, images: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """Image values at the flat sample indices on the plane at height z (linear in z)."""
-    if len(plane_z) == 1:
-        return images[0, flat]
-    upper = int(np.clip(np.searchsorted(plane_z, z, side="right"), 1, len(plane_z) - 1))
-    lower = upper - 1
-    t = float(np.clip((z - plane_z[lower]) / (plane_z[upper] - plane_z[lower]), 0.0, 1.0))
-    if t == 0.0:
-        return images[lower, flat]
-    if t == 1.0:
-        return images[upper, flat]
-    return (1.0 - t) * images[lower, flat] + t * images[upper, flat]
 
 
 # --- lookups -------------------------------------------------------------------------------
