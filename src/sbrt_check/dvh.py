@@ -19,6 +19,7 @@ from .geometry import Region
 from .models import DoseGrid, Dvh
 
 DOSE_BINS = 20_000
+PIECE_CHUNK = 400_000  # samples per batch of pieces: bounds memory at a few tens of MB
 
 
 def interpolation_matrix(samples: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,38 +54,55 @@ def dose_axis(max_dose_gy: float) -> np.ndarray:
     return np.arange(DOSE_BINS + 2) * step
 
 
-def cumulative_from_pieces(
-    low: np.ndarray, high: np.ndarray, weight: np.ndarray, axis: np.ndarray
-) -> np.ndarray:
-    """Volume receiving >= each axis dose, each piece spread uniformly over [low, high].
+class PieceHistogram:
+    """Volume receiving >= each axis dose, from pieces each spread uniformly over [low, high].
 
     A uniform spread's cumulative is (ramp(high) - ramp(low)) / (high - low) with
     ramp_p(D) = max(0, p - D); ramps sampled on the axis have a second difference that is
-    non-zero in two cells only, so all pieces go into one array and two reverse cumulative
-    sums give the curve, exact at the axis points. Pieces narrower than a step are point
-    masses (error below half a step).
+    non-zero in two cells only, so pieces are added into one array, batch by batch, and two
+    reverse cumulative sums give the curve, exact at the axis points. Pieces narrower than a
+    step are point masses (error below half a step).
     """
-    step = axis[1] - axis[0]
-    size = len(axis)
-    second = np.zeros(size + 2)
-    first = np.zeros(size + 1)
-    narrow = (high - low) < step
-    point = (low[narrow] + high[narrow]) / 2
-    cells = np.minimum((point / step).astype(np.int64), size - 1)
-    first += np.bincount(cells, weight[narrow], minlength=size + 1)
-    wide = ~narrow
-    density = weight[wide] / (high[wide] - low[wide])
-    for ends, sign in ((high[wide], 1.0), (low[wide], -1.0)):
-        position = ends / step
-        cell = np.floor(position).astype(np.int64)
-        fraction = position - cell
-        amount = sign * density * step
-        second += np.bincount(cell + 1, amount * fraction, minlength=size + 2)[: size + 2]
-        second += np.bincount(cell, amount * (1 - fraction), minlength=size + 2)[: size + 2]
-    # second[k + 1] holds c_k (shifted so that c_{-1} has a slot); reverse cumsums.
-    slopes = np.cumsum(second[::-1])[::-1][1 : size + 1]
-    first[:size] += slopes
-    return np.cumsum(first[::-1])[::-1][:size]
+
+    def __init__(self, axis: np.ndarray) -> None:
+        self.axis = axis
+        self.step = float(axis[1] - axis[0])
+        self.size = len(axis)
+        self.second = np.zeros(self.size + 2)
+        self.first = np.zeros(self.size + 1)
+
+    def add(self, low: np.ndarray, high: np.ndarray, weight: np.ndarray) -> None:
+        size, step = self.size, self.step
+        top = self.axis[-1] - step  # the axis ends above the grid's maximum; keep spreads inside it
+        low = np.clip(low, 0.0, top)
+        high = np.clip(high, 0.0, top)
+        narrow = (high - low) < step
+        point = (low[narrow] + high[narrow]) / 2
+        cells = np.minimum((point / step).astype(np.int64), size - 1)
+        self.first += np.bincount(cells, weight[narrow], minlength=size + 1)
+        wide = ~narrow
+        density = weight[wide] / (high[wide] - low[wide])
+        for ends, sign in ((high[wide], 1.0), (low[wide], -1.0)):
+            position = ends / step
+            cell = np.floor(position).astype(np.int64)
+            fraction = position - cell
+            amount = sign * density * step
+            self.second += np.bincount(cell + 1, amount * fraction, minlength=size + 2)[: size + 2]
+            self.second += np.bincount(cell, amount * (1 - fraction), minlength=size + 2)[: size + 2]
+
+    def cumulative(self) -> np.ndarray:
+        # second[k + 1] holds c_k (shifted so that c_{-1} has a slot); reverse cumsums.
+        slopes = np.cumsum(self.second[::-1])[::-1][1 : self.size + 1]
+        first = self.first.copy()
+        first[: self.size] += slopes
+        return np.cumsum(first[::-1])[::-1][: self.size]
+
+
+def cumulative_from_pieces(low: np.ndarray, high: np.ndarray, weight: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """The cumulative volume of pieces spread uniformly over [low, high] (see PieceHistogram)."""
+    histogram = PieceHistogram(axis)
+    histogram.add(low, high, weight)
+    return histogram.cumulative()
 
 
 def compute_dvh(region: Region, grid: DoseGrid, axis: np.ndarray, boundary: np.ndarray | None = None) -> Dvh:
@@ -128,30 +146,36 @@ def compute_dvh(region: Region, grid: DoseGrid, axis: np.ndarray, boundary: np.n
     uncovered_mm3 += float(np.sum(area * (thickness - np.clip(hi - lo, 0.0, None)[slab])))
     piece_slab, z_a, z_b = _pieces(lo, hi, plane_z)
     if not flat.size or not piece_slab.size or not images.size:
-        return Dvh(axis, np.zeros(len(axis)), volume_cc, 0.0, 0.0, 0.0, (uncovered_mm3 + 0.0) / 1000.0)
+        return Dvh(axis, np.zeros(len(axis)), volume_cc, 0.0, 0.0, 0.0, uncovered_mm3 / 1000.0)
     per_slab = np.bincount(slab, minlength=len(region.z_lo))
     first = np.cumsum(per_slab) - per_slab
-    counts = per_slab[piece_slab]
-    sample = np.repeat(first[piece_slab] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-    flat = flat[sample]
-    start_value, start_width = _gather((images, spread), plane_z, np.repeat(z_a, counts), flat)
-    end_value, end_width = _gather((images, spread), plane_z, np.repeat(z_b, counts), flat)
-    middle = (start_value + end_value) / 2
-    half = np.sqrt((end_value - start_value) ** 2 + (start_width + end_width) ** 2 / 4) / 2
-    lows, highs = [middle - half], [middle + half]
-    weights = [area[sample] * np.repeat(z_b - z_a, counts) / 1000.0]
-    extremes = [float(start_value.max()), float(start_value.min()), float(end_value.max()), float(end_value.min())]
+    histogram = PieceHistogram(axis)
+    dose_volume = 0.0  # sum of weight x mean dose of each piece, for the mean
+    extremes: list[float] = []
+    # Pieces in batches of slabs: a large region (a body, an isodose box on a fine grid) would
+    # otherwise hold a dozen temporaries of millions of values at once.
+    for chunk in _chunks(per_slab[piece_slab], PIECE_CHUNK):
+        counts = per_slab[piece_slab[chunk]]
+        offsets = first[piece_slab[chunk]] - np.cumsum(counts) + counts
+        sample = np.repeat(offsets, counts) + np.arange(counts.sum())
+        at = flat[sample]
+        start_value, start_width = _gather((images, spread), plane_z, np.repeat(z_a[chunk], counts), at)
+        end_value, end_width = _gather((images, spread), plane_z, np.repeat(z_b[chunk], counts), at)
+        middle = (start_value + end_value) / 2
+        half = np.sqrt((end_value - start_value) ** 2 + (start_width + end_width) ** 2 / 4) / 2
+        weight = area[sample] * np.repeat(z_b[chunk] - z_a[chunk], counts) / 1000.0
+        histogram.add(middle - half, middle + half, weight)
+        dose_volume += float(np.dot(weight, middle))
+        extremes += [float(start_value.max()), float(start_value.min()), float(end_value.max()), float(end_value.min())]
     uncovered_cc = uncovered_mm3 / 1000.0
-    if not lows:
-        return Dvh(axis, np.zeros(len(axis)), volume_cc, 0.0, 0.0, 0.0, uncovered_cc)
-    low, high, weight = np.concatenate(lows), np.concatenate(highs), np.concatenate(weights)
     if boundary is not None and len(boundary):
         extremes += list(_boundary_extremes(boundary, grid))
     top, bottom = max(extremes), max(min(extremes), 0.0)
-    np.clip(low, bottom, top, out=low)
-    np.clip(high, bottom, top, out=high)
-    cumulative = cumulative_from_pieces(low, high, weight, axis)
-    mean = float(np.sum(weight * (low + high)) / 2 / volume_cc)
+    cumulative = histogram.cumulative()
+    # The spreads reach a little past the true extremes: that volume belongs at the extremes.
+    cumulative[axis > top] = 0.0
+    cumulative[axis <= bottom] = cumulative[0]
+    mean = dose_volume / volume_cc
     return Dvh(axis, cumulative, volume_cc, mean, bottom, top, uncovered_cc)
 
 
@@ -229,6 +253,19 @@ def trilinear(points: np.ndarray, grid: DoseGrid) -> np.ndarray:
             for xi, wx in ((x0, 1 - fx), (x1, fx)):
                 total += wz * wy * wx * dose[zi, yi, xi]
     return total * result
+
+
+def _chunks(sizes: np.ndarray, limit: int) -> list[slice]:
+    """Consecutive slices of `sizes` whose sums stay near `limit` (one item may exceed it)."""
+    bounds = [0]
+    total = 0
+    for index, size in enumerate(sizes.tolist()):
+        if total and total + size > limit:
+            bounds.append(index)
+            total = 0
+        total += size
+    bounds.append(len(sizes))
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
 def _pieces(lo: np.ndarray, hi: np.ndarray, plane_z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
