@@ -141,16 +141,21 @@ def _write_html(evaluator, report, path: Path) -> None:
     _write(render_html(report, slices), path)
 
 
+def _console(width_when_piped: int):
+    """A console for standard output; piped or redirected, wide enough that tables do not fold."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=width_when_piped)
+
+
 def _print_table(report, output: Path | None) -> None:
     from rich.console import Console
 
     from .report.table import render_table
 
     if output is None:
-        console = Console(highlight=False)
-        if not console.is_terminal:
-            console = Console(highlight=False, width=120)
-        console.print(render_table(report))
+        _console(120).print(render_table(report))
         return
     with open(os.devnull, "w") as sink:
         console = Console(record=True, width=140, file=sink, highlight=False)
@@ -179,9 +184,9 @@ def dvh(
     elif format_ is DvhFormat.csv:
         _write(dvh_export.render_dvh_csv(items), output)
     else:
-        from rich.console import Console
 
-        Console(highlight=False).print(dvh_export.dvh_table(items, metric_names))
+        typer.echo(f"dose: DoseSummationType {header['dose_summation_type']}, engine {header['engine']}")
+        _console(160).print(dvh_export.dvh_table(items, metric_names))
         for note in header.get("notes", []):
             typer.echo(f"note: {note}")
 
@@ -240,14 +245,10 @@ def audit(
     except KeyboardInterrupt:
         interrupted = True
     save()
-    from rich.console import Console
 
     from .report.audit_report import summary_line, summary_table
 
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=160)
-    console.print(summary_table(au.sort_rows(rows)))
+    _console(160).print(summary_table(au.sort_rows(rows)))
     typer.echo(summary_line(rows, len(kept), time.perf_counter() - started, len(rows) - len(kept)))
     if interrupted:
         typer.echo(f"sbrt-check: interrupted: {len(rows)} of {len(todo) + len(kept)} plans kept"
