@@ -1,8 +1,10 @@
 """Protocol files: YAML in, a validated immutable Protocol out, every problem reported at once.
 
-Only `yaml.safe_load` is used. Unknown keys, unknown metrics, malformed or impossible limits,
-undefined structures and cycles in derived structures are refused with the entry they are
-in, because a protocol typo that silently drops a rule is a false PASS waiting to happen.
+Only YAML's safe loader is used (libyaml's CSafeLoader when present: the same safe schema,
+far faster than the pure-Python one, which cost 70 ms a check). Unknown keys, unknown
+metrics, malformed or impossible limits, undefined structures and cycles in derived
+structures are refused with the entry they are in, because a protocol typo that silently
+drops a rule is a false PASS waiting to happen.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .errors import ProtocolError
 from .geometry import expression_names, parse_expression
 from .metrics import Metric, MetricError, parse_metric
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_PROTOCOL = Path(__file__).parent / "protocols" / "rfa_sbrt.yaml"
 TOP_KEYS = {"name", "version", "description", "source", "prescription", "structures", "constraints", "rules"}
 STRUCTURE_KEYS = {"match", "derive", "required", "union", "description", "source"}
@@ -333,7 +336,7 @@ def load_protocol(path: Path | str | None = None) -> Protocol:
     except (OSError, UnicodeDecodeError) as exc:
         raise ProtocolError(path, [f"cannot read protocol ({exc})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SAFE_LOADER)  # noqa: S506 - the safe loader, in C when available
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
