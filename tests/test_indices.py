@@ -61,9 +61,10 @@ def write_sphere_plan(folder: Path, with_body: bool = True) -> Path:
     return folder
 
 
-def protocol(folder: Path, limits: dict | None = None) -> Path:
+def protocol(folder: Path, limits: dict | None = None, body: str | None = None) -> Path:
     limits = limits or {}
-    rules = [{"rule": "index", "index": name, **limits.get(name, {})}
+    within = {"body": body} if body else {}  # default: over the whole dose grid
+    rules = [{"rule": "index", "index": name, **within, **limits.get(name, {})}
              for name in ("paddick_ci", "rtog_ci", "gradient_index", "r50", "d2cm", "hi")]
     data = {
         "name": "indices", "version": "1",
@@ -98,7 +99,8 @@ def truth() -> dict[str, float]:
 
 @pytest.mark.parametrize("over", ["body", "grid"])
 def test_volume_indices_match_the_closed_forms(monkeypatch, capsys, tmp_path, sphere_plans, truth, over):
-    code, report = run_check(monkeypatch, capsys, str(sphere_plans[over]), "--protocol", str(protocol(tmp_path)))
+    path = protocol(tmp_path, body="Body" if over == "body" else None)
+    code, report = run_check(monkeypatch, capsys, str(sphere_plans[over]), "--protocol", str(path))
     assert code == 0
     paddick = row(report, "Paddick CI")
     assert paddick["details"]["tv_cc"] == pytest.approx(truth["tv"], rel=1e-3)

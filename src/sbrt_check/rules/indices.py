@@ -1,8 +1,9 @@
 """SBRT plan-quality indices, reported and, when the protocol gives limits, judged.
 
 With Rx the prescription, TV the target volume, PIV the volume receiving >= Rx and PIV50%
-the volume receiving >= 50 % Rx (both within the body outline, the protocol structure
-`body`, or the whole dose grid when there is none), TV_PIV the target volume receiving >= Rx:
+the volume receiving >= 50 % Rx (over the whole dose grid, or within the body outline when
+the entry names one with `body:`; planning systems zero the dose outside the body, and reading
+the outline is the largest contour parse of a plan), TV_PIV the target volume receiving >= Rx:
 
 - paddick_ci  TV_PIV^2 / (TV x PIV)         (Paddick 2000; 1 is ideal)
 - rtog_ci     PIV / TV                      (RTOG; 1 is ideal)
@@ -213,6 +214,6 @@ def validate_index(conf: dict) -> list[str]:
 
 
 RULES = (
-    RuleKind("index", {"index": None, "target": "PTV", "body": "Body", "distance_mm": 20.0,
+    RuleKind("index", {"index": None, "target": "PTV", "body": None, "distance_mm": 20.0,
                        "pass": None, "variation": None}, check_index, validate_index, __doc__ or ""),
 )
