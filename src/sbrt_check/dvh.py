@@ -127,8 +127,9 @@ def compute_dvh(region: Region, grid: DoseGrid, axis: np.ndarray, boundary: np.n
     shape2d = (len(region.y), len(region.x))
     if ix.size and iy.size and kz.size:
         block = grid.dose_gy[kz[0] : kz[-1] + 1, iy[0] : iy[-1] + 1, ix[0] : ix[-1] + 1]
-        images = _resample_planes(block, wy[:, iy[0] : iy[-1] + 1], wx[:, ix[0] : ix[-1] + 1])
-        spread = _cell_spread(images)
+        wy_block, wx_block = wy[:, iy[0] : iy[-1] + 1], wx[:, ix[0] : ix[-1] + 1]
+        images = _resample_planes(block, wy_block, wx_block)
+        spread = _resample_planes(_cell_spread(block, grid, region, ix, iy), wy_block, wx_block)
         images, spread = images.reshape(len(kz), -1), spread.reshape(len(kz), -1)
     else:
         images = spread = np.zeros((0, shape2d[0] * shape2d[1]))
@@ -192,13 +193,21 @@ def _resample_planes(block: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> np.nd
     return np.ascontiguousarray(both.reshape(len(wy), planes, -1).transpose(1, 0, 2))
 
 
-def _cell_spread(images: np.ndarray) -> np.ndarray:
+def _cell_spread(block: np.ndarray, grid: DoseGrid, region: Region, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
     """Width of the dose spread across one sample cell, from the in-plane gradient.
 
     A linear gradient g across a cell of side s spreads its dose uniformly over g*s; two
-    directions give a trapezoid, replaced by the uniform of equal variance.
+    directions give a trapezoid, replaced by the uniform of equal variance. The gradient is
+    taken on the dose grid (usually far fewer points than the samples) and resampled with
+    the dose.
     """
-    return np.hypot(_difference(images, axis=2), _difference(images, axis=1))
+    cell_x = region.x[1] - region.x[0] if len(region.x) > 1 else 0.0
+    cell_y = region.y[1] - region.y[0] if len(region.y) > 1 else 0.0
+    step_x = np.gradient(grid.x[ix[0] : ix[-1] + 1]) if len(ix) > 1 else np.ones(1)
+    step_y = np.gradient(grid.y[iy[0] : iy[-1] + 1]) if len(iy) > 1 else np.ones(1)
+    along_x = _difference(block, axis=2) * (cell_x / step_x)[None, None, :]
+    along_y = _difference(block, axis=1) * (cell_y / step_y)[None, :, None]
+    return np.hypot(along_x, along_y)
 
 
 def _difference(images: np.ndarray, axis: int) -> np.ndarray:
