@@ -112,7 +112,9 @@ def compute_dvh(region: Region, grid: DoseGrid, axis: np.ndarray, boundary: np.n
     local gradient) widens its spread, so a gradient in the plane gives a smooth curve
     rather than a staircase of sample columns (the spread's width matches the variance of
     the cell's true dose distribution, exact for a linear gradient). `boundary` points
-    (x, y, z) on the structure's surface, the contour vertices, sharpen Max and Min.
+    (x, y, z) on the structure's surface and grid nodes inside it make Max and Min exact;
+    without them (derived structures) the extremes are the spreads' reach, a little wide
+    rather than a little narrow, so a Max limit is never passed by a sampling gap.
     """
     volume_cc = region.volume_cc
     if region.is_empty:
@@ -167,7 +169,11 @@ def compute_dvh(region: Region, grid: DoseGrid, axis: np.ndarray, boundary: np.n
         weight = area[sample] * np.repeat(z_b[chunk] - z_a[chunk], counts) / 1000.0
         histogram.add(middle - half, middle + half, weight)
         dose_volume += float(np.dot(weight, middle))
-        extremes += [float(start_value.max()), float(start_value.min()), float(end_value.max()), float(end_value.min())]
+        if boundary is None:  # no surface probes: the spreads' reach bounds the extremes (never too tight)
+            extremes += [float((middle + half).max()), float((middle - half).min())]
+        else:
+            extremes += [float(start_value.max()), float(start_value.min())]
+            extremes += [float(end_value.max()), float(end_value.min())]
     uncovered_cc = uncovered_mm3 / 1000.0
     if boundary is not None and len(boundary):
         extremes += list(_boundary_extremes(boundary, grid))
