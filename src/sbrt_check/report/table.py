@@ -142,9 +142,11 @@ def render_table(report: Report) -> Group:
 
 def verdict_line(report: Report) -> str:
     counts = {s: sum(r.status is s for r in report.results) for s in Status}
+    optional = sum(r.status is Status.NOT_EVALUATED and not r.required for r in report.results)
+    required = counts[Status.NOT_EVALUATED] - optional
     return (
         f"{report.verdict.value.upper()}: {report.plan.get('patient_id', '')} "
         f"{report.plan.get('plan_label', '')} - {counts[Status.PASS]} pass, "
         f"{counts[Status.VARIATION]} variation, {counts[Status.FAIL]} fail, "
-        f"{counts[Status.NOT_EVALUATED]} not evaluated"
+        f"{required} not evaluated" + (f" (+{optional} optional not evaluated)" if optional else "")
     )
