@@ -26,8 +26,8 @@ from ..models import Dvh, Report, Result, Status
 from ..slices import DoseSlice, SliceSet, target_structures
 from .dvh_export import resampled
 from .escaping import html_text, plain_text
-from .junit import limit_text, value_text
-from .table import STATUS_STYLE, VERDICT_STYLE, _sourced, verdict_line
+from .table import VERDICT_STYLE, _sourced, verdict_line
+from .text import is_report_only, limit_text, status_label, value_text
 
 ISODOSE_LEVELS = (0.5, 0.95, 1.0, 1.1)  # fractions of the prescription
 ISODOSE_COLORS = ("#1f77ff", "#00b050", "#ffd000", "#ff2020")
@@ -232,11 +232,11 @@ def _results_table(report: Report) -> str:
                                               "Note"))
     rows = []
     for r in report.results:
-        label = STATUS_STYLE[r.status][0] + ("" if r.required or r.status is not Status.NOT_EVALUATED else
-                                             " (optional)")
-        color = STATUS_COLOR[r.status] if r.required or r.status is not Status.NOT_EVALUATED else "#aaa"
+        label = status_label(r)
+        optional_gap = r.status is Status.NOT_EVALUATED and not r.required
+        color = "#aaa" if optional_gap else "#2c7fb8" if is_report_only(r) else STATUS_COLOR[r.status]
         margin = f"{r.margin:+.2f}" if r.margin is not None and math.isfinite(r.margin) else ""
-        value = value_text(r) if r.value is not None else "-"
+        value = value_text(r)
         cells = [html_text(r.structure), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
         rows.append(
             f'<tr class="{r.status.value}"><td>{cells[0]}</td><td>{cells[1]}</td><td>{cells[2]}</td>'

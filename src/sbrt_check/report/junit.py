@@ -22,24 +22,11 @@ from collections.abc import Sequence
 
 from ..models import Report, Result, Status
 from .escaping import xml_text
+from .text import limit_text, value_text
 
 # Plan fields shown as testsuite properties (not the patient name: CI logs are widely readable).
 PROPERTIES = ("patient_id", "plan_label", "plan_uid", "prescription_gy", "prescription_source", "fractions",
               "dose_summation")
-
-
-def value_text(result: Result) -> str:
-    """'24.31 Gy', or 'not evaluated' (shared by JUnit and Markdown messages)."""
-    if result.value is None or not math.isfinite(result.value):
-        return "not evaluated"
-    return f"{result.value:.2f} {result.unit}"
-
-
-def limit_text(result: Result) -> str:
-    """The pass limit, with the acceptable-variation limit when the protocol has one."""
-    if result.variation_limit:
-        return f"{result.pass_limit} (variation {result.variation_limit})"
-    return result.pass_limit
 
 
 def suite_name(report: Report) -> str:
@@ -70,7 +57,7 @@ def _details(result: Result) -> str:
         f"structure: {result.structure}",
         f"roi: {result.roi or '-'}",
         f"metric: {result.metric}",
-        f"value: {value_text(result)}",
+        f"value: {value_text(result, 'not evaluated')}",
         f"limit: {limit_text(result)}",
         f"status: {result.status.value}",
     ]
@@ -84,7 +71,7 @@ def _details(result: Result) -> str:
 
 
 def _message(result: Result) -> str:
-    head = f"{result.structure} {result.metric} = {value_text(result)}, limit {limit_text(result)}"
+    head = f"{result.structure} {result.metric} = {value_text(result, 'not evaluated')}, limit {limit_text(result)}"
     return f"{head}: {result.reason}" if result.reason else head
 
 

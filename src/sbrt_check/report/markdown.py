@@ -11,22 +11,19 @@ import math
 
 from ..models import Report, Result, Status, Verdict
 from .escaping import markdown_cell
-from .junit import limit_text, value_text
 from .table import _sourced, verdict_line
+from .text import is_report_only, limit_text, status_label, value_text
 
-STATUS_LABEL = {
-    Status.PASS: "✅ PASS",
-    Status.VARIATION: "⚠️ VARIATION",
-    Status.FAIL: "❌ FAIL",
-    Status.NOT_EVALUATED: "❓ NOT EVALUATED",
-}
-VERDICT_ICON = {Verdict.PASS: "✅", Verdict.VARIATION: "⚠️", Verdict.FAIL: "❌", Verdict.ERROR: "❓"}
-COLUMNS = ("Structure", "ROI", "Metric", "Limit", "Value", "Margin", "Status", "Note")
+STATUS_ICON = {Status.PASS: "✅", Status.VARIATION: "⚠️", Status.FAIL: "❌", Status.NOT_EVALUATED: "❓"}
 
 
 def _status(result: Result) -> str:
-    label = STATUS_LABEL[result.status]
-    return f"{label} (optional)" if result.status is Status.NOT_EVALUATED and not result.required else label
+    icon = "ℹ️" if is_report_only(result) else STATUS_ICON[result.status]
+    return f"{icon} {status_label(result)}"
+
+
+VERDICT_ICON = {Verdict.PASS: "✅", Verdict.VARIATION: "⚠️", Verdict.FAIL: "❌", Verdict.ERROR: "❓"}
+COLUMNS = ("Structure", "ROI", "Metric", "Limit", "Value", "Margin", "Status", "Note")
 
 
 def _row(cells: list[str]) -> str:
@@ -49,7 +46,7 @@ def render_markdown(report: Report) -> str:
     ]
     for result in report.results:
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
-        value = value_text(result) if result.value is not None else "-"
+        value = value_text(result)
         lines.append(_row([cell(text) for text in (
             result.structure, result.roi or "", result.metric, limit_text(result), value, margin,
             _status(result), result.reason,

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from ..models import Report, Result, Status, Verdict
 from ..protocol import normalize_name
+from .text import is_report_only, status_label, value_text
 
 STATUS_STYLE = {
     Status.PASS: ("PASS", "bold green"),
@@ -55,25 +56,13 @@ def _unit(unit: str) -> str:
     return {"% Rx": "%Rx"}.get(unit, unit)
 
 
-def _value_text(result: Result) -> str:
-    if result.value is None or not math.isfinite(result.value):
-        return "-"
-    unit = _unit(result.unit)
-    measured = result.unit in ("Gy", "%", "% Rx", "cc", "mm", "cm") or result.group == "indices"
-    counted = not measured and float(result.value).is_integer()
-    text = f"{int(result.value)} {unit}" if counted else f"{_fmt(result.value)} {unit}".rstrip()
-    if "physical_gy" in result.details:  # EQD2/BED: the physical dose too
-        text += f" ({_fmt(result.details['physical_gy'])} Gy phys)"
-    return text
-
-
 def _status_text(result: Result) -> Text:
-    label, style = STATUS_STYLE[result.status]
-    if result.pass_limit == "report only" and result.status is Status.PASS:
-        return Text("REPORTED", style="cyan")
-    if not result.required and result.status is Status.NOT_EVALUATED:
-        return Text("NOT EVALUATED (optional)", style="dim")
-    return Text(label, style=style)
+    label = status_label(result)
+    if is_report_only(result):
+        return Text(label, style="cyan")
+    if result.status is Status.NOT_EVALUATED and not result.required:
+        return Text(label, style="dim")
+    return Text(label, style=STATUS_STYLE[result.status][1])
 
 
 def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
@@ -104,7 +93,7 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
             notes.append(f"{result.structure} {result.metric}: {result.reason}")
             status.append(f" [{len(notes)}]", style="dim")
         table.add_row(
-            name, escape(result.metric), escape(limit), _value_text(result),
+            name, escape(result.metric), escape(limit), value_text(result),
             Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), status,
         )
         previous = result.structure
