@@ -295,12 +295,20 @@ def _ct_series(ctx: RuleContext) -> tuple[list, str]:
     raise LookupError(f"{len(series)} CT series and the structure set references none")
 
 
+def _ct_or_reason(ctx: RuleContext, conf: dict, metric: str, unit: str) -> tuple[list, str] | list[Result]:
+    """The planning CT series and how it was chosen, or the NOT EVALUATED result saying why not."""
+    try:
+        return _ct_series(ctx)
+    except LookupError as exc:
+        return [not_evaluated(conf, GROUP, "CT", metric, str(exc), unit)]
+
+
 def check_ct_slice_thickness(ctx: RuleContext, conf: dict) -> list[Result]:
     metric = "CT slice thickness"
-    try:
-        images, how = _ct_series(ctx)
-    except LookupError as exc:
-        return [not_evaluated(conf, GROUP, "CT", metric, str(exc), "mm")]
+    found_ct = _ct_or_reason(ctx, conf, metric, "mm")
+    if isinstance(found_ct, list):
+        return found_ct
+    images, how = found_ct
     stated = sorted({float(d.SliceThickness) for d in images if d.get("SliceThickness") not in (None, "")})
     positions = sorted(float(d.ImagePositionPatient[2]) for d in images if d.get("ImagePositionPatient"))
     spacing = float(np.median(np.diff(positions))) if len(positions) > 1 else None
@@ -322,10 +330,10 @@ PHASE = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d+)?)\s*%")
 
 def check_ct_phase(ctx: RuleContext, conf: dict) -> list[Result]:
     metric = "Contouring phase"
-    try:
-        images, how = _ct_series(ctx)
-    except LookupError as exc:
-        return [not_evaluated(conf, GROUP, "CT", metric, str(exc), "%")]
+    found_ct = _ct_or_reason(ctx, conf, metric, "%")
+    if isinstance(found_ct, list):
+        return found_ct
+    images, how = found_ct
     description = str(images[0].get("SeriesDescription", "") or "")
     found = PHASE.search(description)
     wanted = float(conf["phase_percent"])
