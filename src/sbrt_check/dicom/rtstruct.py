@@ -2,8 +2,8 @@
 
 ContourData is the bulk of a structure set (hundreds of thousands of points with a body
 outline). pydicom's per-value DS conversion of it costs about half a second, so the raw
-element bytes are parsed with numpy instead, all contours of an ROI at once, and only for
-ROIs the protocol asks for.
+element bytes are parsed with numpy instead (`decimal_text`), all contours of an ROI at
+once, and only for ROIs the protocol asks for.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pydicom.tag import Tag
 from ..errors import InputError
 from ..models import Planes, Roi
 from . import elements as el
+from .decimal_text import parse_decimal_strings
 
 CONTOUR_DATA = Tag(0x3006, 0x0050)
 GEOMETRIC_TYPE = Tag(0x3006, 0x0042)
@@ -132,7 +133,7 @@ def _planes(
     path: Path, name: str, indices: list[int], texts: list[bytes], declared: np.ndarray, skipped: dict[str, int]
 ) -> Planes:
     try:
-        values = np.array(b"\\".join(texts).split(b"\\"), dtype=np.float64)
+        values = parse_decimal_strings(b"\\".join(texts))
     except ValueError as exc:
         raise InputError(path, f"ROI '{name}': ContourData is not numeric ({exc})") from None
     sizes = np.array([t.count(b"\\") + 1 for t in texts])
