@@ -256,6 +256,17 @@ def generate(workdir: Path) -> dict[str, Any]:
 
 
 # --- measuring -----------------------------------------------------------------------------
+# A check runs from an installed package whose modules are compiled to bytecode once; a
+# PYTHONDONTWRITEBYTECODE environment would make every run compile them again (~60 ms).
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+IMPORT_FLOORS = (
+    ("python, nothing imported", "pass"),
+    ("python + numpy + pydicom", "import numpy, pydicom"),
+    ("python + the check's imports", "import sbrt_check.cli, sbrt_check.evaluate, sbrt_check.plandata, "
+     "sbrt_check.report.table"),
+)
+
+
 def run_measured(command: list[str]) -> tuple[float, float, int, str]:
     """Wall time (s), peak RSS (MB) of exactly this child, exit code, stdout.
 
@@ -265,7 +276,7 @@ def run_measured(command: list[str]) -> tuple[float, float, int, str]:
     """
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=CHILD_ENV)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -311,8 +322,8 @@ def _numbers_by_name(folder: Path, names: tuple[str, ...] | list[str]) -> list[i
 
 
 def worker_sbrt(folder: Path, repeat: int) -> dict[str, Any]:
-    """In-process: reading the plan, then the DVHs of the check's structures, each timed."""
-    from sbrt_check.plandata import load_plan
+    """In-process: reading the plan, then the DVHs of the check's structures (on the check's threads)."""
+    from sbrt_check.plandata import DVH_THREADS, load_plan
 
     structures, _ = check_structures(folder)
     loads, dvhs = [], []
@@ -320,6 +331,7 @@ def worker_sbrt(folder: Path, repeat: int) -> dict[str, Any]:
         started = time.perf_counter()
         plan = load_plan(folder)
         loaded = time.perf_counter()
+        plan.prefetch([tokens for _, tokens in structures], DVH_THREADS)
         for _, tokens in structures:
             plan.dvh(tokens)
         dvhs.append(time.perf_counter() - loaded)
@@ -516,8 +528,13 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "",
     ]
 
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], env=CHILD_ENV, check=False,
+                   stdout=subprocess.DEVNULL)
+    floors = {label: median([run_measured([sys.executable, "-c", code])[0] for _ in range(repeat)])
+              for label, code in IMPORT_FLOORS}
     checks: dict[str, list[tuple[float, float]]] = {"realistic": [], "fine": []}
     for name, folder in (("realistic", realistic), ("fine", fine)):
+        run_measured([sys.executable, "-m", "sbrt_check", "check", str(folder)])  # warm the file cache
         for _ in range(repeat):
             wall, peak, code, text = run_measured([sys.executable, "-m", "sbrt_check", "check", str(folder)])
             checks[name].append((wall, peak))
@@ -573,6 +590,10 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     ]
     lines += table(rows, ["measurement", "median wall", "peak RSS", "time / check"])
     lines += [
+        "",
+        f"Start-up alone, before any file is read (subprocess, median of {repeat}): "
+        + "; ".join(f"{label} {fmt_s(seconds)}" for label, seconds in floors.items())
+        + ". Those imports are a floor under any cold check.",
         "",
         "dicompyler-core runs in-process with its imports done beforehand and each file read once per run "
         "(not once per ROI), while the check is a cold subprocess (interpreter start, imports, reading, "

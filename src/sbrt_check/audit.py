@@ -207,7 +207,7 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
         from .report.json_report import report_dict
 
         plan = load_plan([Path(f) for f in job.files], job.key)
-        options = Options(structure_map=settings.structure_map)
+        options = Options(structure_map=settings.structure_map, threads=1)  # one process per core already
         document = report_dict(Evaluator(plan, _protocol(settings.protocol_path), options).report())
         return Outcome(job, digest, time.perf_counter() - started, report=json.loads(json.dumps(
             document, default=_json_default)))

@@ -10,13 +10,14 @@ from pathlib import Path
 
 from .errors import InputError
 from .metrics import MetricError, compute, parse_metric
-from .plandata import load_dose_and_structures
+from .plandata import DVH_THREADS, load_dose_and_structures
 from .protocol import normalize_name
 from .report.dvh_export import StructureDvh
 
 
 def compute_structure_dvhs(
-    folder: Path, structures: str | None, metrics: str, engine: str, rx_override: float | None
+    folder: Path, structures: str | None, metrics: str, engine: str, rx_override: float | None,
+    threads: int = DVH_THREADS,
 ) -> tuple[dict, list[StructureDvh], list[str]]:
     parsed = []
     for text in [m for m in metrics.split(",") if m.strip()]:
@@ -27,10 +28,6 @@ def compute_structure_dvhs(
     plan = load_dose_and_structures(folder)
     structure_set = plan.inputs.structure_set
     volume_rois = [r for r in structure_set.rois if r.is_volume and r.contour_items]
-    notes = list(plan.notes)
-    skipped = [r.name for r in structure_set.rois if not r.is_volume]
-    if skipped:
-        notes.append(f"skipped marker/point ROIs: {', '.join(skipped)}")
     if structures:
         wanted = [s.strip() for s in structures.split(",") if s.strip()]
         chosen = []
@@ -50,7 +47,12 @@ def compute_structure_dvhs(
 
         dvhs = dicompyler_dvhs(structure_set.path, plan.inputs.dose_files, [r.number for r in chosen])
     else:
+        plan.prefetch([(f"#{r.number}",) for r in chosen], threads)
         dvhs = {r.number: plan.dvh((f"#{r.number}",)) for r in chosen}
+    notes = list(plan.notes)
+    skipped = [r.name for r in structure_set.rois if not r.is_volume]
+    if skipped:
+        notes.append(f"skipped marker/point ROIs: {', '.join(skipped)}")
     items = []
     for roi in chosen:
         dvh = dvhs[roi.number]

@@ -15,7 +15,7 @@ from .errors import CheckError
 from .matching import Matcher, Resolution
 from .metrics import MetricError, compute
 from .models import Dvh, Report, Result, Sourced, Status, Verdict
-from .plandata import PlanData
+from .plandata import DVH_THREADS, PlanData
 from .protocol import Constraint, Protocol
 from .rules import RuleContext, evaluate_rules
 from .rules.base import judge
@@ -29,6 +29,7 @@ class Options:
 
     prescription_gy: float | None = None
     structure_map: tuple[tuple[str, str], ...] = ()
+    threads: int = DVH_THREADS  # DVH worker threads; the audit runs one process per core instead
 
 
 def resolve_prescription(plan: PlanData, protocol: Protocol, options: Options) -> tuple[Sourced, Sourced]:
@@ -141,8 +142,10 @@ class Evaluator:
                             margin=margin, details=details)
 
     def report(self, extra_results: list[Result] | None = None) -> Report:
-        results = [self.evaluate_constraint(c) for c in self.protocol.constraints]
-        results += self.evaluate_rules()
+        resolutions = [self.matcher.resolve(c.structure) for c in self.protocol.constraints]
+        self.plan.prefetch([r.tokens for r in resolutions if r.ok], self.options.threads)
+        rules = self.evaluate_rules()  # on this thread while the DVHs are computed
+        results = [self.evaluate_constraint(c) for c in self.protocol.constraints] + rules
         results += extra_results or []
         return Report(
             verdict=overall_verdict(results),
