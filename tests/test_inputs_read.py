@@ -398,6 +398,18 @@ def test_duplicate_or_differently_cased_roi_names_are_an_ambiguity_never_a_pick(
     ptv = [r for r in run.report()["results"] if r["structure"] == "PTV"]
     assert ptv and all(r["status"] == "not_evaluated" and "ambiguous" in r["reason"] for r in ptv)
     assert all(f"'{second}'" in r["reason"] for r in ptv)
+    # Equal names after normalisation: only the ROI number tells them apart, and --map takes it.
+    number = len(rois)  # the added ROI, numbered after the others
+    assert all(f"#{number}" in r["reason"] for r in ptv)
+    chosen = check_json(tmp_path, small_protocol, "--map", f"PTV=#{number}").report()
+    ptv = [r for r in chosen["results"] if r["structure"] == "PTV"]
+    assert ptv and all(r["status"] != "not_evaluated" and r["roi"] == second for r in ptv)
+    # The added sphere lies 12 mm off the 45 Gy peak (mean dose ~24.5 Gy); the first PTV sits on it.
+    assert next(r["value"] for r in ptv if r["metric"] == "Mean[Gy]") == pytest.approx(24.5, abs=1.0)
+    first = check_json(tmp_path, small_protocol, "--map", "PTV=#1").report()
+    assert next(r["value"] for r in first["results"] if r["metric"] == "Mean[Gy]") > 40.0
+    missing = check_json(tmp_path, small_protocol, "--map", "PTV=#99").report()
+    assert all("no ROI named or numbered '#99'" in r["reason"] for r in missing["results"] if r["structure"] == "PTV")
 
 
 @pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])

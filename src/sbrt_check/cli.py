@@ -19,6 +19,7 @@ from .errors import CheckError, InputError, ProtocolError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 COMMANDS = ("check", "dvh", "audit")
+MAP_HELP = "Force a match: STRUCTURE=ROI, or STRUCTURE=#ROI-number (repeatable)."
 DEFAULT_DVH_METRICS = "Mean[Gy],Max[Gy],Min[Gy],D95%[Gy],D0.5cc[Gy],D0.03cc[Gy]"
 
 app = typer.Typer(
@@ -83,7 +84,7 @@ def check(
     folder: Annotated[Path, typer.Argument(help="Folder with the exported RTPLAN, RTDOSE and RTSTRUCT.")],
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription dose in Gy (overrides the plan).")] = None,
-    map_: Annotated[list[str] | None, typer.Option("--map", help="Force a match: STRUCTURE=ROI (repeatable).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
     plan: Annotated[str | None, typer.Option("--plan", help="Plan label or UID when the folder holds several.")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")] = None,
@@ -195,7 +196,7 @@ def dvh(
 def audit(
     root: Annotated[Path, typer.Argument(help="Folder tree holding the plans, of any shape.")],
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
-    map_: Annotated[list[str] | None, typer.Option("--map", help="Force a match: STRUCTURE=ROI (repeatable).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
     out: Annotated[list[Path] | None, typer.Option(
         "--out", "-o", help="Write one row per plan: .csv or .json (repeatable).")] = None,

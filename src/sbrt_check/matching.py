@@ -50,7 +50,10 @@ class Matcher:
 
     def _matches(self, spec: StructureSpec) -> tuple[list[RoiEntry], str]:
         if spec.name in self.forced:
-            wanted = normalize_name(self.forced[spec.name])
+            forced = self.forced[spec.name].strip()
+            if forced.startswith("#") and forced[1:].isdigit():  # by ROI number: tells apart 'PTV' and 'ptv'
+                return [r for r in self.rois if r.number == int(forced[1:])], f"--map {spec.name}"
+            wanted = normalize_name(forced)
             return [r for r in self.rois if normalize_name(r.name) == wanted], f"--map {spec.name}"
         for pattern in spec.match:
             found = [r for r in self.rois if name_matches(pattern, r.name)]
@@ -67,7 +70,7 @@ class Matcher:
     def _resolve(self, spec: StructureSpec) -> Resolution:
         found, how = self._matches(spec)
         if spec.name in self.forced and not found:
-            return Resolution(spec.name, problem=f"--map: no ROI named '{self.forced[spec.name]}'")
+            return Resolution(spec.name, problem=f"--map: no ROI named or numbered '{self.forced[spec.name]}'")
         if found:
             return self._from_rois(spec, found, how)
         if spec.derive:
@@ -78,9 +81,11 @@ class Matcher:
     def _from_rois(self, spec: StructureSpec, found: list[RoiEntry], how: str) -> Resolution:
         names = ", ".join(f"'{r.name}'" for r in found)
         if len(found) > 1 and not spec.union:
+            numbered = ", ".join(f"'{r.name}' #{r.number}" for r in found)
             return Resolution(
                 spec.name, label=names,
-                problem=f"ambiguous: {len(found)} ROIs match ({names}); pick one with --map {spec.name}=ROI",
+                problem=f"ambiguous: {len(found)} ROIs match ({numbered}); pick one with --map "
+                f"{spec.name}=ROI, or by number: --map {spec.name}=#{found[0].number}",
             )
         empty = [r for r in found if not r.contour_items]
         if empty:
