@@ -595,10 +595,10 @@ def grid_distances(mask: np.ndarray, spacings: tuple[float, float, float]) -> np
         moved = np.moveaxis(squared, axis, -1)
         n = moved.shape[-1]
         offsets = (step * (np.arange(n)[:, None] - np.arange(n)[None, :])) ** 2  # (i, j)
-        out = np.empty_like(moved)
-        rows = max(DISTANCE_BLOCK // max(n * n, 1), 1)
-        for start in range(0, moved.shape[0], rows):
-            block = moved[start : start + rows]
-            out[start : start + rows] = (block[..., None, :] + offsets).min(axis=-1)
-        squared = np.moveaxis(out, -1, axis)
+        lines = moved.reshape(-1, n)
+        out = np.empty_like(lines)
+        rows = max(DISTANCE_BLOCK // max(n * n, 1), 1)  # lines x n x n temporaries stay ~16 MB
+        for start in range(0, len(lines), rows):
+            out[start : start + rows] = (lines[start : start + rows, None, :] + offsets).min(axis=-1)
+        squared = np.moveaxis(out.reshape(moved.shape), -1, axis)
     return np.sqrt(squared)

@@ -115,8 +115,7 @@ def max_dose_beyond(ctx: RuleContext, target_keys: list[str], distance_mm: float
     low, high = cloud.min(axis=0) - distance_mm - h, cloud.max(axis=0) + distance_mm + h
     near = [(a >= lo) & (a <= hi) for a, lo, hi in zip((grid.x, grid.y, grid.z), low, high, strict=True)]
     in_box = near[2][:, None, None] & near[1][None, :, None] & near[0][None, None, :]
-    beyond = grid.dose_gy[~in_box]
-    best = float(beyond.max()) if beyond.size else 0.0
+    best = float(np.max(grid.dose_gy, where=~in_box, initial=0.0))  # no copy of the grid's bulk
     kz, ky, kx = (np.flatnonzero(n) for n in (near[2], near[1], near[0]))
     if not (kz.size and ky.size and kx.size):
         return best
