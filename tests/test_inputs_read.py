@@ -373,6 +373,10 @@ def test_point_and_open_contours_are_ignored_with_a_note(plan_copy, reference, s
     messages = run.report()["messages"]
     assert "ROI 'PTV': 1 OPEN_PLANAR contour(s) ignored" in messages
     assert "ROI 'PTV': 1 POINT contour(s) ignored" in messages
+    exported = json.loads(run_cli("dvh", plan_copy, "--format", "json").out)  # the dvh command says so too
+    assert "ROI 'PTV': 1 POINT contour(s) ignored" in exported["notes"]
+    unchanged = json.loads(run_cli("dvh", reference[0], "--format", "json").out)
+    assert exported["structures"]["PTV"]["volume_cc"] == unchanged["structures"]["PTV"]["volume_cc"]
 
 
 def test_a_required_roi_without_contours_is_not_evaluated(tmp_path, small_protocol):
