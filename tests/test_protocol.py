@@ -153,3 +153,11 @@ def test_every_problem_is_reported_at_once(tmp_path):
     with pytest.raises(ProtocolError) as error:
         load_protocol(_write(tmp_path, text))
     assert len(error.value.problems) == 2
+
+
+def test_distinct_needs_a_union(tmp_path):
+    text = BASE.replace("GTV: {match: [GTV]}", "GTV: {match: [GTV, 'GTV*'], distinct: true}")
+    with pytest.raises(ProtocolError, match=r"structures.GTV: distinct applies to the ROIs of a union"):
+        load_protocol(_write(tmp_path, text))
+    text = BASE.replace("GTV: {match: [GTV]}", "GTV: {match: [GTV, 'GTV*'], union: true, distinct: true}")
+    assert load_protocol(_write(tmp_path, text)).structures["GTV"].distinct

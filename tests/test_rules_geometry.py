@@ -9,6 +9,7 @@ lesion of 20 mm, sum 2.0 cm, stratum <= 2.0 cm.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pydicom
@@ -175,6 +176,33 @@ def test_disconnected_parts_of_one_gtv_count_as_lesions_and_set_the_stratum(monk
     assert all(item["axial_diameter_mm"] == pytest.approx(12.0, abs=0.01) for item in count["details"]["lesions"])
     assert row(report, "Sum of diameters")["value"] == pytest.approx(2.4, abs=0.01)
     assert report["plan"]["stratum"].startswith("2.1-5.0 cm") and code == 0
+
+
+def lens_fraction(r: float, d: float) -> float:
+    """Share of one sphere of radius r inside an equal sphere whose centre is d away."""
+    return (math.pi * (4 * r + d) * (2 * r - d) ** 2 / 12) / (4 / 3 * math.pi * r**3)
+
+
+def test_per_phase_copies_of_one_gtv_are_not_taken_as_lesions(monkeypatch, capsys, tmp_path, anatomy):
+    # The GTV registered to two respiratory phases, 5 mm apart, and no plain "GTV": as a union
+    # they would be two lesions and their envelope would be cut out of normal liver.
+    phases = [sphere("GTV_T0", 10.0, (-2.5, 0, 0)), sphere("GTV_T50", 10.0, (2.5, 0, 0))]
+    folder = write_variant(tmp_path, anatomy, rois=with_rois(anatomy, drop=("GTV",), add=phases))
+    code, report = check(monkeypatch, capsys, folder)
+    assert code == 2 and report["verdict"] == "error"
+    lesions = row(report, "Lesions")
+    assert lesions["status"] == "not_evaluated"
+    shared = re.search(r"'GTV_T0' and 'GTV_T50' overlap \((\d+)% of the smaller\)", lesions["reason"])
+    assert shared and int(shared.group(1)) == pytest.approx(100 * lens_fraction(10.0, 5.0), abs=2)  # 63 %
+    assert "--map GTV=ROI" in lesions["reason"]
+    normal_liver = [r for r in report["results"] if r["structure"] == "Liver-GTV"]
+    assert normal_liver and all(r["status"] == "not_evaluated" for r in normal_liver)
+
+    code, report = run_check(monkeypatch, capsys, str(folder), "--map", "GTV=GTV_T50")
+    lesions = row(report, "Lesions")
+    assert lesions["value"] == 1 and lesions["status"] == "pass"
+    assert lesions["details"]["lesions"][0]["roi"] == "GTV_T50"
+    assert all(r["status"] != "not_evaluated" for r in report["results"] if r["structure"] == "Liver-GTV")
 
 
 def test_sum_of_diameters_above_five_cm_fails(monkeypatch, capsys, tmp_path, anatomy, geometry_protocol):

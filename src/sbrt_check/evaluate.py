@@ -68,7 +68,9 @@ class Evaluator:
         self.protocol = protocol
         self.options = options
         self.rx, self.fractions = resolve_prescription(plan, protocol, options)
-        self.matcher = Matcher(protocol, plan.inputs.structure_set, dict(options.structure_map))
+        self.matcher = Matcher(
+            protocol, plan.inputs.structure_set, dict(options.structure_map), overlap=plan.overlap_fraction
+        )
         self.dvhs: dict[str, Dvh] = {}
         self.messages: list[str] = []
         self.header_extra: dict = {}

@@ -7,10 +7,14 @@ geometry layer can sample, and the report can say exactly which ROIs were used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .dicom.rtstruct import RoiEntry, StructureSet
+from .errors import CheckError
 from .protocol import Protocol, StructureSpec, name_matches, normalize_name
+
+DISTINCT_OVERLAP = 0.10  # shared fraction of the smaller ROI above which two "separate" ROIs are copies
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,20 @@ def _union(entries: list[RoiEntry]) -> tuple[str, ...]:
 
 
 class Matcher:
-    """Resolves protocol structures for one structure set, remembering what it found."""
+    """Resolves protocol structures for one structure set, remembering what it found.
 
-    def __init__(self, protocol: Protocol, structure_set: StructureSet, forced: dict[str, str]) -> None:
+    Matching is by name; the one geometric question, whether the ROIs of a `distinct` union
+    overlap, is asked of `overlap` (the shared fraction of the smaller of two ROI keys).
+    """
+
+    def __init__(
+        self, protocol: Protocol, structure_set: StructureSet, forced: dict[str, str],
+        overlap: Callable[[str, str], float] | None = None,
+    ) -> None:
         self.protocol = protocol
         self.rois = [r for r in structure_set.rois if r.is_volume]
         self.forced = forced
+        self.overlap = overlap
         self.cache: dict[str, Resolution] = {}
 
     def _matches(self, spec: StructureSpec) -> tuple[list[RoiEntry], str]:
@@ -91,9 +103,36 @@ class Matcher:
         if empty:
             listed = ", ".join(f"'{r.name}'" for r in empty)
             return Resolution(spec.name, label=names, problem=f"ROI {listed} has no contours")
+        if spec.distinct and len(found) > 1:
+            copies = self._overlapping(spec.name, found)
+            if copies:
+                return Resolution(spec.name, label=names, problem=copies)
         tokens = (roi_key(found[0]),) if len(found) == 1 else _union(found)
         label = found[0].name if len(found) == 1 else " | ".join(r.name for r in found)
         return Resolution(spec.name, tokens, label, how=how)
+
+    def _overlapping(self, name: str, found: list[RoiEntry]) -> str:
+        """Why ROIs meant as separate ones (lesions) are not: two of them overlap; '' when none do.
+
+        Per-phase copies of one GTV (GTV_T0 ... GTV_T90) overlap almost entirely. Taken as a
+        union they would count as ten lesions and, subtracted from the liver, remove the whole
+        motion envelope from "normal liver", lowering its mean dose: never a silent union.
+        """
+        if self.overlap is None:
+            return ""
+        for i, first in enumerate(found):
+            for second in found[i + 1 :]:
+                try:
+                    shared = self.overlap(roi_key(first), roi_key(second))
+                except CheckError as exc:
+                    return str(exc)
+                if shared > DISTINCT_OVERLAP:
+                    return (
+                        f"'{first.name}' and '{second.name}' overlap ({shared:.0%} of the smaller): copies of "
+                        "one lesion (respiratory phases?), not separate ones; pick the reference one with "
+                        f"--map {name}=ROI"
+                    )
+        return ""
 
     def _derived(self, spec: StructureSpec) -> Resolution:
         tokens: list[str] = []

@@ -92,6 +92,20 @@ class PlanData:
         shapes = {key: self.shape(key) for key in leaves}
         return derive_region(list(tokens), shapes, self.max_spacing)
 
+    def overlap_fraction(self, first: str, second: str) -> float:
+        """Volume two ROIs share, as a fraction of the smaller one (0 when their boxes are apart)."""
+        a, b = self.shape(first), self.shape(second)
+        (ax0, ax1, ay0, ay1), (bx0, bx1, by0, by1) = a.bounds, b.bounds
+        apart = (
+            ax1 < bx0 or bx1 < ax0 or ay1 < by0 or by1 < ay0
+            or a.z_hi.max() <= b.z_lo.min() or b.z_hi.max() <= a.z_lo.min()
+        )
+        if apart:
+            return 0.0
+        shared = self.region((first, "&", second)).volume_cc
+        smaller = min(self.region((first,)).volume_cc, self.region((second,)).volume_cc)
+        return shared / smaller if smaller > 0 else 0.0
+
     def prefetch(self, token_sets: Sequence[tuple[str, ...]], threads: int) -> None:
         """Start computing these DVHs on `threads` worker threads; `dvh` then waits for each.
 

@@ -24,7 +24,7 @@ from .metrics import Metric, MetricError, parse_metric
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_PROTOCOL = Path(__file__).parent / "protocols" / "rfa_sbrt.yaml"
 TOP_KEYS = {"name", "version", "description", "source", "prescription", "structures", "constraints", "rules"}
-STRUCTURE_KEYS = {"match", "derive", "required", "union", "description", "source"}
+STRUCTURE_KEYS = {"match", "derive", "required", "union", "distinct", "description", "source"}
 CONSTRAINT_KEYS = {
     "structure", "metric", "pass", "variation", "note", "source", "optional", "id",
     "alpha_beta", "convert",
@@ -62,6 +62,7 @@ class StructureSpec:
     derive: tuple[str, ...] = ()
     required: bool = True
     union: bool = False
+    distinct: bool = False  # the ROIs of a union must not overlap (separate lesions, not phase copies)
 
 
 @dataclass(frozen=True)
@@ -226,12 +227,14 @@ def _structures(data: Any, problems: _Problems) -> dict[str, StructureSpec]:
                 problems.add(entry, str(exc))
         if not match and not derive:
             problems.add(entry, "needs match or derive")
-        for key in ("required", "union"):
+        for key in ("required", "union", "distinct"):
             if key in spec and not isinstance(spec[key], bool):
                 problems.add(entry, f"{key} must be true or false")
+        if spec.get("distinct") is True and spec.get("union") is not True:
+            problems.add(entry, "distinct applies to the ROIs of a union: needs union: true")
         specs[str(name)] = StructureSpec(
             str(name), tuple(match), tuple(derive),
-            bool(spec.get("required", True)), bool(spec.get("union", False)),
+            bool(spec.get("required", True)), bool(spec.get("union", False)), bool(spec.get("distinct", False)),
         )
     for spec in specs.values():
         for operand in expression_names(list(spec.derive)):
