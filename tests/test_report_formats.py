@@ -428,3 +428,11 @@ def test_html_renders_in_headless_chromium(hot_stomach_html, tmp_path):
     assert 0.1 < non_white < 0.9
     banner = image[40:120, :600].reshape(-1, 3)  # the FAIL banner (#d7191c) near the top
     assert (np.abs(banner - [215, 25, 28]).sum(axis=1) < 30).mean() > 0.2
+
+
+def test_markdown_cells_do_not_mention_users():
+    from sbrt_check.report.escaping import markdown_cell
+
+    cell = markdown_cell("PTV @physics-team")
+    assert not re.search(r"@[A-Za-z0-9]", cell)  # no @name a forge would turn into a notification
+    assert cell.replace("\u200b", "") == "PTV @physics-team"  # the reader still sees the name

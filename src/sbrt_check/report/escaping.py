@@ -40,8 +40,9 @@ def markdown_cell(value: object) -> str:
     """Text for one cell of a Markdown table: one line, no markup, no raw HTML.
 
     Pipes would split the cell, backticks open code spans, `<` opens HTML (GitLab and GitHub
-    render some), and a newline ends the table row; all are neutralised.
+    render some), and a newline ends the table row; all are neutralised. An `@name` posted
+    in a CI comment would notify that user or team: a zero-width space after `@` stops it.
     """
     text = " ".join(plain_text(value).split())
     text = html.escape(text, quote=False)  # & < > first: the backslashes below are not HTML
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("@", "@\u200b")
