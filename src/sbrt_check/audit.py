@@ -31,6 +31,7 @@ from typing import Any
 from .dicom.assemble import group_plans
 from .dicom.files import list_files, scan_files
 from .errors import CheckError, InputError
+from .report.escaping import FORMULA_START, csv_cell
 
 AUDIT_SCHEMA = 1
 FIXED_COLUMNS = (
@@ -527,20 +528,6 @@ class Anonymizer:
 
 
 # --- output --------------------------------------------------------------------------------
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _guard(value: Any) -> Any:
-    """Text cells that a spreadsheet would run as a formula get a leading quote (CSV injection)."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value
-
-
 def _unguard(text: str) -> str:
     return text[1:] if text.startswith("'") and text[1:2] in FORMULA_START else text
 
@@ -550,7 +537,7 @@ def render_csv(rows: list[AuditRow], columns: list[str]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else _guard(v) for k, v in row.cells.items()})
+        writer.writerow({k: "" if v is None else csv_cell(v) for k, v in row.cells.items()})
     return buffer.getvalue()
 
 

@@ -298,6 +298,11 @@ def main() -> None:
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
     args = sys.argv[1:]
+    if args[:1] in (["--version"], ["-V"]):  # before the default-command rewrite, which took it for `check`'s
+        from . import __version__
+
+        typer.echo(f"sbrt-check {__version__}")
+        sys.exit(EXIT_OK)
     if args and args[0] not in COMMANDS and args[0] not in ("--help", "-h"):
         args = ["check", *args]
     try:

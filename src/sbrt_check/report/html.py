@@ -23,6 +23,7 @@ import numpy as np
 
 from ..metrics import MetricError, compute, parse_metric
 from ..models import Dvh, Report, Result, Status
+from ..provenance import provenance_items
 from ..slices import DoseSlice, SliceSet, target_structures
 from .dvh_export import resampled
 from .escaping import html_text, plain_text
@@ -222,6 +223,7 @@ def _header(report: Report) -> str:
         ("Fractions", sourced("fractions", "fractions_source", "")),
         ("Dose summation", plan.get("dose_summation", "")),
         ("Protocol", f"{report.protocol.get('name', '')} v{report.protocol.get('version', '')}"),
+        *provenance_items(report.protocol, plan, name_and_version=False),
     ]
     body = "".join(f"<tr><td>{html_text(k)}</td><td>{html_text(v)}</td></tr>" for k, v in rows)
     return f'<table class="header">{body}</table>'
