@@ -64,6 +64,7 @@ class PlanJob:
     plan_label: str = ""
     problem: str | None = None
     notes: tuple[str, ...] = ()
+    institution: str = ""  # InstitutionName of the plan's RT objects, for the dashboard
 
     @property
     def plan_uid(self) -> str:
@@ -114,6 +115,7 @@ def discover(root: Path) -> Discovery:
             plan_label=_text(ds, "RTPlanLabel") or _text(ds, "RTPlanName"),
             problem=problem,
             notes=group.notes,
+            institution=_institution(group),
         ))
     by_path = {str(rt.path): rt for rt in contents.rt_files}
     for error in stray + unreadable:
@@ -128,6 +130,30 @@ def discover(root: Path) -> Discovery:
         ))
     jobs.sort(key=lambda j: (j.patient_id, j.plan_label, j.key))
     return Discovery(root, jobs, [*notes, *contents.notes], identities)
+
+
+def _institution(group: Any) -> str:
+    """InstitutionName of the RTPLAN, else of its structure set or dose (headers already read)."""
+    for rt in (group.plan, group.structure_set, *group.doses):
+        name = _text(rt.dataset, "InstitutionName").strip() if rt is not None else ""
+        if name:
+            return name
+    return ""
+
+
+def institution_of_files(files: Iterable[str]) -> str:
+    """InstitutionName of the first of these DICOM files that has one (headers only)."""
+    import pydicom
+
+    for name in files:
+        try:
+            dataset = pydicom.dcmread(name, stop_before_pixels=True, specific_tags=["InstitutionName"])
+        except Exception:  # a file `check` already read; a surprise here only loses the label
+            continue
+        value = _text(dataset, "InstitutionName").strip()
+        if value:
+            return value
+    return ""
 
 
 def _relative(file: str, root: Path) -> str:
@@ -199,6 +225,7 @@ def _protocol(path: str | None) -> Any:
 def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
     """Check one plan exactly as `check` does; any failure becomes the outcome's error."""
     started = time.perf_counter()
+    _hold_for_tests(job)
     digest = input_hash(job.files)
     if job.problem:
         return Outcome(job, digest, time.perf_counter() - started, error=job.problem)
@@ -219,6 +246,23 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
     except Exception as exc:  # one plan's surprise must not end a 500-plan audit
         error = f"internal error: {type(exc).__name__}: {exc}"
     return Outcome(job, digest, time.perf_counter() - started, error=error)
+
+
+HOLD_ENV = "SBRT_CHECK_TEST_HOLD_PATIENT"
+
+
+def _hold_for_tests(job: PlanJob) -> None:
+    """Test hook: a worker given this patient's plan blocks until it is terminated.
+
+    Why: tests of an interrupted or killed audit need an audit that is certainly still
+    running when they signal it, whatever the machine's load; with --jobs 1 the plans before
+    the held one finish (and are seen on stderr), the held one never does.
+    """
+    held = os.environ.get(HOLD_ENV)
+    if held and job.patient_id == held:
+        import threading
+
+        threading.Event().wait()
 
 
 def _json_default(value: object) -> object:
@@ -461,6 +505,27 @@ def split_resumed(
         else:
             todo.append(job)
     return todo, kept
+
+
+def split_stored(
+    jobs: list[PlanJob], known: dict[str, Any], provenance: dict[str, str]
+) -> tuple[list[PlanJob], list[tuple[PlanJob, str]]]:
+    """(plans still to check, (plan, check_key) already in the results store).
+
+    A plan is not checked again when the store holds a check of the same plan with the same
+    input bytes, protocol text, name and version, and contour model (`store.check_key`).
+    """
+    from .store import check_key
+
+    todo: list[PlanJob] = []
+    stored: list[tuple[PlanJob, str]] = []
+    for job in jobs:
+        key = check_key(job.key, input_hash(job.files), provenance)
+        if key in known:
+            stored.append((job, key))
+        else:
+            todo.append(job)
+    return todo, stored
 
 
 # --- anonymisation -------------------------------------------------------------------------

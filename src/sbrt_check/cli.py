@@ -18,9 +18,12 @@ import typer
 from .errors import CheckError, InputError, ProtocolError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-COMMANDS = ("check", "dvh", "audit")
+COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard")
 MAP_HELP = "Force a match: STRUCTURE=ROI, or STRUCTURE=#ROI-number (repeatable)."
 DEFAULT_DVH_METRICS = "Mean[Gy],Max[Gy],Min[Gy],D95%[Gy],D0.5cc[Gy],D0.03cc[Gy]"
+DB_HELP = "Results database (SQLite file): record every check; plans already checked are not checked again."
+DASHBOARD_HELP = "Write the QA dashboard (one HTML page; each plan's report beside it)."
+PATIENTS_HELP = "Write one CSV row per patient (latest submission) for the trial statistician."
 
 app = typer.Typer(
     add_completion=False,
@@ -91,6 +94,7 @@ def check(
     strict: Annotated[bool, typer.Option("--strict", help="Acceptable variations fail too (exit code 1).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Also record the check in this results database.")] = None,
 ) -> None:
     """Check one exported plan folder against the protocol (the default command)."""
     from .evaluate import Evaluator, Options
@@ -104,6 +108,8 @@ def check(
     options = Options(prescription_gy=rx, structure_map=_parse_map(map_))
     evaluator = Evaluator(plan_data, loaded_protocol, options)
     report = evaluator.report()
+    if db is not None:
+        _record_check(db, plan_data, report, loaded_protocol)
     if html is not None:
         _write_html(evaluator, report, html)
     if output is not None or not quiet:
@@ -140,6 +146,25 @@ def _write_html(evaluator, report, path: Path) -> None:
 
     slices = report_slices(evaluator.plan, report, lambda name: evaluator.matcher.resolve(name).tokens)
     _write(render_html(report, slices), path)
+
+
+def _record_check(db: str, plan_data, report, protocol) -> None:
+    """One `check` into the results store, as the audit would record the same plan."""
+    import json
+
+    from . import audit as au
+    from . import store
+    from .report.json_report import render_json
+
+    files = tuple(str(p) for p in plan_data.inputs.files)
+    info = plan_data.inputs.plan
+    job = au.PlanJob(key=info.sop_instance_uid if info else "file:" + files[0], files=files,
+                     institution=au.institution_of_files(files))
+    outcome = au.Outcome(job, au.input_hash(files), 0.0, report=json.loads(render_json(report)))
+    row = au.make_row(outcome, Path(os.path.commonpath(files)).parent if files else Path("."), protocol)
+    connection = store.connect(db)
+    store.save_check(connection, store.record_of(row.cells, row.report, job.key, job.institution, report.protocol))
+    connection.close()
 
 
 def _console(width_when_piped: int):
@@ -206,6 +231,9 @@ def audit(
         "--anonymize", help="Replace patient IDs and names in every output by a salted hash.")] = False,
     salt: Annotated[str | None, typer.Option(help="Salt for --anonymize (default: $SBRT_CHECK_SALT).")] = None,
     shard: Annotated[str | None, typer.Option(help="Check only shard i of n (1-based), e.g. 3/10.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    html: Annotated[Path | None, typer.Option("--html", help=DASHBOARD_HELP)] = None,
+    patients_csv: Annotated[Path | None, typer.Option("--patients-csv", help=PATIENTS_HELP)] = None,
 ) -> None:
     """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
 
@@ -231,9 +259,21 @@ def audit(
     kept: list = []
     if resume:
         todo, kept = au.split_resumed(todo, au.read_previous(resume), loaded_protocol)
-    rows = [scrub.row(r) if scrub else r for r in kept]
     if not found.jobs:
         raise InputError(root, "no RTPLAN found in the tree")
+    # A store: the --db file, or an in-memory one when only the dashboard or patient list is asked for.
+    connection = _open_store(db, html, patients_csv)
+    protocol_dict = _protocol_dict(loaded_protocol)
+    if connection is not None:
+        from . import store
+
+        for row in kept:  # rows resumed from a CSV/JSON: into the store too (a stored check is not repeated)
+            store.save_check(connection, store.record_of(row.cells, row.report, row.key, "", protocol_dict))
+        if db is not None:
+            todo, stored = au.split_stored(todo, store.known_checks(connection), _provenance(protocol_dict))
+            rows_of = store.stored_rows(connection, [key for _, key in stored])
+            kept += [au.AuditRow(*rows_of[key]) for _, key in stored]
+    rows = [scrub.row(r) if scrub else r for r in kept]
 
     def save() -> None:
         ordered = au.sort_rows(rows)
@@ -241,11 +281,21 @@ def audit(
             au.write_atomic(path, au.render(path, ordered, loaded_protocol, root))
 
     interrupted = False
+    record = None
+    if connection is not None:
+        from . import store
+
+        def record(job, row) -> None:
+            store.save_check(connection, store.record_of(row.cells, row.report, job.key, job.institution,
+                                                         protocol_dict))
+
     try:
-        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save)
+        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save, record)
     except KeyboardInterrupt:
         interrupted = True
     save()
+    if connection is not None:
+        _write_store_outputs(connection, html, patients_csv)
 
     from .report.audit_report import summary_line, summary_table
 
@@ -258,8 +308,9 @@ def audit(
     raise typer.Exit(au.audit_exit_code(rows))
 
 
-def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) -> None:
-    """Run the plans, append each row as it finishes, show progress, checkpoint every 25 rows."""
+def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save, record=None) -> None:
+    """Run the plans, append each row as it finishes (and `record` it in the store before its
+    progress line), show progress, checkpoint every 25 rows."""
     from rich.console import Console
 
     from .report.audit_report import progress_line
@@ -277,6 +328,8 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) ->
         for done, outcome in enumerate(au.run_jobs(todo, settings, n_jobs), start=1):
             row = au.make_row(outcome, root, protocol)
             rows.append(scrub.row(row) if scrub else row)
+            if record is not None:
+                record(outcome.job, rows[-1])
             if progress is not None:
                 progress.update(task, advance=1, description=progress_line(done, len(todo), rows[-1])[:80])
             else:
@@ -286,6 +339,103 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) ->
     finally:
         if progress is not None:
             progress.stop()
+
+
+def _protocol_dict(protocol) -> dict:
+    from .provenance import protocol_record
+
+    return protocol_record(protocol)
+
+
+def _provenance(protocol_dict: dict) -> dict:
+    from .provenance import provenance_of
+
+    return provenance_of(protocol_dict)
+
+
+def _open_store(db: str | None, html: Path | None, patients_csv: Path | None):
+    """The --db store; an in-memory one when only a dashboard or patient list needs one; else None."""
+    if db is None and html is None and patients_csv is None:
+        return None
+    from . import store
+
+    return store.connect(db if db is not None else ":memory:")
+
+
+def _write_store_outputs(connection, html: Path | None, patients_csv: Path | None) -> None:
+    """The dashboard (with each plan's page beside it) and the per-patient CSV, from the store."""
+    from . import audit as au
+    from . import store
+
+    with store.snapshot(connection):
+        states = store.plan_states(connection)
+        results = store.results_of(connection, [s.check["check_key"] for s in states])
+    if patients_csv is not None:
+        from .report.patients import render_patients_csv
+
+        au.write_atomic(patients_csv, render_patients_csv(store.patient_lines(states)))
+    if html is not None:
+        from .report.dashboard import render_dashboard
+
+        pages_dir = html.with_name(html.stem + "_plans")
+        page, plan_pages = render_dashboard(states, results, pages_dir.name)
+        if plan_pages:
+            pages_dir.mkdir(exist_ok=True)
+        for name, text in plan_pages.items():
+            au.write_atomic(pages_dir / name, text)
+        au.write_atomic(html, page)
+
+
+@app.command()
+def review(
+    plan_uid: Annotated[str, typer.Argument(help="RTPLAN SOP Instance UID of the plan reviewed.")],
+    db: Annotated[str, typer.Option("--db", help="Results database holding the plan's check.")],
+    reviewer: Annotated[str, typer.Option("--as", help="Who signs off (name of the physicist).")],
+    decision: Annotated[str, typer.Option(help="accepted or deviation.")],
+    note: Annotated[str, typer.Option(help="Why: what was looked at and decided.")] = "",
+) -> None:
+    """Record a physicist's sign-off of a plan's latest check: who, when, accepted or deviation."""
+    from . import store
+
+    connection = store.connect(db)
+    saved = store.add_review(connection, plan_uid, reviewer, decision, note)
+    connection.close()
+    typer.echo(f"review recorded: plan {plan_uid}: {saved['decision']} by {saved['reviewer']} "
+               f"at {saved['reviewed_at']}")
+
+
+@app.command()
+def merge(
+    sources: Annotated[list[str], typer.Argument(help="Results databases to combine (e.g. one per shard).")],
+    db: Annotated[str, typer.Option("--db", help="Database to merge into (created if missing).")],
+) -> None:
+    """Combine results databases (of `audit --shard` jobs) without duplicates."""
+    from . import store
+
+    target = store.connect(db)
+    for source in sources:
+        if not Path(source).is_file():
+            raise InputError(Path(source), "no such database file")
+    opened = [store.connect(source) for source in sources]
+    new_checks, new_reviews = store.merge(target, opened)
+    typer.echo(f"merged {len(sources)} databases into {db}: {new_checks} new checks, {new_reviews} new reviews; "
+               f"{store.count_rows(target, 'checks')} checks in all")
+
+
+@app.command()
+def dashboard(
+    db: Annotated[str, typer.Option("--db", help="Results database to show.")],
+    html: Annotated[Path | None, typer.Option("--html", help=DASHBOARD_HELP)] = None,
+    patients_csv: Annotated[Path | None, typer.Option("--patients-csv", help=PATIENTS_HELP)] = None,
+) -> None:
+    """The QA dashboard and/or the per-patient list from a results database."""
+    from . import store
+
+    if html is None and patients_csv is None:
+        raise InputError(None, "nothing to write: give --html FILE and/or --patients-csv FILE")
+    if not Path(db).is_file():
+        raise InputError(Path(db), "no such database file")
+    _write_store_outputs(store.connect(db), html, patients_csv)
 
 
 def main() -> None:

@@ -41,6 +41,9 @@ TARGET_STATS = ("Volume[cc]", "Min[Gy]", "D98%[Gy]", "D95%[Gy]", "D50%[Gy]", "Me
 ROI_COLORS = ("#ff00ff", "#00e5ff", "#ff8c00", "#b388ff", "#c5e1a5", "#ff80ab", "#a1887f", "#18ffff",
               "#ea80fc", "#ffcc80", "#80cbc4", "#f48fb1")
 _LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)")
+# No script, nothing remote: even a mistake in escaping could not run code (shared with the dashboard).
+CSP_META = ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'\">")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1150px}
@@ -308,8 +311,7 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">",
+        CSP_META,
         f"<title>{html_text(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html_text(title)}</h1>",
         f'<div class="verdict" style="background:{VERDICT_COLOR[report.verdict.value]}">'
