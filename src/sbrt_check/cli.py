@@ -397,7 +397,7 @@ def review(
     """Record a physicist's sign-off of a plan's latest check: who, when, accepted or deviation."""
     from . import store
 
-    connection = store.connect(db)
+    connection = store.connect(db, create=False)
     saved = store.add_review(connection, plan_uid, reviewer, decision, note)
     connection.close()
     typer.echo(f"review recorded: plan {plan_uid}: {saved['decision']} by {saved['reviewer']} "
@@ -412,11 +412,8 @@ def merge(
     """Combine results databases (of `audit --shard` jobs) without duplicates."""
     from . import store
 
+    opened = [store.connect(source, create=False) for source in sources]
     target = store.connect(db)
-    for source in sources:
-        if not Path(source).is_file():
-            raise InputError(Path(source), "no such database file")
-    opened = [store.connect(source) for source in sources]
     new_checks, new_reviews = store.merge(target, opened)
     typer.echo(f"merged {len(sources)} databases into {db}: {new_checks} new checks, {new_reviews} new reviews; "
                f"{store.count_rows(target, 'checks')} checks in all")
@@ -433,9 +430,7 @@ def dashboard(
 
     if html is None and patients_csv is None:
         raise InputError(None, "nothing to write: give --html FILE and/or --patients-csv FILE")
-    if not Path(db).is_file():
-        raise InputError(Path(db), "no such database file")
-    _write_store_outputs(store.connect(db), html, patients_csv)
+    _write_store_outputs(store.connect(db, create=False), html, patients_csv)
 
 
 def main() -> None:

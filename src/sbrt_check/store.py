@@ -133,8 +133,9 @@ REVIEW_COLUMNS = ("review_key", "plan_uid", "check_key", "reviewer", "decision",
 TRANSIENT_ERRORS = ("worker process", "out of memory")
 
 
-def connect(location: str | Path) -> sqlite3.Connection:
-    """Open (creating or upgrading) the store at a file path; a database URL is refused for now."""
+def connect(location: str | Path, create: bool = True) -> sqlite3.Connection:
+    """Open (creating unless `create` is False, and upgrading) the store at a file path; a
+    database URL is refused for now."""
     text = str(location)
     if text.startswith(("postgresql:", "postgres:")):
         raise InputError(None, f"--db {text.split('@')[-1]}: PostgreSQL is an extension point, not built in; "
@@ -142,6 +143,8 @@ def connect(location: str | Path) -> sqlite3.Connection:
     path = Path(text)
     if path.is_dir():
         raise InputError(path, "is a folder, not a database file")
+    if not create and not path.is_file():
+        raise InputError(path, "no such database file")
     try:
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         connection.row_factory = sqlite3.Row
