@@ -296,6 +296,7 @@ def audit(
     save()
     if connection is not None:
         _write_store_outputs(connection, html, patients_csv)
+        connection.close()  # the last connection checkpoints the WAL into the database file
 
     from .report.audit_report import summary_line, summary_table
 
@@ -430,7 +431,9 @@ def dashboard(
 
     if html is None and patients_csv is None:
         raise InputError(None, "nothing to write: give --html FILE and/or --patients-csv FILE")
-    _write_store_outputs(store.connect(db, create=False), html, patients_csv)
+    connection = store.connect(db, create=False)
+    _write_store_outputs(connection, html, patients_csv)
+    connection.close()
 
 
 def main() -> None:
