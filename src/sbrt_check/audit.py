@@ -507,25 +507,49 @@ def split_resumed(
     return todo, kept
 
 
-def split_stored(
-    jobs: list[PlanJob], known: dict[str, Any], provenance: dict[str, str]
-) -> tuple[list[PlanJob], list[tuple[PlanJob, str]]]:
-    """(plans still to check, (plan, check_key) already in the results store).
+class AuditStore:
+    """The results store (`store`) as an audit uses it: which plans it holds a check of, and
+    recording each row as it finishes, with this run's protocol as the provenance of error rows."""
 
-    A plan is not checked again when the store holds a check of the same plan with the same
-    input bytes, protocol text, name and version, and contour model (`store.check_key`).
-    """
-    from .store import check_key
+    def __init__(self, connection: Any, protocol: Any) -> None:
+        from .provenance import protocol_record, provenance_of
 
-    todo: list[PlanJob] = []
-    stored: list[tuple[PlanJob, str]] = []
-    for job in jobs:
-        key = check_key(job.key, input_hash(job.files), provenance)
-        if key in known:
-            stored.append((job, key))
-        else:
-            todo.append(job)
-    return todo, stored
+        self.connection = connection
+        self.protocol = protocol_record(protocol)
+        self.provenance = provenance_of(self.protocol)
+
+    def add(self, rows: Iterable[AuditRow]) -> None:
+        """Rows from elsewhere (an earlier CSV/JSON audit); a check the store has is skipped."""
+        for row in rows:
+            self._save(row, row.key, "")
+
+    def record(self, job: PlanJob, row: AuditRow) -> None:
+        self._save(row, job.key, job.institution)
+
+    def _save(self, row: AuditRow, plan_key: str, institution: str) -> None:
+        from .store import record_of, save_check
+
+        save_check(self.connection, record_of(row.cells, row.report, plan_key, institution, self.protocol))
+
+    def split(self, jobs: list[PlanJob]) -> tuple[list[PlanJob], list[AuditRow]]:
+        """(plans still to check, rows of the plans the store holds a check of).
+
+        A plan is not checked again when the store holds a check of the same plan with the same
+        input bytes, protocol text, name and version, and contour model (`store.check_key`).
+        """
+        from .store import check_key, known_checks, stored_rows
+
+        known = known_checks(self.connection)
+        todo: list[PlanJob] = []
+        stored: list[str] = []
+        for job in jobs:
+            key = check_key(job.key, input_hash(job.files), self.provenance)
+            if key in known:
+                stored.append(key)
+            else:
+                todo.append(job)
+        rows = stored_rows(self.connection, stored)
+        return todo, [AuditRow(*rows[key]) for key in stored]
 
 
 # --- anonymisation -------------------------------------------------------------------------

@@ -261,19 +261,14 @@ def audit(
         todo, kept = au.split_resumed(todo, au.read_previous(resume), loaded_protocol)
     if not found.jobs:
         raise InputError(root, "no RTPLAN found in the tree")
-    # A store: the --db file, or an in-memory one when only the dashboard or patient list is asked for.
-    connection = _open_store(db, html, patients_csv)
-    protocol_dict = _protocol_dict(loaded_protocol)
-    if connection is not None:
-        from . import store
-
-        for row in kept:  # rows resumed from a CSV/JSON: into the store too (a stored check is not repeated)
-            store.save_check(connection, store.record_of(row.cells, row.report, row.key, "", protocol_dict))
-        if db is not None:
-            todo, stored = au.split_stored(todo, store.known_checks(connection), _provenance(protocol_dict))
-            rows_of = store.stored_rows(connection, [key for _, key in stored])
-            kept += [au.AuditRow(*rows_of[key]) for _, key in stored]
-    rows = [scrub.row(r) if scrub else r for r in kept]
+    kept = [scrub.row(r) if scrub else r for r in kept]
+    results_store = _open_audit_store(db, html, patients_csv, loaded_protocol)
+    if results_store is not None:
+        results_store.add(kept)  # rows resumed from a CSV/JSON go into the store too
+        if db is not None:  # plans the database already holds a check of are not checked again
+            todo, stored = results_store.split(todo)
+            kept += [scrub.row(r) if scrub else r for r in stored]
+    rows = list(kept)
 
     def save() -> None:
         ordered = au.sort_rows(rows)
@@ -281,22 +276,15 @@ def audit(
             au.write_atomic(path, au.render(path, ordered, loaded_protocol, root))
 
     interrupted = False
-    record = None
-    if connection is not None:
-        from . import store
-
-        def record(job, row) -> None:
-            store.save_check(connection, store.record_of(row.cells, row.report, job.key, job.institution,
-                                                         protocol_dict))
-
     try:
-        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save, record)
+        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save,
+                   results_store.record if results_store is not None else None)
     except KeyboardInterrupt:
         interrupted = True
     save()
-    if connection is not None:
-        _write_store_outputs(connection, html, patients_csv)
-        connection.close()  # the last connection checkpoints the WAL into the database file
+    if results_store is not None:
+        _write_store_outputs(results_store.connection, html, patients_csv)
+        results_store.connection.close()  # the last connection checkpoints the WAL into the database file
 
     from .report.audit_report import summary_line, summary_table
 
@@ -342,25 +330,14 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save, re
             progress.stop()
 
 
-def _protocol_dict(protocol) -> dict:
-    from .provenance import protocol_record
-
-    return protocol_record(protocol)
-
-
-def _provenance(protocol_dict: dict) -> dict:
-    from .provenance import provenance_of
-
-    return provenance_of(protocol_dict)
-
-
-def _open_store(db: str | None, html: Path | None, patients_csv: Path | None):
+def _open_audit_store(db: str | None, html: Path | None, patients_csv: Path | None, protocol):
     """The --db store; an in-memory one when only a dashboard or patient list needs one; else None."""
     if db is None and html is None and patients_csv is None:
         return None
+    from . import audit as au
     from . import store
 
-    return store.connect(db if db is not None else ":memory:")
+    return au.AuditStore(store.connect(db if db is not None else ":memory:"), protocol)
 
 
 def _write_store_outputs(connection, html: Path | None, patients_csv: Path | None) -> None:
