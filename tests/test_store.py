@@ -294,6 +294,16 @@ def test_shards_into_their_own_stores_merge_into_one_without_duplicates(trial, t
     assert _count(merged, "results") == _count(trial["db"], "results") and _count(merged, "reviews") == 1
 
 
+def test_a_worker_crash_is_retried_but_a_plan_error_is_kept(tmp_path):
+    connection = store.connect(tmp_path / "e.sqlite")
+    crashed, broken = _record(1, results=0), _record(2, results=0)
+    crashed.check.update(verdict="error", error="the worker process checking this plan died (out of memory?)")
+    broken.check.update(verdict="error", error="RD.dcm: truncated")
+    assert store.save_check(connection, crashed) and store.save_check(connection, broken)
+    assert not store.save_check(connection, broken)  # the same check again: no second row
+    assert store.known_checks(connection) == {broken.check["check_key"]}
+
+
 # --- schema --------------------------------------------------------------------------------
 def test_schema_is_versioned_and_migrated_in_place(tmp_path):
     db = tmp_path / "s.sqlite"

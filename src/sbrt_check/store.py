@@ -289,11 +289,10 @@ def _insert_check(connection: sqlite3.Connection, record: CheckRecord) -> bool:
     return True
 
 
-def known_checks(connection: sqlite3.Connection) -> dict[str, sqlite3.Row]:
-    """check_key -> its checks row, for every check worth keeping (not a transient error)."""
-    rows = connection.execute(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks").fetchall()
-    return {row["check_key"]: row for row in rows
-            if not any(text in row["error"] for text in TRANSIENT_ERRORS)}
+def known_checks(connection: sqlite3.Connection) -> set[str]:
+    """The check_key of every check worth keeping (not a transient error)."""
+    return {key for key, error in connection.execute("SELECT check_key, error FROM checks")
+            if not any(text in error for text in TRANSIENT_ERRORS)}
 
 
 def cells_of(row: sqlite3.Row) -> dict[str, Any]:
