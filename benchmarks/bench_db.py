@@ -14,7 +14,9 @@ realistic plan's check cost is measured by bench_audit.py; here the store is the
 The 250- and 500-plan trees are hard links to the first clones of the 1,000-plan tree.
 
 Each size is audited once into a new database (a 1,000-plan audit takes minutes on 2 shared
-cores); linearity is read from the time per plan across sizes. The re-audit (one new RTPLAN,
+cores); linearity is read from the time per plan across sizes, wall and CPU (user + system of
+every process of the audit, sampled with the memory): on a shared machine the wall time follows
+the other users' load, the CPU time much less. The re-audit (one new RTPLAN,
 structure set and dose for patient AUDIT000) is run 3 times, each on a copy of the database
 as the first audit left it, and the median reported. Peak memory is the largest total resident
 set of the audit's processes (parent, forkserver, workers), sampled every 0.2 s from /proc.
@@ -93,20 +95,22 @@ def replan(root: Path, base: Path) -> Path:
     return folder
 
 
-def _tree_rss_mb(session: int) -> float:
-    """Resident memory of every process of a session (the audit, its forkserver and workers)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
+def _session_sample(session: int) -> dict[int, tuple[float, float]]:
+    """pid -> (resident MB, CPU seconds so far) of every process of a session (the audit, its
+    forkserver and workers)."""
+    page, ticks = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+    sample = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == session:  # field 6 of stat: the session ID
-                total += int((entry / "statm").read_text().split()[1]) * page
+            if int(fields[3]) == session:  # stat field 6: the session ID; 14, 15: user and system ticks
+                rss = int((entry / "statm").read_text().split()[1]) * page / 2**20
+                sample[int(entry.name)] = (rss, (int(fields[11]) + int(fields[12])) / ticks)
         except (OSError, IndexError, ValueError):
             continue  # the process ended meanwhile
-    return total / 2**20
+    return sample
 
 
 def audit(root: Path, db: Path) -> dict:
@@ -117,15 +121,19 @@ def audit(root: Path, db: Path) -> dict:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                start_new_session=True)
     peak = 0.0
+    cpu: dict[int, float] = {}
     while process.poll() is None:
-        peak = max(peak, _tree_rss_mb(process.pid))
+        sample = _session_sample(process.pid)
+        peak = max(peak, sum(rss for rss, _ in sample.values()))
+        for pid, (_, seconds) in sample.items():
+            cpu[pid] = max(cpu.get(pid, 0.0), seconds)
         time.sleep(SAMPLE_S)
     seconds = time.perf_counter() - started
     with sqlite3.connect(db) as connection:
         checks = connection.execute("SELECT COUNT(*) FROM checks").fetchone()[0]
         results = connection.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-    return {"seconds": seconds, "peak_mb": peak, "exit": process.returncode, "checks": checks,
-            "results": results, "db_mb": db.stat().st_size / 2**20}
+    return {"seconds": seconds, "cpu_s": sum(cpu.values()), "peak_mb": peak, "exit": process.returncode,
+            "checks": checks, "results": results, "db_mb": db.stat().st_size / 2**20}
 
 
 def main() -> int:
@@ -149,6 +157,7 @@ def main() -> int:
         runs[size] = audit(root, db)
         run = runs[size]
         print(f"{size:5d} plans: {run['seconds']:7.1f} s ({1000 * run['seconds'] / size:.0f} ms/plan), "
+              f"CPU {run['cpu_s']:.0f} s ({1000 * run['cpu_s'] / size:.0f} ms/plan), load {os.getloadavg()[0]:.1f}, "
               f"peak RSS {run['peak_mb']:.0f} MB, database {run['db_mb']:.1f} MB "
               f"({run['checks']} checks, {run['results']} result rows), exit {run['exit']}", flush=True)
     first = runs[args.plans]
@@ -166,9 +175,11 @@ def main() -> int:
           f"({each}), {reaudits[0]['checks']} checks in the "
           f"database; ratio to the first audit {ratio:.3f} (bar < {BAR_REAUDIT_RATIO})")
     per_plan = [runs[s]["seconds"] / s for s in sizes]
-    spread = max(per_plan) / min(per_plan)
-    print(f"time per plan across {', '.join(map(str, sizes))} plans: "
-          f"{', '.join(f'{1000 * p:.0f}' for p in per_plan)} ms (max/min {spread:.2f}); "
+    cpu_per_plan = [runs[s]["cpu_s"] / s for s in sizes]
+    print(f"per plan across {', '.join(map(str, sizes))} plans: wall "
+          f"{', '.join(f'{1000 * p:.0f}' for p in per_plan)} ms (max/min {max(per_plan) / min(per_plan):.2f}), "
+          f"CPU {', '.join(f'{1000 * p:.0f}' for p in cpu_per_plan)} ms "
+          f"(max/min {max(cpu_per_plan) / min(cpu_per_plan):.2f}); "
           f"database {first['db_mb'] / args.plans * 1024:.1f} kB per plan")
     ok = ratio < BAR_REAUDIT_RATIO and reaudits[0]["checks"] == args.plans + 1
     print("bars: " + ("met" if ok else "NOT met"))
