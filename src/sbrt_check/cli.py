@@ -357,8 +357,10 @@ def _write_store_outputs(connection, html: Path | None, patients_csv: Path | Non
 
         pages_dir = html.with_name(html.stem + "_plans")
         page, plan_pages = render_dashboard(states, results, pages_dir.name)
-        if plan_pages:
+        try:
             pages_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise InputError(pages_dir, f"cannot create the folder of plan reports ({exc.strerror})") from None
         for name, text in plan_pages.items():
             au.write_atomic(pages_dir / name, text)
         au.write_atomic(html, page)

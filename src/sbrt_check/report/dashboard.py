@@ -32,6 +32,9 @@ CATEGORIES = (PER_PROTOCOL, ACCEPTABLE, UNACCEPTABLE, NOT_EVALUABLE)
 STATUS_COLOR = {"pass": "#1a9641", "variation": "#e69500", "fail": "#d7191c", "not_evaluated": "#7b3294"}
 STATUSES = ("pass", "variation", "fail", "not_evaluated")
 COMPLIANT = (PER_PROTOCOL, ACCEPTABLE)
+SECTIONS = (("constraints", "per constraint"), ("strata", "per stratum"), ("institutions", "per institution"),
+            ("submissions", "submissions"), ("attention", "plans needing attention"),
+            ("values", "values per constraint"), ("plans", "all plans"))
 _LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)")
 EXTRA_CSS = """
 body{max-width:1250px} .rate{font-weight:bold} svg text{font-family:system-ui,sans-serif}
@@ -132,7 +135,7 @@ def time_bars(counts: dict[str, int], width: int = 640, height: int = 120) -> st
         return "<p>No submissions.</p>"
     top_count = max(counts.values())
     left, right, top, bottom = 30, width - 10, 10, height - 22
-    slot = (right - left) / len(labels)
+    slot = min((right - left) / len(labels), 40.0)  # a few days: narrow columns, not one wide block
     parts = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#888"/>',
              f'<text x="{left - 4}" y="{top + 8}" font-size="10" text-anchor="end">{top_count}</text>',
              f'<text x="{left - 4}" y="{bottom}" font-size="10" text-anchor="end">0</text>']
@@ -326,15 +329,16 @@ def render_dashboard(states: list[PlanState], results: dict[str, list[dict]], pa
         f'<p>Overall compliance: <span class="rate" id="overall">{_rate(compliant, len(plans))}</span> '
         f"{_stacked_bar(counts, CATEGORIES, CATEGORY_COLOR, 320)}</p>",
         f'<div class="cards">{cards}</div>',
-        "<h2>Plans needing attention (worst first)</h2>", _attention_list(states, results, links),
-        "<h2>Compliance per constraint</h2>", constraint_table,
-        "<h2>Compliance per stratum</h2>", _category_table("Stratum", strata),
-        "<h2>Compliance per institution</h2>", _category_table("Institution", institutions),
-        "<h2>Values per constraint</h2>",
+        '<p class="small">' + " · ".join(f'<a href="#{anchor}">{title}</a>' for anchor, title in SECTIONS) + "</p>",
+        '<h2 id="constraints">Compliance per constraint</h2>', constraint_table,
+        '<h2 id="strata">Compliance per stratum</h2>', _category_table("Stratum", strata),
+        '<h2 id="institutions">Compliance per institution</h2>', _category_table("Institution", institutions),
+        '<h2 id="submissions">Submissions over time</h2>', time_bars(dict(by_day)),
+        '<h2 id="attention">Plans needing attention (worst first)</h2>', _attention_list(states, results, links),
+        '<h2 id="values">Values per constraint</h2>',
         "<p>One dot per plan (and lesion); red dashed line: pass limit; orange dotted: variation limit; "
         "failing plans outlined and larger. Hover a dot for the plan.</p>", strip_plots,
-        "<h2>Submissions over time</h2>", time_bars(dict(by_day)),
-        "<h2>All plans</h2>", _plans_table(states, links),
+        '<h2 id="plans">All plans</h2>', _plans_table(states, links),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n", pages
