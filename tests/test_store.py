@@ -143,6 +143,9 @@ def test_every_stored_result_row_matches_the_single_plan_check(trial, tmp_path):
 
 
 def test_patients_csv_has_one_row_per_patient_the_latest_submission(trial):
+    page = (trial["base"] / "dashboard.html").read_text(encoding="utf-8")  # `audit --html` wrote it too
+    assert all(f'<td class="patient">{patient}</td>' in page for patient in [*PATIENTS, BROKEN])
+    assert len(list((trial["base"] / "dashboard_plans").glob("plan-*.html"))) == 7
     rows = _patients_csv(trial["base"] / "patients.csv")
     assert set(rows) == {*PATIENTS, BROKEN}
     assert rows["T02"]["plan_label"] == REPLAN_LABEL and rows["T02"]["verdict"] == "pass"
