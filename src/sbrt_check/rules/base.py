@@ -17,6 +17,7 @@ from ..matching import Matcher, Resolution
 from ..models import Dvh, Result, Sourced, Status
 from ..plandata import PlanData
 from ..protocol import Limit, Protocol, parse_limit
+from ..targets import TargetSet
 
 # Keys any rule entry may carry, whatever its kind.
 COMMON_KEYS = {"rule": None, "id": "", "source": "", "note": "", "optional": False}
@@ -50,6 +51,7 @@ class RuleContext:
     dvh_of: Callable[[Resolution], Dvh]
     header: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    targets: TargetSet = field(default_factory=TargetSet)
 
     def roi_keys(self, resolution: Resolution) -> list[str]:
         """The ROI keys ("#n") an expression uses, in order."""
@@ -146,6 +148,8 @@ class Measured:
     margin: float | None = None
     variation_limit: str | None = None
     details: dict = field(default_factory=dict)
+    target: int | None = None  # the lesion a per-target measurement is of
+    subject: str = ""  # 'PTV (PTV2)' when the plan has several lesions
 
 
 def result(conf: dict, group: str, measured: Measured) -> Result:
@@ -168,6 +172,8 @@ def result(conf: dict, group: str, measured: Measured) -> Result:
         margin=measured.margin,
         source=str(conf.get("source") or conf.get("note") or ""),
         details=measured.details,
+        target=measured.target,
+        subject=measured.subject,
     )
 
 
