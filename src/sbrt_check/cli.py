@@ -19,7 +19,8 @@ from .errors import CheckError, InputError, ProtocolError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 COMMANDS = ("check", "dvh", "audit")
-MAP_HELP = "Force a match: STRUCTURE=ROI, or STRUCTURE=#ROI-number (repeatable)."
+MAP_HELP = "Force a match: STRUCTURE=ROI, STRUCTURE=ROI1,ROI2 (several lesions), or STRUCTURE=#ROI-number (repeatable)."
+NOT_TARGET_HELP = "An ROI that looks like a target but is not one (an optimisation ring, 'PTV_opt'); repeatable."
 DEFAULT_DVH_METRICS = "Mean[Gy],Max[Gy],Min[Gy],D95%[Gy],D0.5cc[Gy],D0.03cc[Gy]"
 
 app = typer.Typer(
@@ -63,6 +64,14 @@ def _parse_map(values: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _parse_not_targets(values: list[str] | None) -> tuple[str, ...]:
+    """--not-target ROI (repeatable, or comma-separated)."""
+    names = [name.strip() for value in values or [] for name in value.split(",")]
+    if any(not name for name in names):
+        raise InputError(None, "--not-target needs an ROI name or #number")
+    return tuple(names)
+
+
 def _write(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text)
@@ -85,6 +94,7 @@ def check(
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription dose in Gy (overrides the plan).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     plan: Annotated[str | None, typer.Option("--plan", help="Plan label or UID when the folder holds several.")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")] = None,
@@ -101,7 +111,7 @@ def check(
         raise InputError(None, f"--rx {rx} is not a positive dose")
     loaded_protocol = load_protocol(protocol)
     plan_data = load_plan(folder, plan)
-    options = Options(prescription_gy=rx, structure_map=_parse_map(map_))
+    options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
     evaluator = Evaluator(plan_data, loaded_protocol, options)
     report = evaluator.report()
     if html is not None:
@@ -138,7 +148,7 @@ def _write_html(evaluator, report, path: Path) -> None:
     from .report.html import render_html
     from .slices import report_slices
 
-    slices = report_slices(evaluator.plan, report, lambda name: evaluator.matcher.resolve(name).tokens)
+    slices = report_slices(evaluator.plan, report, evaluator.tokens_of)
     _write(render_html(report, slices), path)
 
 
@@ -197,6 +207,7 @@ def audit(
     root: Annotated[Path, typer.Argument(help="Folder tree holding the plans, of any shape.")],
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
     out: Annotated[list[Path] | None, typer.Option(
         "--out", "-o", help="Write one row per plan: .csv or .json (repeatable).")] = None,
@@ -218,7 +229,7 @@ def audit(
 
     started = time.perf_counter()
     loaded_protocol = load_protocol(protocol)
-    settings = au.Settings(str(protocol) if protocol else None, _parse_map(map_))
+    settings = au.Settings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target))
     n_jobs = jobs if jobs is not None else au.default_jobs()
     if n_jobs < 1:
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")

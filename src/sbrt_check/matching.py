@@ -36,10 +36,11 @@ def roi_key(entry: RoiEntry) -> str:
     return f"#{entry.number}"
 
 
-def _union(entries: list[RoiEntry]) -> tuple[str, ...]:
+def union_tokens(keys: list[str]) -> tuple[str, ...]:
+    """The expression '( #a | #b | ... )' over ROI keys."""
     tokens: list[str] = ["("]
-    for i, entry in enumerate(entries):
-        tokens += (["|"] if i else []) + [roi_key(entry)]
+    for i, key in enumerate(keys):
+        tokens += (["|"] if i else []) + [key]
     return tuple(tokens + [")"])
 
 
@@ -159,7 +160,7 @@ class Matcher:
             found, copies = self._distinct(spec, found)
             if copies:
                 return Resolution(spec.name, label=names, problem=copies)
-        tokens = (roi_key(found[0]),) if len(found) == 1 else _union(found)
+        tokens = (roi_key(found[0]),) if len(found) == 1 else union_tokens([roi_key(r) for r in found])
         label = found[0].name if len(found) == 1 else " | ".join(r.name for r in found)
         return Resolution(spec.name, tokens, label, how=how)
 

@@ -237,7 +237,7 @@ def _results_table(report: Report) -> str:
         color = "#aaa" if optional_gap else "#2c7fb8" if is_report_only(r) else STATUS_COLOR[r.status]
         margin = f"{r.margin:+.2f}" if r.margin is not None and math.isfinite(r.margin) else ""
         value = value_text(r)
-        cells = [html_text(r.structure), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
+        cells = [html_text(r.key), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
         rows.append(
             f'<tr class="{r.status.value}"><td>{cells[0]}</td><td>{cells[1]}</td><td>{cells[2]}</td>'
             f'<td>{cells[3]}</td><td class="num">{html_text(value)}</td><td class="num">{margin}</td>'
@@ -270,7 +270,7 @@ def _dvh_figures(report: Report) -> str:
     for name, dvh in report.dvhs.items():
         if not dvh.volume_cc > 0:
             continue
-        results = [r for r in report.results if r.structure == name]
+        results = [r for r in report.results if r.key == name]
         markers = [m for m in (limit_marker(r, dvh, rx) for r in results) if m is not None]
         roi = next((r.roi for r in results if r.roi), "")
         shown = f"{name} ({roi})" if roi and roi != name else name
