@@ -157,13 +157,16 @@ class Evaluator:
         ]
 
     def _judge(self, constraint: Constraint, resolution: Resolution, member: Member | None, rx: Sourced) -> Result:
+        if member is not None and member.problem:  # an ROI taken for a target that may not be one
+            return self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
+                                reason=member.problem)
         try:
             dvh = self.dvh_of(resolution)
             if dvh.volume_cc <= 0:
                 raise MetricError(f"structure '{resolution.label}' has no volume")
             value = self._value(constraint, dvh, "zero", rx)
             details: dict = {}
-            if member is not None and rx is not self.rx:
+            if member is not None and self.targets.several:
                 details["prescription_gy"] = rx.value
                 details["prescription_source"] = rx.source
             if constraint.convert:
@@ -237,11 +240,12 @@ class Evaluator:
     def _prescription_messages(self) -> list[str]:
         if self.rx.value is None:
             return ["prescription dose unknown (no TargetPrescriptionDose in RTPLAN): give --rx"]
-        own = [t for t in self.targets.targets if t.prescription is not self.rx]
-        return [
-            f"target {t.number} ('{t.roi}'): % of prescription from {t.prescription.value:g} Gy "
-            f"({t.prescription.source})" for t in own
-        ]
+        if not self.targets.several:
+            return []
+        return ["prescription per target: " + "; ".join(
+            f"{t.number} '{t.roi}' {t.prescription.value:g} Gy ({t.prescription.source})"
+            for t in self.targets.targets if t.prescription.value is not None
+        )]
 
     def plan_header(self) -> dict:
         info = self.plan.inputs.plan

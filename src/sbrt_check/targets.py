@@ -41,6 +41,7 @@ class Member:
     resolution: Resolution
     target: int
     parent: str | None = None  # ROI key of the ROI it lies in, one level out
+    problem: str = ""  # why it may not be a lesion's ROI at all (an outer ROI holding nothing)
 
 
 @dataclass(frozen=True)
@@ -100,18 +101,25 @@ def find_targets(
     found = {level: matcher.members(level) for level in levels}
     present = [level for level in levels if found[level]]
     parents: dict[str, str | None] = {r.tokens[0]: None for level in present for r in found[level]}
+    empty: dict[str, str] = {}  # ROI key -> why it holds nothing
     for outer, inner in zip(present, present[1:], strict=False):
         for resolution in found[inner]:
             key = resolution.tokens[0]
             try:
-                parents[key] = _parent(resolution, inner, found[outer], outer, inside_fraction, problems)
+                only_pair = len(found[inner]) == 1 and len(found[outer]) == 1
+                parents[key] = (
+                    found[outer][0].tokens[0] if only_pair  # the contains and margin rules measure it
+                    else _parent(resolution, inner, found[outer], outer, inside_fraction, problems)
+                )
             except CheckError as exc:
                 problems.append((inner, f"'{resolution.label}': {exc}"))
         for resolution in found[outer]:
             if not any(parents[r.tokens[0]] == resolution.tokens[0] for r in found[inner]):
-                problems.append((outer, f"{outer} '{resolution.label}' holds no {inner}: not a target "
-                                        f"(set it aside with --not-target '{resolution.label}'), or its {inner} "
-                                        "is missing"))
+                empty[resolution.tokens[0]] = (
+                    f"{outer} '{resolution.label}' holds no {inner}: not a target (set it aside with "
+                    f"--not-target '{resolution.label}'), or its {inner} is missing"
+                )
+                problems.append((outer, empty[resolution.tokens[0]]))
     targets: list[Target] = []
     number_of: dict[str, int] = {}
     if present:
@@ -125,7 +133,8 @@ def find_targets(
             targets.append(Target(number, resolution.label, keys, rx))
     members = {
         level: tuple(
-            Member(level, r, number_of.get(r.tokens[0], 0), parents.get(r.tokens[0])) for r in found[level]
+            Member(level, r, number_of.get(r.tokens[0], 0), parents.get(r.tokens[0]), empty.get(r.tokens[0], ""))
+            for r in found[level]
         )
         for level in levels
     }
@@ -139,10 +148,7 @@ def _parent(
 ) -> str | None:
     """The outer ROI an inner one lies in; None (with the problem) when none or several hold it."""
     key = resolution.tokens[0]
-    if len(outers) == 1 and len(outers[0].tokens) == 1:
-        shares = {outers[0].tokens[0]: 1.0}  # one candidate: the contains and margin rules measure it
-    else:
-        shares = {o.tokens[0]: inside_fraction(key, o.tokens[0]) for o in outers}
+    shares = {o.tokens[0]: inside_fraction(key, o.tokens[0]) for o in outers}
     holding = {k: v for k, v in shares.items() if v > SHARED_MIN}
     names = {o.tokens[0]: o.label for o in outers}
     if not holding:

@@ -224,7 +224,7 @@ def _index(ctx: RuleContext, conf: dict, target: Resolution, lesion: int | None,
         dvh = ctx.dvh_of(target)
         tv = dvh.volume_cc
         details: dict = {"tv_cc": round(tv, 3)}
-        if prescription is not ctx.rx:
+        if ctx.targets.several:
             details.update(prescription_gy=rx, prescription_source=prescription.source)
         if which == "hi":
             d2, d98, d50 = (dose_at_volume(dvh, tv * f) for f in (0.02, 0.98, 0.50))
