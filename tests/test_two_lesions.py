@@ -300,7 +300,7 @@ def test_a_doubled_beam_dose_is_refused(monkeypatch, capsys, tmp_path, beam_dose
     folder = copy_folder(beam_doses, tmp_path / "doubled")
     first = sorted(folder.glob("RD.*beam1*.dcm"))[0]
     copy = pydicom.dcmread(first)
-    copy.SOPInstanceUID = copy.SOPInstanceUID + ".9"
+    copy.SOPInstanceUID = "2.25.99" + copy.SOPInstanceUID[-20:].replace(".", "")
     copy.file_meta.MediaStorageSOPInstanceUID = copy.SOPInstanceUID
     copy.save_as(folder / "RD.copy.dcm")
     code, _, err = run(monkeypatch, capsys, "check", str(folder))

@@ -246,14 +246,20 @@ def _results_table(report: Report) -> str:
     return f'<table class="results"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
+def _prescription_of(report: Report, name: str) -> float | None:
+    """A lesion's own prescription (per-target rows carry it), else the plan's."""
+    own = (r.details.get("prescription_gy") for r in report.results if r.key == name and r.details)
+    return next((rx for rx in own if rx), report.plan.get("prescription_gy"))
+
+
 def _target_stats(report: Report, targets: list[str]) -> str:
-    rx = report.plan.get("prescription_gy")
     head = "<tr><th>Structure</th>" + "".join(f"<th>{html_text(m)}</th>" for m in TARGET_STATS) + "</tr>"
     rows = []
     for name in targets:
         dvh = report.dvhs.get(name)
         if dvh is None:
             continue
+        rx = _prescription_of(report, name)
         cells = []
         for text in TARGET_STATS:
             try:
@@ -265,11 +271,11 @@ def _target_stats(report: Report, targets: list[str]) -> str:
 
 
 def _dvh_figures(report: Report) -> str:
-    rx = report.plan.get("prescription_gy")
     figures = []
     for name, dvh in report.dvhs.items():
         if not dvh.volume_cc > 0:
             continue
+        rx = _prescription_of(report, name)
         results = [r for r in report.results if r.key == name]
         markers = [m for m in (limit_marker(r, dvh, rx) for r in results) if m is not None]
         roi = next((r.roi for r in results if r.roi), "")

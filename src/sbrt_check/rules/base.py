@@ -70,11 +70,13 @@ class RuleContext:
         when both are per-target structures, else the two structures whole. `grouped` joins the
         inner ROIs that lie in one outer ROI (three GTVs in one ITV: one row). An inner ROI that
         lies in no outer one comes with None (the rule reports it, never skips it)."""
+        inner_whole, outer_whole = self.matcher.resolve(inner), self.matcher.resolve(outer)
+        whole: list[tuple[Resolution, Resolution | None, int | None]] = [(inner_whole, outer_whole, None)]
         if not (self.targets.is_per_target(inner) and self.targets.is_per_target(outer)):
-            return [(self.matcher.resolve(inner), self.matcher.resolve(outer), None)]
+            return whole
         found = self.targets.pairs(inner, outer)
-        if not found:
-            return [(self.matcher.resolve(inner), self.matcher.resolve(outer), None)]
+        if not found or not (inner_whole.ok and outer_whole.ok):
+            return whole  # nothing to pair, or a structure unresolved: its own problem says why
         if not grouped:
             return [(m.resolution, p.resolution if p else None, m.target) for m, p in found]
         groups: dict[str | None, list] = {}
