@@ -17,6 +17,7 @@ import json
 import re
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -329,3 +330,22 @@ def test_a_dose_of_several_plans_and_a_plan_of_several_fraction_groups_are_refus
     plan.save_as(plan_path)
     code, _, err = run(monkeypatch, capsys, "check", str(folder))
     assert code == 2 and "2 fraction groups" in err and plan_path.name in err
+
+
+def test_an_itv_spread_over_two_ptvs_is_reported_not_guessed(monkeypatch, capsys, tmp_path, anatomy,
+                                                            targets_protocol):
+    # Two lesions 60 mm apart along x, and one ITV drawn as an ellipsoid across both.
+    first, second = liver_plan.TARGET, (liver_plan.TARGET[0] - 60.0, *liver_plan.TARGET[1:])
+    gtv_ptv = [r for names, centre in ((("GTV1", "-", "PTV1"), first), (("GTV2", "-", "PTV2"), second))
+               for r in tl.target_rois(names, centre) if r.name != "-"]
+    middle = (first[0] - 30.0, *first[1:])
+    across = RoiSpec("ITV", quantize_planes(shapes.ellipsoid(middle, (55.0, 14.0, 14.0), liver_plan.ORGAN_PLANES)),
+                     "CTV")
+    organs = [r for r in anatomy if r.name not in ("GTV", "ITV", "PTV")]
+    folder = tmp_path / "across"
+    write_plan_folder(folder, replace(liver_plan.plan_spec("compliant", rois=organs + gtv_ptv + [across]),
+                                      target_roi="PTV1"))
+    code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol))
+    assert code == 2
+    spread = [r["reason"] for r in report["results"] if r["metric"] == "Targets" and "'ITV'" in r["reason"]]
+    assert len(spread) == 1 and re.search(r"ITV 'ITV' lies in 'PTV1' \(\d+%\) and 'PTV2' \(\d+%\)", spread[0])
