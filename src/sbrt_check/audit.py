@@ -31,6 +31,7 @@ from typing import Any
 from .dicom.assemble import group_plans
 from .dicom.files import list_files, scan_files
 from .errors import CheckError, InputError
+from .report.escaping import FORMULA_START, csv_cell
 
 AUDIT_SCHEMA = 1
 FIXED_COLUMNS = (
@@ -63,6 +64,7 @@ class PlanJob:
     plan_label: str = ""
     problem: str | None = None
     notes: tuple[str, ...] = ()
+    institution: str = ""  # InstitutionName of the plan's RT objects, for the dashboard
 
     @property
     def plan_uid(self) -> str:
@@ -113,6 +115,7 @@ def discover(root: Path) -> Discovery:
             plan_label=_text(ds, "RTPlanLabel") or _text(ds, "RTPlanName"),
             problem=problem,
             notes=group.notes,
+            institution=_institution(group),
         ))
     by_path = {str(rt.path): rt for rt in contents.rt_files}
     for error in stray + unreadable:
@@ -127,6 +130,30 @@ def discover(root: Path) -> Discovery:
         ))
     jobs.sort(key=lambda j: (j.patient_id, j.plan_label, j.key))
     return Discovery(root, jobs, [*notes, *contents.notes], identities)
+
+
+def _institution(group: Any) -> str:
+    """InstitutionName of the RTPLAN, else of its structure set or dose (headers already read)."""
+    for rt in (group.plan, group.structure_set, *group.doses):
+        name = _text(rt.dataset, "InstitutionName").strip() if rt is not None else ""
+        if name:
+            return name
+    return ""
+
+
+def institution_of_files(files: Iterable[str]) -> str:
+    """InstitutionName of the first of these DICOM files that has one (headers only)."""
+    import pydicom
+
+    for name in files:
+        try:
+            dataset = pydicom.dcmread(name, stop_before_pixels=True, specific_tags=["InstitutionName"])
+        except Exception:  # a file `check` already read; a surprise here only loses the label
+            continue
+        value = _text(dataset, "InstitutionName").strip()
+        if value:
+            return value
+    return ""
 
 
 def _relative(file: str, root: Path) -> str:
@@ -199,6 +226,7 @@ def _protocol(path: str | None) -> Any:
 def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
     """Check one plan exactly as `check` does; any failure becomes the outcome's error."""
     started = time.perf_counter()
+    _hold_for_tests(job)
     digest = input_hash(job.files)
     if job.problem:
         return Outcome(job, digest, time.perf_counter() - started, error=job.problem)
@@ -220,6 +248,23 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
     except Exception as exc:  # one plan's surprise must not end a 500-plan audit
         error = f"internal error: {type(exc).__name__}: {exc}"
     return Outcome(job, digest, time.perf_counter() - started, error=error)
+
+
+HOLD_ENV = "SBRT_CHECK_TEST_HOLD_PATIENT"
+
+
+def _hold_for_tests(job: PlanJob) -> None:
+    """Test hook: a worker given this patient's plan blocks until it is terminated.
+
+    Why: tests of an interrupted or killed audit need an audit that is certainly still
+    running when they signal it, whatever the machine's load; with --jobs 1 the plans before
+    the held one finish (and are seen on stderr), the held one never does.
+    """
+    held = os.environ.get(HOLD_ENV)
+    if held and job.patient_id == held:
+        import threading
+
+        threading.Event().wait()
 
 
 def _json_default(value: object) -> object:
@@ -530,6 +575,51 @@ def split_resumed(
     return todo, kept
 
 
+class AuditStore:
+    """The results store (`store`) as an audit uses it: which plans it holds a check of, and
+    recording each row as it finishes, with this run's protocol as the provenance of error rows."""
+
+    def __init__(self, connection: Any, protocol: Any) -> None:
+        from .provenance import protocol_record, provenance_of
+
+        self.connection = connection
+        self.protocol = protocol_record(protocol)
+        self.provenance = provenance_of(self.protocol)
+
+    def add(self, rows: Iterable[AuditRow]) -> None:
+        """Rows from elsewhere (an earlier CSV/JSON audit); a check the store has is skipped."""
+        for row in rows:
+            self._save(row, row.key, "")
+
+    def record(self, job: PlanJob, row: AuditRow) -> None:
+        self._save(row, job.key, job.institution)
+
+    def _save(self, row: AuditRow, plan_key: str, institution: str) -> None:
+        from .store import record_of, save_check
+
+        save_check(self.connection, record_of(row.cells, row.report, plan_key, institution, self.protocol))
+
+    def split(self, jobs: list[PlanJob]) -> tuple[list[PlanJob], list[AuditRow]]:
+        """(plans still to check, rows of the plans the store holds a check of).
+
+        A plan is not checked again when the store holds a check of the same plan with the same
+        input bytes, protocol text, name and version, and contour model (`store.check_key`).
+        """
+        from .store import check_key, known_checks, stored_rows
+
+        known = known_checks(self.connection)
+        todo: list[PlanJob] = []
+        stored: list[str] = []
+        for job in jobs:
+            key = check_key(job.key, input_hash(job.files), self.provenance)
+            if key in known:
+                stored.append(key)
+            else:
+                todo.append(job)
+        rows = stored_rows(self.connection, stored)
+        return todo, [AuditRow(*rows[key]) for key in stored]
+
+
 # --- anonymisation -------------------------------------------------------------------------
 class Anonymizer:
     """Patient IDs and names -> 'anon-' + 12 hex of HMAC-SHA256(salt, value): stable across runs
@@ -595,20 +685,6 @@ class Anonymizer:
 
 
 # --- output --------------------------------------------------------------------------------
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _guard(value: Any) -> Any:
-    """Text cells that a spreadsheet would run as a formula get a leading quote (CSV injection)."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value
-
-
 def _unguard(text: str) -> str:
     return text[1:] if text.startswith("'") and text[1:2] in FORMULA_START else text
 
@@ -618,7 +694,7 @@ def render_csv(rows: list[AuditRow], columns: list[str]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else _guard(v) for k, v in row.cells.items()})
+        writer.writerow({k: "" if v is None else csv_cell(v) for k, v in row.cells.items()})
     return buffer.getvalue()
 
 

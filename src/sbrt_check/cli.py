@@ -18,10 +18,13 @@ import typer
 from .errors import CheckError, InputError, ProtocolError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-COMMANDS = ("check", "dvh", "audit")
+COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard")
 MAP_HELP = "Force a match: STRUCTURE=ROI, STRUCTURE=ROI1,ROI2 (several lesions), or STRUCTURE=#ROI-number (repeatable)."
 NOT_TARGET_HELP = "An ROI that looks like a target but is not one (an optimisation ring, 'PTV_opt'); repeatable."
 DEFAULT_DVH_METRICS = "Mean[Gy],Max[Gy],Min[Gy],D95%[Gy],D0.5cc[Gy],D0.03cc[Gy]"
+DB_HELP = "Results database (SQLite file): record every check; plans already checked are not checked again."
+DASHBOARD_HELP = "Write the QA dashboard (one HTML page; each plan's report beside it)."
+PATIENTS_HELP = "Write one CSV row per patient (latest submission) for the trial statistician."
 
 app = typer.Typer(
     add_completion=False,
@@ -101,6 +104,7 @@ def check(
     strict: Annotated[bool, typer.Option("--strict", help="Acceptable variations fail too (exit code 1).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Also record the check in this results database.")] = None,
 ) -> None:
     """Check one exported plan folder against the protocol (the default command)."""
     from .evaluate import Evaluator, Options
@@ -114,6 +118,8 @@ def check(
     options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
     evaluator = Evaluator(plan_data, loaded_protocol, options)
     report = evaluator.report()
+    if db is not None:
+        _record_check(db, plan_data, report, loaded_protocol)
     if html is not None:
         _write_html(evaluator, report, html)
     if output is not None or not quiet:
@@ -150,6 +156,25 @@ def _write_html(evaluator, report, path: Path) -> None:
 
     slices = report_slices(evaluator.plan, report, evaluator.tokens_of)
     _write(render_html(report, slices), path)
+
+
+def _record_check(db: str, plan_data, report, protocol) -> None:
+    """One `check` into the results store, as the audit would record the same plan."""
+    import json
+
+    from . import audit as au
+    from . import store
+    from .report.json_report import render_json
+
+    files = tuple(str(p) for p in plan_data.inputs.files)
+    info = plan_data.inputs.plan
+    job = au.PlanJob(key=info.sop_instance_uid if info else "file:" + files[0], files=files,
+                     institution=au.institution_of_files(files))
+    outcome = au.Outcome(job, au.input_hash(files), 0.0, report=json.loads(render_json(report)))
+    row = au.make_row(outcome, Path(os.path.commonpath(files)).parent if files else Path("."), protocol)
+    connection = store.connect(db)
+    store.save_check(connection, store.record_of(row.cells, row.report, job.key, job.institution, report.protocol))
+    connection.close()
 
 
 def _console(width_when_piped: int):
@@ -217,6 +242,9 @@ def audit(
         "--anonymize", help="Replace patient IDs and names in every output by a salted hash.")] = False,
     salt: Annotated[str | None, typer.Option(help="Salt for --anonymize (default: $SBRT_CHECK_SALT).")] = None,
     shard: Annotated[str | None, typer.Option(help="Check only shard i of n (1-based), e.g. 3/10.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    html: Annotated[Path | None, typer.Option("--html", help=DASHBOARD_HELP)] = None,
+    patients_csv: Annotated[Path | None, typer.Option("--patients-csv", help=PATIENTS_HELP)] = None,
 ) -> None:
     """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
 
@@ -242,9 +270,16 @@ def audit(
     kept: list = []
     if resume:
         todo, kept = au.split_resumed(todo, au.read_previous(resume), loaded_protocol)
-    rows = [scrub.row(r) if scrub else r for r in kept]
     if not found.jobs:
         raise InputError(root, "no RTPLAN found in the tree")
+    kept = [scrub.row(r) if scrub else r for r in kept]
+    results_store = _open_audit_store(db, html, patients_csv, loaded_protocol)
+    if results_store is not None:
+        results_store.add(kept)  # rows resumed from a CSV/JSON go into the store too
+        if db is not None:  # plans the database already holds a check of are not checked again
+            todo, stored = results_store.split(todo)
+            kept += [scrub.row(r) if scrub else r for r in stored]
+    rows = list(kept)
 
     def save() -> None:
         ordered = au.sort_rows(rows)
@@ -253,10 +288,14 @@ def audit(
 
     interrupted = False
     try:
-        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save)
+        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save,
+                   results_store.record if results_store is not None else None)
     except KeyboardInterrupt:
         interrupted = True
     save()
+    if results_store is not None:
+        _write_store_outputs(results_store.connection, html, patients_csv)
+        results_store.connection.close()  # the last connection checkpoints the WAL into the database file
 
     from .report.audit_report import summary_line, summary_table
 
@@ -269,8 +308,9 @@ def audit(
     raise typer.Exit(au.audit_exit_code(rows))
 
 
-def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) -> None:
-    """Run the plans, append each row as it finishes, show progress, checkpoint every 25 rows."""
+def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save, record=None) -> None:
+    """Run the plans, append each row as it finishes (and `record` it in the store before its
+    progress line), show progress, checkpoint every 25 rows."""
     from rich.console import Console
 
     from .report.audit_report import progress_line
@@ -288,6 +328,8 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) ->
         for done, outcome in enumerate(au.run_jobs(todo, settings, n_jobs), start=1):
             row = au.make_row(outcome, root, protocol)
             rows.append(scrub.row(row) if scrub else row)
+            if record is not None:
+                record(outcome.job, rows[-1])
             if progress is not None:
                 progress.update(task, advance=1, description=progress_line(done, len(todo), rows[-1])[:80])
             else:
@@ -297,6 +339,91 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) ->
     finally:
         if progress is not None:
             progress.stop()
+
+
+def _open_audit_store(db: str | None, html: Path | None, patients_csv: Path | None, protocol):
+    """The --db store; an in-memory one when only a dashboard or patient list needs one; else None."""
+    if db is None and html is None and patients_csv is None:
+        return None
+    from . import audit as au
+    from . import store
+
+    return au.AuditStore(store.connect(db if db is not None else ":memory:"), protocol)
+
+
+def _write_store_outputs(connection, html: Path | None, patients_csv: Path | None) -> None:
+    """The dashboard (with each plan's page beside it) and the per-patient CSV, from the store."""
+    from . import audit as au
+    from . import store
+
+    with store.snapshot(connection):
+        states = store.plan_states(connection)
+        results = store.results_of(connection, [s.check["check_key"] for s in states])
+    if patients_csv is not None:
+        from .report.patients import render_patients_csv
+
+        au.write_atomic(patients_csv, render_patients_csv(store.patient_lines(states)))
+    if html is not None:
+        from .report.dashboard import render_dashboard
+
+        pages_dir = html.with_name(html.stem + "_plans")
+        page, plan_pages = render_dashboard(states, results, pages_dir.name)
+        try:
+            pages_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise InputError(pages_dir, f"cannot create the folder of plan reports ({exc.strerror})") from None
+        for name, text in plan_pages.items():
+            au.write_atomic(pages_dir / name, text)
+        au.write_atomic(html, page)
+
+
+@app.command()
+def review(
+    plan_uid: Annotated[str, typer.Argument(help="RTPLAN SOP Instance UID of the plan reviewed.")],
+    db: Annotated[str, typer.Option("--db", help="Results database holding the plan's check.")],
+    reviewer: Annotated[str, typer.Option("--as", help="Who signs off (name of the physicist).")],
+    decision: Annotated[str, typer.Option(help="accepted or deviation.")],
+    note: Annotated[str, typer.Option(help="Why: what was looked at and decided.")] = "",
+) -> None:
+    """Record a physicist's sign-off of a plan's latest check: who, when, accepted or deviation."""
+    from . import store
+
+    connection = store.connect(db, create=False)
+    saved = store.add_review(connection, plan_uid, reviewer, decision, note)
+    connection.close()
+    typer.echo(f"review recorded: plan {plan_uid}: {saved['decision']} by {saved['reviewer']} "
+               f"at {saved['reviewed_at']}")
+
+
+@app.command()
+def merge(
+    sources: Annotated[list[str], typer.Argument(help="Results databases to combine (e.g. one per shard).")],
+    db: Annotated[str, typer.Option("--db", help="Database to merge into (created if missing).")],
+) -> None:
+    """Combine results databases (of `audit --shard` jobs) without duplicates."""
+    from . import store
+
+    opened = [store.connect(source, create=False) for source in sources]
+    target = store.connect(db)
+    new_checks, new_reviews = store.merge(target, opened)
+    typer.echo(f"merged {len(sources)} databases into {db}: {new_checks} new checks, {new_reviews} new reviews; "
+               f"{store.count_rows(target, 'checks')} checks in all")
+
+
+@app.command()
+def dashboard(
+    db: Annotated[str, typer.Option("--db", help="Results database to show.")],
+    html: Annotated[Path | None, typer.Option("--html", help=DASHBOARD_HELP)] = None,
+    patients_csv: Annotated[Path | None, typer.Option("--patients-csv", help=PATIENTS_HELP)] = None,
+) -> None:
+    """The QA dashboard and/or the per-patient list from a results database."""
+    from . import store
+
+    if html is None and patients_csv is None:
+        raise InputError(None, "nothing to write: give --html FILE and/or --patients-csv FILE")
+    connection = store.connect(db, create=False)
+    _write_store_outputs(connection, html, patients_csv)
+    connection.close()
 
 
 def main() -> None:
@@ -309,6 +436,11 @@ def main() -> None:
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
     args = sys.argv[1:]
+    if args[:1] in (["--version"], ["-V"]):  # before the default-command rewrite, which took it for `check`'s
+        from . import __version__
+
+        typer.echo(f"sbrt-check {__version__}")
+        sys.exit(EXIT_OK)
     if args and args[0] not in COMMANDS and args[0] not in ("--help", "-h"):
         args = ["check", *args]
     try:

@@ -17,6 +17,7 @@ from .metrics import MetricError, compute
 from .models import Dvh, Report, Result, Sourced, Status, Verdict
 from .plandata import DVH_THREADS, PlanData
 from .protocol import Constraint, Protocol
+from .provenance import protocol_record
 from .rules import RuleContext, evaluate_rules
 from .rules.base import judge
 from .targets import Member, TargetSet, find_targets
@@ -216,8 +217,7 @@ class Evaluator:
                 self.plan.notes + self._choice_messages() + self.matcher.notes + self.messages
                 + self._prescription_messages()
             ),
-            protocol={"name": self.protocol.name, "version": self.protocol.version,
-                      "file": self.protocol.path},
+            protocol=protocol_record(self.protocol),
             dvhs=dict(self.dvhs),
         )
 

@@ -10,6 +10,7 @@ drops a rule is a false PASS waiting to happen.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,7 @@ class Protocol:
     structures: dict[str, StructureSpec]
     constraints: tuple[Constraint, ...]
     rules: tuple[dict, ...] = ()
+    sha256: str = ""  # of the file's bytes: which protocol text produced a result (provenance)
 
     def target_levels(self) -> tuple[str, ...]:
         """The per-target structures from the outermost in (PTV, ITV, GTV), following `within`."""
@@ -387,7 +389,8 @@ def _rules(rules: list[dict], structures: dict[str, StructureSpec], problems: _P
 def load_protocol(path: Path | str | None = None) -> Protocol:
     path = Path(path) if path else DEFAULT_PROTOCOL
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProtocolError(path, [f"cannot read protocol ({exc})"]) from None
     try:
@@ -415,5 +418,5 @@ def load_protocol(path: Path | str | None = None) -> Protocol:
         raise ProtocolError(path, problems.items)
     return Protocol(
         str(path), str(data["name"]), str(data["version"]), prescription, structures,
-        tuple(constraints), tuple(rules),
+        tuple(constraints), tuple(rules), hashlib.sha256(raw).hexdigest(),
     )

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..metrics import MetricError, compute, parse_metric
 from ..models import Dvh, Report, Result, Status
+from ..provenance import provenance_items
 from ..slices import DoseSlice, SliceSet, target_structures
 from .dvh_export import resampled
 from .escaping import html_text, plain_text
@@ -40,6 +41,9 @@ TARGET_STATS = ("Volume[cc]", "Min[Gy]", "D98%[Gy]", "D95%[Gy]", "D50%[Gy]", "Me
 ROI_COLORS = ("#ff00ff", "#00e5ff", "#ff8c00", "#b388ff", "#c5e1a5", "#ff80ab", "#a1887f", "#18ffff",
               "#ea80fc", "#ffcc80", "#80cbc4", "#f48fb1")
 _LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)")
+# No script, nothing remote: even a mistake in escaping could not run code (shared with the dashboard).
+CSP_META = ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'\">")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1150px}
@@ -222,6 +226,7 @@ def _header(report: Report) -> str:
         ("Fractions", sourced("fractions", "fractions_source", "")),
         ("Dose summation", plan.get("dose_summation", "")),
         ("Protocol", f"{report.protocol.get('name', '')} v{report.protocol.get('version', '')}"),
+        *provenance_items(report.protocol, plan, name_and_version=False),
     ]
     body = "".join(f"<tr><td>{html_text(k)}</td><td>{html_text(v)}</td></tr>" for k, v in rows)
     return f'<table class="header">{body}</table>'
@@ -312,8 +317,7 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">",
+        CSP_META,
         f"<title>{html_text(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html_text(title)}</h1>",
         f'<div class="verdict" style="background:{VERDICT_COLOR[report.verdict.value]}">'

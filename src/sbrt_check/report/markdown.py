@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from ..models import Report, Result, Status, Verdict
+from ..provenance import provenance_items
 from .escaping import markdown_cell
 from .table import _sourced, verdict_line
 from .text import is_report_only, limit_text, status_label, value_text
@@ -40,6 +41,8 @@ def render_markdown(report: Report) -> str:
         f"Rx {cell(_sourced(plan.get('prescription_gy'), plan.get('prescription_source', ''), ' Gy'))} · "
         f"fractions {cell(_sourced(plan.get('fractions'), plan.get('fractions_source', ''), ''))} · "
         f"protocol {cell(report.protocol.get('name', ''))} v{cell(report.protocol.get('version', ''))}",
+        "",
+        " · ".join(f"{label} {cell(value)}" for label, value in provenance_items(report.protocol, report.plan, False)),
         "",
         _row(list(COLUMNS)),
         _row(["---"] * len(COLUMNS)),
