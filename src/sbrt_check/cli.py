@@ -18,7 +18,7 @@ import typer
 from .errors import CheckError, InputError, ProtocolError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-COMMANDS = ("check", "dvh", "audit")
+COMMANDS = ("check", "dvh", "audit", "listen")
 MAP_HELP = "Force a match: STRUCTURE=ROI, or STRUCTURE=#ROI-number (repeatable)."
 DEFAULT_DVH_METRICS = "Mean[Gy],Max[Gy],Min[Gy],D95%[Gy],D0.5cc[Gy],D0.03cc[Gy]"
 
@@ -286,6 +286,98 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) ->
     finally:
         if progress is not None:
             progress.stop()
+
+
+class NodeFormat(str, Enum):
+    json = "json"
+    html = "html"
+    junit = "junit"
+
+
+def _parse_formats(text: str) -> tuple[str, ...]:
+    """'json,html' -> ('json', 'html'); JSON is always written (the node's record of each check)."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NodeFormat.__members__]
+    if unknown:
+        raise InputError(None, f"--format: unknown format(s) {', '.join(unknown)} (json, html, junit)")
+    return tuple(dict.fromkeys(["json", *names]))
+
+
+@app.command()
+def listen(
+    out: Annotated[Path, typer.Option("--out", help="Folder for received objects, reports and state.")],
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 11112,
+    ae_title: Annotated[str, typer.Option("--ae-title", help="This node's AE title.")] = "SBRTCHECK",
+    bind: Annotated[str, typer.Option(help="Address to listen on (default: loopback only).")] = "127.0.0.1",
+    allow_ae: Annotated[str | None, typer.Option(
+        "--allow-ae", help="Comma-separated calling AE titles allowed to connect (default: any).")] = None,
+    protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    format_: Annotated[str, typer.Option("--format", "-f", help="Report formats: json,html,junit.")] = "json",
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
+    max_object_mb: Annotated[float, typer.Option(help="Refuse a larger object (out of resources).")] = 2048,
+    min_free_mb: Annotated[float, typer.Option(help="Refuse an object that leaves less free disk.")] = 1024,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: accept TLS connections only.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+) -> None:
+    """Run a DICOM node: plans sent to it (C-STORE) are checked as soon as they are whole.
+
+    Each check writes a report under OUT/reports/ and prints one line; SIGTERM or Ctrl-C
+    finishes what is in progress and stops.
+    """
+    import logging
+    import signal
+
+    from .audit import default_jobs
+    from .node.scp import Node, NodeConfig
+    from .node.store import Limits
+    from .node.worker import CheckSettings
+    from .protocol import load_protocol
+
+    load_protocol(protocol)  # a bad protocol is refused now, not at the first plan
+    if not 0 < port < 65536:
+        raise InputError(None, f"--port {port} is not a TCP port")
+    if not ae_title.strip() or len(ae_title.strip()) > 16:
+        raise InputError(None, f"--ae-title '{ae_title}' must be 1 to 16 characters")
+    if (tls_cert is None) != (tls_key is None):
+        raise InputError(None, "--tls-cert and --tls-key go together")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
+    settings = CheckSettings(str(protocol) if protocol else None, _parse_map(map_), _parse_formats(format_))
+    config = NodeConfig(
+        out=out, ae_title=ae_title.strip(), port=port, bind=bind,
+        allow_ae=tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip()),
+        tls_cert=tls_cert, tls_key=tls_key,
+        limits=Limits(int(max_object_mb * 2**20), int(min_free_mb * 2**20)),
+        workers=max(1, jobs if jobs is not None else default_jobs()), settings=settings,
+    )
+    node = Node(config)
+
+    def stop_on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_term)
+    try:
+        picked_up, unreadable = node.start()
+    except OSError as exc:
+        raise InputError(None, f"cannot listen on {bind}:{port} ({exc.strerror or exc})") from None
+    for problem in unreadable:
+        typer.echo(f"sbrt-check: warning: {problem}", err=True)
+    host, bound_port = node.address
+    typer.echo(f"listening as {config.ae_title} on {host}:{bound_port}; writing to {out}"
+               + (f"; {picked_up} plan(s) received earlier to check" if picked_up else ""), err=True)
+    try:
+        while True:
+            typer.echo(node.results.get().line())
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        typer.echo("stopping: finishing associations and checks in progress", err=True)
+        node.stop()
+    while not node.results.empty():
+        typer.echo(node.results.get().line())
+    typer.echo("stopped", err=True)
+    raise typer.Exit(EXIT_OK)
 
 
 def main() -> None:
