@@ -335,7 +335,7 @@ def listen(
     from .protocol import load_protocol
 
     load_protocol(protocol)  # a bad protocol is refused now, not at the first plan
-    if not 0 < port < 65536:
+    if not 0 <= port < 65536:  # 0: any free port (tests)
         raise InputError(None, f"--port {port} is not a TCP port")
     if not ae_title.strip() or len(ae_title.strip()) > 16:
         raise InputError(None, f"--ae-title '{ae_title}' must be 1 to 16 characters")

@@ -42,7 +42,8 @@ from .worker import CheckSettings, CheckSummary, check_plan, warm
 log = logging.getLogger("sbrt_check.node")
 
 RT_PLAN, RT_ION_PLAN = "1.2.840.10008.5.1.4.1.1.481.5", "1.2.840.10008.5.1.4.1.1.481.8"
-RT_DOSE, RT_STRUCT, CT_IMAGE = "1.2.840.10008.5.1.4.1.1.481.2", "1.2.840.10008.5.1.4.1.1.481.3", "1.2.840.10008.5.1.4.1.1.2"
+RT_DOSE, RT_STRUCT = "1.2.840.10008.5.1.4.1.1.481.2", "1.2.840.10008.5.1.4.1.1.481.3"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ACCEPTED_CLASSES = {RT_PLAN: "RTPLAN", RT_ION_PLAN: "RTPLAN", RT_DOSE: "RTDOSE", RT_STRUCT: "RTSTRUCT", CT_IMAGE: "CT"}
 SUCCESS = 0x0000
 LEDGER = "checked.jsonl"
@@ -271,14 +272,15 @@ class Node:
         context.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key or self.config.tls_cert))
         return context
 
-    def stop(self, association_timeout: float = 60.0) -> None:
+    def stop(self, association_timeout: float = 30.0) -> None:
         """Stop accepting, let open associations finish, let every dispatched check finish."""
         if self._server is not None:
             active = list(self._server.active_associations)
             self._server.shutdown()
             for assoc in active:
-                assoc.join(association_timeout)
-                if assoc.is_alive():
+                if assoc.is_established:  # a sender mid-transfer: let it finish
+                    assoc.join(association_timeout)
+                if assoc.is_alive():  # never associated (garbage, a port scan) or too slow
                     assoc.abort()
         with self._pool_lock:
             pool, self._pool = self._pool, None
