@@ -194,7 +194,8 @@ def dvh(
 
 @app.command()
 def audit(
-    root: Annotated[Path, typer.Argument(help="Folder tree holding the plans, of any shape.")],
+    root: Annotated[Path | None, typer.Argument(
+        help="Folder tree holding the plans, of any shape; with --from-pacs, where fetched plans are kept.")] = None,
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
@@ -206,6 +207,11 @@ def audit(
         "--anonymize", help="Replace patient IDs and names in every output by a salted hash.")] = False,
     salt: Annotated[str | None, typer.Option(help="Salt for --anonymize (default: $SBRT_CHECK_SALT).")] = None,
     shard: Annotated[str | None, typer.Option(help="Check only shard i of n (1-based), e.g. 3/10.")] = None,
+    from_pacs: Annotated[str | None, typer.Option(
+        "--from-pacs", help="Fetch the plans from this archive first (C-FIND + C-GET): AE@HOST:PORT.")] = None,
+    patients: Annotated[Path | None, typer.Option(help="With --from-pacs: file of patient IDs, one a line.")] = None,
+    since: Annotated[str | None, typer.Option(help="With --from-pacs: studies from this date (YYYY-MM-DD).")] = None,
+    calling_ae: Annotated[str, typer.Option("--calling-ae", help="With --from-pacs: our AE title.")] = "SBRTCHECK",
 ) -> None:
     """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
 
@@ -223,6 +229,12 @@ def audit(
     if n_jobs < 1:
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")
     outputs = list(out or ([resume] if resume else []))
+    if from_pacs:
+        root = _fetch_from_pacs(from_pacs, root, outputs, patients, since, calling_ae)
+    elif patients or since:
+        raise InputError(None, "--patients and --since select what --from-pacs fetches")
+    if root is None:
+        raise InputError(None, "give the folder to audit (or --from-pacs AE@HOST:PORT)")
     found = au.discover(root)
     todo = found.jobs
     if shard:
@@ -256,6 +268,26 @@ def audit(
                    + (f" in {', '.join(map(str, outputs))}" if outputs else ""), err=True)
         raise typer.Exit(130)
     raise typer.Exit(au.audit_exit_code(rows))
+
+
+def _fetch_from_pacs(archive_text: str, root: Path | None, outputs: list[Path], patients: Path | None,
+                     since: str | None, calling_ae: str) -> Path:
+    """Fetch the selected plans into `root` (default: beside the first output, `<name>.dicom/`)."""
+    from .node.pacs import fetch_plans, parse_archive, parse_since, read_patient_list
+
+    if patients and since:
+        raise InputError(None, "--patients and --since: give one of them")
+    archive = parse_archive(archive_text)
+    if root is None:
+        root = outputs[0].with_suffix(".dicom") if outputs else Path("sbrt-check-pacs")
+    root.mkdir(parents=True, exist_ok=True)
+    fetched = fetch_plans(archive, root, calling_ae, read_patient_list(patients) if patients else None,
+                          parse_since(since) if since else None)
+    for problem in fetched.problems:
+        typer.echo(f"sbrt-check: warning: {problem}", err=True)
+    typer.echo(f"fetched from {archive}: {fetched.studies} studies with RT plans, {fetched.retrieved} series "
+               f"({fetched.instances} objects) retrieved, {fetched.skipped} already in {root}", err=True)
+    return root
 
 
 def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) -> None:

@@ -74,9 +74,12 @@ def pool_context() -> multiprocessing.context.BaseContext:
 
 
 class ObjectStore:
-    """C-STORE handling: refuse what the node does not keep, write the rest durably, then index it."""
+    """C-STORE handling: refuse what the node does not keep, write the rest durably, then index it.
 
-    def __init__(self, root: Path, limits: Limits, assembly: Assembly) -> None:
+    Used by the node (with an assembly index) and by `audit --from-pacs` for what C-GET brings.
+    """
+
+    def __init__(self, root: Path, limits: Limits, assembly: Assembly | None) -> None:
         self.root = root
         self.limits = limits
         self.assembly = assembly
@@ -107,6 +110,8 @@ class ObjectStore:
             write_durably(path, data, validate=self._validate)
         except OSError as exc:
             raise StoreRefused(0xA700, f"cannot write {path.name}: {exc.strerror}") from None
+        if self.assembly is None:  # fetching for an audit: the audit groups the folder afterwards
+            return path, [], set()
         try:
             now, later = self.assembly.add(path)
         except InputError as exc:

@@ -1,0 +1,102 @@
+"""`audit --from-pacs`: plans fetched from a real Orthanc (C-FIND, C-GET) audit exactly as the same
+files do from a folder; `--resume` fetches nothing twice and keeps the rows."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import liver_plan
+from tests.fixtures.dicom_net import OrthancArchive
+from tests.fixtures.dicom_writer import write_plan_folder
+
+# Where the files lie, their bytes (re-encoded by the archive) and the time taken may differ.
+NOT_COMPARED = {"files", "input_hash", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def archive_and_folder(tmp_path_factory, liver_anatomy):
+    """Orthanc holding two patients' plans (one compliant, one failing), and the same files in a folder."""
+    folder = tmp_path_factory.mktemp("pacs_plans")
+    for patient_id, variant in (("PACS-PASS", "compliant"), ("PACS-FAIL", "hot_stomach")):
+        spec = replace(liver_plan.plan_spec(variant, rois=liver_anatomy), patient_id=patient_id,
+                       seed=f"pacs/{patient_id}")
+        write_plan_folder(folder / patient_id, spec)
+    archive = OrthancArchive(tmp_path_factory.mktemp("orthanc"))
+    try:
+        archive.upload(sorted(folder.rglob("*.dcm")))
+        yield archive, folder
+    finally:
+        archive.stop()
+
+
+def audit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sbrt_check", "audit", "--jobs", "2", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return sorted(({k: v for k, v in row.items() if k not in NOT_COMPARED} for row in csv.DictReader(handle)),
+                      key=lambda r: r["plan_uid"])
+
+
+def test_audit_from_orthanc_gives_the_rows_of_the_folder_audit(archive_and_folder, tmp_path):
+    archive, folder = archive_and_folder
+    from_folder = audit(str(folder), "--out", str(tmp_path / "folder.csv"))
+    assert from_folder.returncode == 1, from_folder.stderr  # one plan fails
+    pacs = f"{archive.AE}@127.0.0.1:{archive.dicom_port}"
+    fetched = audit("--from-pacs", pacs, "--out", str(tmp_path / "pacs.csv"))
+    assert fetched.returncode == 1, fetched.stderr
+    assert "2 studies with RT plans, 6 series (6 objects) retrieved" in fetched.stderr
+    expected = rows(tmp_path / "folder.csv")
+    assert [r["verdict"] for r in expected] != [] and {r["verdict"] for r in expected} == {"pass", "fail"}
+    assert rows(tmp_path / "pacs.csv") == expected
+    assert len(list((tmp_path / "pacs.dicom").rglob("*.dcm"))) == 6
+    # --resume: nothing fetched again, every row kept.
+    resumed = audit("--from-pacs", pacs, "--resume", str(tmp_path / "pacs.csv"))
+    assert resumed.returncode == 1, resumed.stderr
+    assert "0 series (0 objects) retrieved, 6 already in" in resumed.stderr
+    assert rows(tmp_path / "pacs.csv") == expected
+
+
+def test_patient_list_selects_what_is_fetched(archive_and_folder, tmp_path):
+    archive, _ = archive_and_folder
+    patients = tmp_path / "patients.txt"
+    patients.write_text("# the compliant one only\nPACS-PASS\n")
+    done = audit("--from-pacs", f"{archive.AE}@127.0.0.1:{archive.dicom_port}", "--patients", str(patients),
+                 str(tmp_path / "copy"), "--out", str(tmp_path / "one.csv"))
+    assert done.returncode == 0, done.stderr
+    assert [r["patient_id"] for r in rows(tmp_path / "one.csv")] == ["PACS-PASS"]
+
+
+def test_unreachable_archive_is_one_line_and_exit_2(tmp_path):
+    from tests.fixtures.dicom_net import free_port
+
+    port = free_port()
+    done = audit("--from-pacs", f"NOBODY@127.0.0.1:{port}", str(tmp_path / "copy"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"sbrt-check: error: cannot associate with NOBODY@127.0.0.1:{port} as SBRTCHECK "
+        "(refused, or nothing listens there)"]
+
+
+@pytest.mark.parametrize("text", ["ORTHANC@host", "@h:1", "A@h:99999", "WAYTOOLONGAETITLE17@h:104"])
+def test_bad_archive_address_is_refused(text):
+    from sbrt_check.errors import InputError
+    from sbrt_check.node.pacs import parse_archive
+
+    with pytest.raises(InputError, match="is not AE@HOST:PORT"):
+        parse_archive(text)
+
+
+def test_since_becomes_an_open_date_range():
+    from sbrt_check.node.pacs import parse_archive, parse_since
+
+    assert parse_since("2025-03-01") == parse_since("20250301") == "20250301-"
+    assert parse_archive("PACS@10.0.0.5:104").port == 104
