@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -278,3 +279,17 @@ def test_safe_name_is_one_harmless_path_part(value):
     assert name and "/" not in name and not name.startswith(".") and len(name) <= 64
     assert all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
     assert safe_name("a/b") != safe_name("a_b")
+
+
+def test_tls_node_checks_a_plan_sent_over_tls(tmp_path, plan_factory):
+    key, cert = tmp_path / "node.key", tmp_path / "node.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    running = NodeProcess(tmp_path / "out", "--tls-cert", str(cert), "--tls-key", str(key), "--jobs", "1")
+    try:
+        assert not echoscu(running.port)  # plain DICOM on a TLS port is refused, and the node lives on
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        assert pynetdicom_send(running.port, files_of(plan_factory("TLS")), tls=(client, "localhost")) == [SUCCESS] * 3
+        assert [r["verdict"] for r in running.wait_for_reports(1)] == ["pass"]
+    finally:
+        assert running.stop() == 0

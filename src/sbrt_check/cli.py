@@ -135,11 +135,9 @@ def _render(report, format_: Format, strict: bool) -> str:
 
 def _write_html(evaluator, report, path: Path) -> None:
     """The HTML report: the slices come from the plan, the rest from the report."""
-    from .report.html import render_html
-    from .slices import report_slices
+    from .report.html import render_checked_plan
 
-    slices = report_slices(evaluator.plan, report, lambda name: evaluator.matcher.resolve(name).tokens)
-    _write(render_html(report, slices), path)
+    _write(render_checked_plan(evaluator, report), path)
 
 
 def _console(width_when_piped: int):

@@ -65,6 +65,8 @@ def warm(protocol_path: str | None) -> bool:
     """Run in each worker at start: pay imports and the protocol's parsing before any plan."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the parent's to handle:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it lets running checks finish, then stops us.
+    import numpy.ma  # noqa: F401  (imported lazily by the first check otherwise)
+
     from ..audit import _protocol
     from ..evaluate import Evaluator  # noqa: F401
     from ..plandata import load_plan  # noqa: F401
@@ -125,9 +127,7 @@ def _render(kind: str, report, evaluator, render_json) -> str:
 
         return render_junit(report)
     if kind == "html":
-        from ..report.html import render_html
-        from ..slices import report_slices
+        from ..report.html import render_checked_plan
 
-        slices = report_slices(evaluator.plan, report, lambda name: evaluator.matcher.resolve(name).tokens)
-        return render_html(report, slices)
+        return render_checked_plan(evaluator, report)
     return render_json(report) + "\n"
