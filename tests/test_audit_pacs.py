@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import liver_plan
-from tests.fixtures.dicom_net import OrthancArchive
+from tests.fixtures.dicom_net import QUICK_PROTOCOL, OrthancArchive
 from tests.fixtures.dicom_writer import write_plan_folder
 
 # Where the files lie, their bytes (re-encoded by the archive) and the time taken may differ.
@@ -27,6 +27,7 @@ def archive_and_folder(tmp_path_factory, liver_anatomy):
         spec = replace(liver_plan.plan_spec(variant, rois=liver_anatomy), patient_id=patient_id,
                        seed=f"pacs/{patient_id}")
         write_plan_folder(folder / patient_id, spec)
+    (folder.parent / "quick.yaml").write_text(QUICK_PROTOCOL)
     archive = OrthancArchive(tmp_path_factory.mktemp("orthanc"))
     try:
         archive.upload(sorted(folder.rglob("*.dcm")))
@@ -35,8 +36,9 @@ def archive_and_folder(tmp_path_factory, liver_anatomy):
         archive.stop()
 
 
-def audit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sbrt_check", "audit", "--jobs", "2", *args],
+def audit(*args: str, protocol: Path | None = None) -> subprocess.CompletedProcess:
+    options = ["--protocol", str(protocol)] if protocol else []
+    return subprocess.run([sys.executable, "-m", "sbrt_check", "audit", "--jobs", "2", *options, *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -48,10 +50,11 @@ def rows(path: Path) -> list[dict]:
 
 def test_audit_from_orthanc_gives_the_rows_of_the_folder_audit(archive_and_folder, tmp_path):
     archive, folder = archive_and_folder
-    from_folder = audit(str(folder), "--out", str(tmp_path / "folder.csv"))
+    quick = folder.parent / "quick.yaml"
+    from_folder = audit(str(folder), "--out", str(tmp_path / "folder.csv"), protocol=quick)
     assert from_folder.returncode == 1, from_folder.stderr  # one plan fails
     pacs = f"{archive.AE}@127.0.0.1:{archive.dicom_port}"
-    fetched = audit("--from-pacs", pacs, "--out", str(tmp_path / "pacs.csv"))
+    fetched = audit("--from-pacs", pacs, "--out", str(tmp_path / "pacs.csv"), protocol=quick)
     assert fetched.returncode == 1, fetched.stderr
     assert "2 studies with RT plans, 6 series (6 objects) retrieved" in fetched.stderr
     expected = rows(tmp_path / "folder.csv")
@@ -59,18 +62,18 @@ def test_audit_from_orthanc_gives_the_rows_of_the_folder_audit(archive_and_folde
     assert rows(tmp_path / "pacs.csv") == expected
     assert len(list((tmp_path / "pacs.dicom").rglob("*.dcm"))) == 6
     # --resume: nothing fetched again, every row kept.
-    resumed = audit("--from-pacs", pacs, "--resume", str(tmp_path / "pacs.csv"))
+    resumed = audit("--from-pacs", pacs, "--resume", str(tmp_path / "pacs.csv"), protocol=quick)
     assert resumed.returncode == 1, resumed.stderr
     assert "0 series (0 objects) retrieved, 6 already in" in resumed.stderr
     assert rows(tmp_path / "pacs.csv") == expected
 
 
 def test_patient_list_selects_what_is_fetched(archive_and_folder, tmp_path):
-    archive, _ = archive_and_folder
+    archive, folder = archive_and_folder
     patients = tmp_path / "patients.txt"
     patients.write_text("# the compliant one only\nPACS-PASS\n")
     done = audit("--from-pacs", f"{archive.AE}@127.0.0.1:{archive.dicom_port}", "--patients", str(patients),
-                 str(tmp_path / "copy"), "--out", str(tmp_path / "one.csv"))
+                 str(tmp_path / "copy"), "--out", str(tmp_path / "one.csv"), protocol=folder.parent / "quick.yaml")
     assert done.returncode == 0, done.stderr
     assert [r["patient_id"] for r in rows(tmp_path / "one.csv")] == ["PACS-PASS"]
 

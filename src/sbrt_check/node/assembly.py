@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from ..dicom.assemble import PlanGroup, group_plans
 from ..dicom.files import FolderContents, RtFile, list_files, scan_files
 from ..errors import InputError
+from ..report.escaping import plain_text
 from .store import STORE_FOLDER
 
 
@@ -183,12 +184,18 @@ class Assembly:
             self._rt.get(patient, {}).pop(path, None)
             self._images.get(patient, {}).pop(path, None)
 
-    def settle(self, plan_uids: Iterable[str]) -> list[ReadyPlan]:
-        """Plans among `plan_uids` that are whole and changed since they were last dispatched."""
+    def settle(self, plan_uids: Iterable[str], stored: Iterable[Path] | None = None) -> list[ReadyPlan]:
+        """Plans among `plan_uids` that are whole and changed since they were last dispatched.
+
+        `stored`: files of the patients to look at (an association's); None looks at every patient.
+        """
         wanted = set(plan_uids)
         out: list[ReadyPlan] = []
+        if not wanted:
+            return out
         with self._lock:
-            for patient in list(self._rt):
+            patients = list(self._rt) if stored is None else {self._patient_of(p) for p in stored}
+            for patient in patients:
                 for group in self._groups(patient):
                     if group.plan_uid not in wanted:
                         continue
@@ -206,7 +213,7 @@ class Assembly:
                 for group in self._groups(patient):
                     reason = str(group.problem.problem) if group.problem else missing_beams(group)
                     if reason:
-                        label = _text(group.plan.dataset, "RTPlanLabel")
+                        label = plain_text(_text(group.plan.dataset, "RTPlanLabel"))
                         lines.append(f"{patient.name} {label}: waiting: {reason}")
         return lines
 

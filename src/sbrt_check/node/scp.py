@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..dicom.files import scan_files
 from ..errors import InputError
+from ..report.escaping import plain_text
 from .assembly import Assembly, ReadyPlan
 from .store import (
     CANNOT_UNDERSTAND,
@@ -71,6 +72,12 @@ def pool_context() -> multiprocessing.context.BaseContext:
         context.set_forkserver_preload(PRELOAD)
         return context
     return multiprocessing.get_context("spawn")
+
+
+def _who(assoc) -> str:
+    """'AE TITLE at 127.0.0.1' for the log; the AE title is the sender's text, so controls are dropped."""
+    title = plain_text(str(assoc.requestor.ae_title or "").strip()) or "(no AE title)"
+    return f"{title} at {assoc.requestor.address}"
 
 
 class ObjectStore:
@@ -174,7 +181,7 @@ class Node:
     def dispatch(self, plan: ReadyPlan) -> None:
         """Hand one whole plan to a worker; never blocks the calling association thread."""
         report_dir = str(self.root / REPORTS_FOLDER / safe_name(plan.patient_id, "no-patient-id"))
-        log.info("checking %s %s (%d files)", safe_name(plan.patient_id), safe_name(plan.plan_label), len(plan.files))
+        log.info("checking %s %s (%d files)", plain_text(plan.patient_id), plain_text(plan.plan_label), len(plan.files))
         with self._pool_lock:
             if self._pool is None:
                 self._pool = self._new_pool()
@@ -203,18 +210,19 @@ class Node:
             return self._sessions.setdefault(assoc, (set(), set()))
 
     def _on_store(self, event) -> int:
-        calling = safe_name(event.assoc.requestor.ae_title, "?")
+        calling = _who(event.assoc)
         try:
             path, now, later = self.store.store(event)
         except StoreRefused as refused:
-            log.warning("refused an object from %s: %s (status 0x%04X)", calling, refused.reason, refused.status)
+            log.warning("refused an object from %s: %s (status 0x%04X)", calling, plain_text(refused.reason),
+                        refused.status)
             return refused.status
         except Exception as exc:  # never let one object take the node down
-            log.error("refused an object from %s: %s: %s", calling, type(exc).__name__, exc)
+            log.error("refused an object from %s: %s: %s", calling, type(exc).__name__, plain_text(exc))
             return 0xA700 if isinstance(exc, (OSError, MemoryError)) else CANNOT_UNDERSTAND
-        touched, patients = self._session(event.assoc)
+        touched, stored = self._session(event.assoc)
         touched.update(later)
-        patients.add(path)
+        stored.add(path)
         for plan in now:
             self.dispatch(plan)
         return SUCCESS
@@ -222,15 +230,18 @@ class Node:
     def _on_close(self, event) -> None:
         """The association ended (released, aborted or dropped): check the plans it changed."""
         with self._sessions_lock:
-            touched, patients = self._sessions.pop(event.assoc, (set(), set()))
-        for plan in self.assembly.settle(touched):
+            touched, stored = self._sessions.pop(event.assoc, (set(), set()))
+        assoc = event.assoc
+        if assoc.is_aborted or not (assoc.is_released or assoc.is_rejected):
+            log.warning("connection from %s ended without a release: aborted, dropped, or not DICOM; "
+                        "%d object(s) of it were kept", _who(assoc), len(stored))
+        for plan in self.assembly.settle(touched, stored):
             self.dispatch(plan)
-        for line in self.assembly.waiting(patients):
+        for line in self.assembly.waiting(stored):
             log.info("%s", line)
 
     def _on_rejected(self, event) -> None:
-        log.warning("refused an association from %s (%s)", safe_name(event.assoc.requestor.ae_title, "?"),
-                    event.assoc.requestor.address)
+        log.warning("refused an association from %s", _who(event.assoc))
 
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> tuple[int, list[str]]:
