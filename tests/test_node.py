@@ -178,6 +178,25 @@ def test_plan_completed_across_associations_and_after_an_abort(node, plan_factor
     assert [r["verdict"] for r in wait_reports(node, "ABORTED")] == ["pass"]
 
 
+def test_beam_doses_wait_for_every_beam(node, plan_factory, tmp_path, liver_anatomy):
+    """Two arcs, one RTDOSE per beam: a plan with one beam's dose is not whole (it would under-dose)."""
+    from tests.fixtures.dicom_writer import BeamSpec, WriteOptions
+
+    spec = replace(liver_plan.plan_spec("compliant", rois=liver_anatomy), patient_id="BEAMS", seed="node/BEAMS",
+                   beams=[BeamSpec("Arc1", meterset_mu=1200.0), BeamSpec("Arc2", gantry_start=179.0,
+                                                                          gantry_stop=181.0, direction="CCW",
+                                                                          meterset_mu=1200.0)],
+                   options=WriteOptions(summation="BEAM"))
+    paths = write_plan_folder(tmp_path, spec)
+    assert pynetdicom_send(node.port, [paths["rtstruct"], paths["rtplan"], paths["rtdose_beam1"]]) == [SUCCESS] * 3
+    wait_until(lambda: "BEAMS LIVER_SBRT: waiting: BEAM doses of 1 of 2 beams received" in node.stderr(),
+               "the node to say it waits for the second beam")
+    assert reports_of(node, "BEAMS") == []
+    assert pynetdicom_send(node.port, [paths["rtdose_beam2"]]) == [SUCCESS]
+    report, = wait_reports(node, "BEAMS")
+    assert report["verdict"] == "pass" and report["plan"]["dose_summation"].startswith("BEAM")
+
+
 def _secondary_capture(patient_id: str) -> pydicom.Dataset:
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
