@@ -3,8 +3,9 @@
 Objects arrive one by one, in any order, over any number of associations. After each one
 the objects of that patient are grouped by UID references with the very grouping `check`
 and `audit` use (`dicom.assemble.group_plans`, on headers only), and a plan is ready when
-its group has no problem (RTPLAN, its RTSTRUCT and RTDOSE present) and, for BEAM doses,
-every treatment beam of the plan has its dose. No timer is involved.
+its group has no problem: RTPLAN, its RTSTRUCT and RTDOSE present and, for BEAM doses, one
+for every beam the plan delivers (`check` refuses a folder short of a beam dose the same
+way). No timer is involved.
 
 A plan seen whole for the first time is checked at once. An object that changes a plan
 already checked (a re-sent export, a CT slice arriving after the RT objects) marks the plan
@@ -48,55 +49,6 @@ def _text(dataset: Dataset, keyword: str) -> str:
         return str(dataset.get(keyword, "") or "")
     except Exception:  # a damaged element must not stop the node
         return ""
-
-
-def _numbers(items: Iterable[Dataset], keyword: str) -> set[int]:
-    found = set()
-    for item in items or []:
-        try:
-            value = item.get(keyword)
-            if value is not None:
-                found.add(int(value))
-        except (TypeError, ValueError):
-            continue
-    return found
-
-
-def plan_beam_numbers(plan: Dataset) -> set[int]:
-    """Beams the first fraction group delivers, else every TREATMENT beam of BeamSequence."""
-    groups = plan.get("FractionGroupSequence") or []
-    if groups:
-        numbers = _numbers(groups[0].get("ReferencedBeamSequence") or [], "ReferencedBeamNumber")
-        if numbers:
-            return numbers
-    beams = [b for b in plan.get("BeamSequence") or [] if _text(b, "TreatmentDeliveryType") in ("", "TREATMENT")]
-    return _numbers(beams, "BeamNumber")
-
-
-def dose_beam_numbers(dose: Dataset) -> set[int]:
-    numbers: set[int] = set()
-    for ref in dose.get("ReferencedRTPlanSequence") or []:
-        for group in ref.get("ReferencedFractionGroupSequence") or []:
-            numbers |= _numbers(group.get("ReferencedBeamSequence") or [], "ReferencedBeamNumber")
-    return numbers
-
-
-def missing_beams(group: PlanGroup) -> str | None:
-    """Why a plan of BEAM doses is not whole yet (a beam's dose still to come), else None.
-
-    A PLAN or FRACTION dose is the whole plan. BEAM doses must cover every beam the plan
-    delivers: by the beam each dose references, or by count when the doses do not say.
-    """
-    summations = {_text(d.dataset, "DoseSummationType").upper() for d in group.doses}
-    if not summations or summations - {"BEAM"}:
-        return None
-    wanted = plan_beam_numbers(group.plan.dataset)
-    covered = set().union(*(dose_beam_numbers(d.dataset) for d in group.doses))
-    unreferenced = sum(1 for d in group.doses if not dose_beam_numbers(d.dataset))
-    absent = wanted - covered
-    if len(absent) <= unreferenced:
-        return None
-    return f"BEAM doses of {len(group.doses)} of {len(wanted)} beams received"
 
 
 def fingerprint(files: Iterable[str]) -> str:
@@ -149,7 +101,7 @@ class Assembly:
 
     @staticmethod
     def _ready(group: PlanGroup) -> ReadyPlan | None:
-        if group.problem is not None or missing_beams(group):
+        if group.problem is not None:
             return None
         files = tuple(str(p) for p in group.files)
         dataset = group.plan.dataset
@@ -211,7 +163,7 @@ class Assembly:
         with self._lock:
             for patient in {self._patient_of(p) for p in patient_paths}:
                 for group in self._groups(patient):
-                    reason = str(group.problem.problem) if group.problem else missing_beams(group)
+                    reason = group.problem.problem if group.problem else ""
                     if reason:
                         label = plain_text(_text(group.plan.dataset, "RTPlanLabel"))
                         lines.append(f"{patient.name} {label}: waiting: {reason}")
