@@ -320,6 +320,18 @@ def test_sigterm_finishes_checks_and_restart_picks_up_unchecked(tmp_path, plan_f
     assert len(third.report_files()) == 1
 
 
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "sbrt_check", "listen", "--out", str(tmp_path), "--port",
+                               str(port), "--jobs", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"sbrt-check: error: cannot listen on 127.0.0.1:{port} (Address already in use)"]
+
+
 @pytest.mark.parametrize("value", ["../../etc/passwd", "..", ".hidden", "a/b", "x\x00y", "", "É" * 80])
 def test_safe_name_is_one_harmless_path_part(value):
     name = safe_name(value)

@@ -387,10 +387,7 @@ def listen(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop_on_term)
-    try:
-        picked_up, unreadable = node.start()
-    except OSError as exc:
-        raise InputError(None, f"cannot listen on {bind}:{port} ({exc.strerror or exc})") from None
+    picked_up, unreadable = node.start()
     for problem in unreadable:
         typer.echo(f"sbrt-check: warning: {problem}", err=True)
     host, bound_port = node.address

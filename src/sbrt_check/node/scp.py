@@ -252,8 +252,12 @@ class Node:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification
 
-        for folder in (STORE_FOLDER, REPORTS_FOLDER, STATE_FOLDER):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in (STORE_FOLDER, REPORTS_FOLDER, STATE_FOLDER):
+                (self.root / folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(self.root, f"cannot create the node's folders ({exc.strerror})") from None
+        ssl_context = self._ssl_context()
         removed = remove_partials(self.root)
         if removed:
             log.info("removed %d unacknowledged partial file(s) of an earlier run", removed)
@@ -270,8 +274,13 @@ class Node:
             ae.require_calling_aet = list(self.config.allow_ae)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_CLOSE, self._on_close),
                     (evt.EVT_REJECTED, self._on_rejected)]
-        self._server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers,
-                                       ssl_context=self._ssl_context())
+        try:
+            self._server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers,
+                                           ssl_context=ssl_context)
+        except OSError as exc:
+            self._pool.shutdown(wait=True)
+            raise InputError(None, f"cannot listen on {self.config.bind}:{self.config.port} "
+                                   f"({exc.strerror or exc})") from None
         for plan in pending:
             self.dispatch(plan)
         return len(pending), problems
@@ -285,7 +294,10 @@ class Node:
             return None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key or self.config.tls_cert))
+        try:
+            context.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key or self.config.tls_cert))
+        except (OSError, ssl.SSLError) as exc:
+            raise InputError(self.config.tls_cert, f"cannot load the TLS certificate and key ({exc})") from None
         return context
 
     def stop(self, association_timeout: float = 30.0) -> None:
