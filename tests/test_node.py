@@ -216,7 +216,14 @@ def _secondary_capture(patient_id: str) -> pydicom.Dataset:
     return ds
 
 
-def test_garbage_and_non_rt_objects_leave_the_node_answering(node, tmp_path):
+def test_garbage_and_non_rt_objects_leave_the_node_answering(node, tmp_path, plan_factory):
+    # A damaged RT object, sent byte for byte: refused (cannot understand), nothing kept, logged.
+    whole = next(f for f in files_of(plan_factory("DAMAGED")) if f.name.startswith("RS"))
+    damaged = tmp_path / "rs_cut.dcm"
+    damaged.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    assert pynetdicom_send(node.port, [damaged], as_is=True) == [CANNOT_UNDERSTAND]
+    assert not (node.out / "store" / "DAMAGED").exists()
+    wait_until(lambda: "damaged DICOM file" in node.stderr(), "the refusal in the log")
     capture = _secondary_capture("NOT-RT")
     capture_file = tmp_path / "sc.dcm"
     capture.save_as(capture_file, enforce_file_format=True)
