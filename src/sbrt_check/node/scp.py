@@ -142,6 +142,7 @@ class Node:
         self._pool: ProcessPoolExecutor | None = None
         self._server = None
         self._pending: set[Future] = set()
+        self._stopping = False
         self.assembly = Assembly(self.root, self._read_ledger())
         self.store = ObjectStore(self.root, config.limits, self.assembly)
 
@@ -183,6 +184,9 @@ class Node:
         report_dir = str(self.root / REPORTS_FOLDER / safe_name(plan.patient_id, "no-patient-id"))
         log.info("checking %s %s (%d files)", plain_text(plan.patient_id), plain_text(plan.plan_label), len(plan.files))
         with self._pool_lock:
+            if self._stopping:  # received while stopping: not in the ledger, so checked at the next start
+                log.info("not checking %s %s now: stopping", plain_text(plan.patient_id), plain_text(plan.plan_label))
+                return
             if self._pool is None:
                 self._pool = self._new_pool()
             try:
@@ -312,5 +316,6 @@ class Node:
                     assoc.abort()
         with self._pool_lock:
             pool, self._pool = self._pool, None
+            self._stopping = True
         if pool is not None:
             pool.shutdown(wait=True)
