@@ -129,13 +129,6 @@ class Assembly:
                     now.append(ready)
         return now, later
 
-    def forget(self, path: Path) -> None:
-        """Drop a file the store refused after all (it is no longer on disk)."""
-        with self._lock:
-            patient = self._patient_of(path)
-            self._rt.get(patient, {}).pop(path, None)
-            self._images.get(patient, {}).pop(path, None)
-
     def settle(self, plan_uids: Iterable[str], stored: Iterable[Path] | None = None) -> list[ReadyPlan]:
         """Plans among `plan_uids` that are whole and changed since they were last dispatched.
 

@@ -27,6 +27,7 @@ from .assembly import Assembly, ReadyPlan
 from .store import (
     CANNOT_UNDERSTAND,
     DATASET_MISMATCH,
+    OUT_OF_RESOURCES,
     REPORTS_FOLDER,
     STATE_FOLDER,
     STORE_FOLDER,
@@ -116,15 +117,15 @@ class ObjectStore:
         try:
             write_durably(path, data, validate=self._validate)
         except OSError as exc:
-            raise StoreRefused(0xA700, f"cannot write {path.name}: {exc.strerror}") from None
+            raise StoreRefused(OUT_OF_RESOURCES, f"cannot write {path.name}: {exc.strerror}") from None
         if self.assembly is None:  # fetching for an audit: the audit groups the folder afterwards
             return path, [], set()
         try:
             now, later = self.assembly.add(path)
-        except InputError as exc:
-            self.assembly.forget(path)
-            path.unlink(missing_ok=True)
-            raise StoreRefused(CANNOT_UNDERSTAND, exc.problem) from None
+        except InputError as exc:  # read back as validated, so not expected: the object stays, it is whole
+            log.error("stored %s but could not index it (%s); it is indexed at the next start", path,
+                      plain_text(exc.problem))
+            return path, [], set()
         return path, now, later
 
 
@@ -223,7 +224,7 @@ class Node:
             return refused.status
         except Exception as exc:  # never let one object take the node down
             log.error("refused an object from %s: %s: %s", calling, type(exc).__name__, plain_text(exc))
-            return 0xA700 if isinstance(exc, (OSError, MemoryError)) else CANNOT_UNDERSTAND
+            return OUT_OF_RESOURCES if isinstance(exc, (OSError, MemoryError)) else CANNOT_UNDERSTAND
         touched, stored = self._session(event.assoc)
         touched.update(later)
         stored.add(path)
