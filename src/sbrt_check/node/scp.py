@@ -250,7 +250,7 @@ class Node:
 
     # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> tuple[int, list[str]]:
-        """Start the worker pool and the SCP; check whole plans received before a stop.
+        """Start the SCP and the worker pool; check whole plans received before a stop.
 
         Returns (plans picked up from an earlier run, files in the store that cannot be read).
         """
@@ -267,9 +267,6 @@ class Node:
         if removed:
             log.info("removed %d unacknowledged partial file(s) of an earlier run", removed)
         pending, problems = self.assembly.load_existing()
-        self._pool = self._new_pool()
-        for _ in range(self.config.workers):  # warm every worker now, not on the first plan
-            self._pool.submit(int, 0)
         ae = AE(ae_title=self.config.ae_title)
         ae.maximum_associations = 64
         ae.add_supported_context(Verification)
@@ -283,9 +280,13 @@ class Node:
             self._server = ae.start_server((self.config.bind, self.config.port), block=False, evt_handlers=handlers,
                                            ssl_context=ssl_context)
         except OSError as exc:
-            self._pool.shutdown(wait=True)
             raise InputError(None, f"cannot listen on {self.config.bind}:{self.config.port} "
                                    f"({exc.strerror or exc})") from None
+        with self._pool_lock:  # a plan may already have come in and started the pool
+            if self._pool is None:
+                self._pool = self._new_pool()
+            for _ in range(self.config.workers):  # warm every worker now, not on the first plan
+                self._pool.submit(int, 0)
         for plan in pending:
             self.dispatch(plan)
         return len(pending), problems
