@@ -189,14 +189,6 @@ def test_two_patients_one_plan_each_are_never_mixed(tmp_path, small_protocol):
     assert_one_error_line(run, "RD.SMALL.dcm", "not in the folder", "different patients", "patient B", "patient A")
 
 
-def test_beam_doses_short_of_a_beam_are_refused(tmp_path, small_protocol):
-    """Three arcs, BEAM doses of two: their sum is a plausible, too low dose, so it is refused."""
-    paths = dw.write_plan_folder(tmp_path, small_spec(dw.WriteOptions(summation="BEAM"), beams=3))
-    paths["rtdose_beam2"].unlink()
-    run = check_json(tmp_path, small_protocol)
-    assert_one_error_line(run, paths["rtplan"].name, "cover 2 of the 3 beams", "no dose for beam 2", "too low")
-
-
 # --------------------------------------------------------------------------- protocol files at the CLI
 @pytest.mark.parametrize(
     ("text", "words"),

@@ -189,7 +189,7 @@ def test_beam_doses_wait_for_every_beam(node, plan_factory, tmp_path, liver_anat
                    options=WriteOptions(summation="BEAM"))
     paths = write_plan_folder(tmp_path, spec)
     assert pynetdicom_send(node.port, [paths["rtstruct"], paths["rtplan"], paths["rtdose_beam1"]]) == [SUCCESS] * 3
-    wait_until(lambda: "BEAMS LIVER_SBRT: waiting: the BEAM RTDOSE files cover 1 of the 2 beams" in node.stderr(),
+    wait_until(lambda: "BEAMS LIVER_SBRT: waiting: BEAM doses of 1 of the 2 treatment beams received" in node.stderr(),
                "the node to say it waits for the second beam")
     assert reports_of(node, "BEAMS") == []
     assert pynetdicom_send(node.port, [paths["rtdose_beam2"]]) == [SUCCESS]

@@ -19,7 +19,8 @@ from .errors import CheckError, InputError, ProtocolError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 COMMANDS = ("check", "dvh", "audit", "listen")
-MAP_HELP = "Force a match: STRUCTURE=ROI, or STRUCTURE=#ROI-number (repeatable)."
+MAP_HELP = "Force a match: STRUCTURE=ROI, STRUCTURE=ROI1,ROI2 (several lesions), or STRUCTURE=#ROI-number (repeatable)."
+NOT_TARGET_HELP = "An ROI that looks like a target but is not one (an optimisation ring, 'PTV_opt'); repeatable."
 DEFAULT_DVH_METRICS = "Mean[Gy],Max[Gy],Min[Gy],D95%[Gy],D0.5cc[Gy],D0.03cc[Gy]"
 
 app = typer.Typer(
@@ -63,6 +64,14 @@ def _parse_map(values: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _parse_not_targets(values: list[str] | None) -> tuple[str, ...]:
+    """--not-target ROI (repeatable, or comma-separated)."""
+    names = [name.strip() for value in values or [] for name in value.split(",")]
+    if any(not name for name in names):
+        raise InputError(None, "--not-target needs an ROI name or #number")
+    return tuple(names)
+
+
 def _write(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text)
@@ -85,6 +94,7 @@ def check(
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription dose in Gy (overrides the plan).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     plan: Annotated[str | None, typer.Option("--plan", help="Plan label or UID when the folder holds several.")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")] = None,
@@ -101,7 +111,7 @@ def check(
         raise InputError(None, f"--rx {rx} is not a positive dose")
     loaded_protocol = load_protocol(protocol)
     plan_data = load_plan(folder, plan)
-    options = Options(prescription_gy=rx, structure_map=_parse_map(map_))
+    options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
     evaluator = Evaluator(plan_data, loaded_protocol, options)
     report = evaluator.report()
     if html is not None:
@@ -196,6 +206,7 @@ def audit(
         help="Folder tree holding the plans, of any shape; with --from-pacs, where fetched plans are kept.")] = None,
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
     out: Annotated[list[Path] | None, typer.Option(
         "--out", "-o", help="Write one row per plan: .csv or .json (repeatable).")] = None,
@@ -222,7 +233,7 @@ def audit(
 
     started = time.perf_counter()
     loaded_protocol = load_protocol(protocol)
-    settings = au.Settings(str(protocol) if protocol else None, _parse_map(map_))
+    settings = au.Settings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target))
     n_jobs = jobs if jobs is not None else au.default_jobs()
     if n_jobs < 1:
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")
@@ -343,6 +354,7 @@ def listen(
         "--allow-ae", help="Comma-separated calling AE titles allowed to connect (default: any).")] = None,
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     format_: Annotated[str, typer.Option("--format", "-f", help="Report formats: json,html,junit.")] = "json",
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
     max_object_mb: Annotated[float, typer.Option(help="Refuse a larger object (out of resources).")] = 2048,
@@ -373,7 +385,8 @@ def listen(
         raise InputError(None, "--tls-cert and --tls-key go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
-    settings = CheckSettings(str(protocol) if protocol else None, _parse_map(map_), _parse_formats(format_))
+    settings = CheckSettings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
+                             _parse_formats(format_))
     config = NodeConfig(
         out=out, ae_title=ae_title.strip(), port=port, bind=bind,
         allow_ae=tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip()),

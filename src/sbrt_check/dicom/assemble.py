@@ -176,74 +176,9 @@ def group_plans(folder: Path, contents: FolderContents) -> tuple[list[PlanGroup]
         if problem is None and not plan_doses:
             label = str(plan.dataset.get("RTPlanLabel", "") or "")
             problem = InputError(plan.path, f"no RTDOSE in the folder references this RTPLAN ({label})")
-        if problem is None:
-            missing = missing_beams(plan, plan_doses)
-            problem = InputError(plan.path, missing) if missing else None
         images = _images_of(struct_rt, plan, contents.other_dicom)
         groups.append(PlanGroup(plan_uid, plan, struct_rt, tuple(plan_doses), tuple(plan_notes), problem, images))
     return groups, stray, notes
-
-
-def _numbers(items, keyword: str) -> set[int]:
-    found = set()
-    for item in items or []:
-        try:
-            value = item.get(keyword)
-            if value is not None:
-                found.add(int(value))
-        except (TypeError, ValueError):
-            continue
-    return found
-
-
-def _zero_meterset(beam: Dataset) -> bool:
-    """A fraction-group beam delivering nothing (a setup beam): it has no dose to wait for."""
-    try:
-        return float(beam.get("BeamMeterset")) == 0.0
-    except (TypeError, ValueError):
-        return False
-
-
-def planned_beams(plan: Dataset) -> set[int]:
-    """Beam numbers the first fraction group delivers (non-zero meterset), else every TREATMENT beam."""
-    groups = plan.get("FractionGroupSequence") or []
-    if groups:
-        delivered = [b for b in groups[0].get("ReferencedBeamSequence") or [] if not _zero_meterset(b)]
-        numbers = _numbers(delivered, "ReferencedBeamNumber")
-        if numbers:
-            return numbers
-    beams = [b for b in plan.get("BeamSequence") or []
-             if str(b.get("TreatmentDeliveryType", "") or "") in ("", "TREATMENT")]
-    return _numbers(beams, "BeamNumber")
-
-
-def dose_beams(dose: Dataset) -> set[int]:
-    """Beam numbers a RTDOSE says it holds (ReferencedRTPlanSequence > fraction group > beam)."""
-    numbers: set[int] = set()
-    for ref in dose.get("ReferencedRTPlanSequence") or []:
-        for group in ref.get("ReferencedFractionGroupSequence") or []:
-            numbers |= _numbers(group.get("ReferencedBeamSequence") or [], "ReferencedBeamNumber")
-    return numbers
-
-
-def missing_beams(plan: RtFile, doses: list[RtFile]) -> str | None:
-    """Why BEAM doses cannot be the plan's dose (a beam's dose is absent), else None.
-
-    Summing the beams that are there would give a plausible, too low dose: an organ at risk
-    would pass its limit on a dose the patient never gets alone. A PLAN or FRACTION dose is
-    the whole plan. BEAM doses must cover every beam the plan delivers, by the beam each one
-    references, or by count for doses that reference none.
-    """
-    summations = {str(d.dataset.get("DoseSummationType", "") or "").upper() for d in doses}
-    if not summations or summations - {"BEAM"}:
-        return None
-    wanted = planned_beams(plan.dataset)
-    absent = wanted - set().union(*(dose_beams(d.dataset) for d in doses))
-    if len(absent) <= sum(1 for d in doses if not dose_beams(d.dataset)):
-        return None
-    listed = ", ".join(str(n) for n in sorted(absent))
-    return (f"the BEAM RTDOSE files cover {len(wanted) - len(absent)} of the {len(wanted)} beams of this RTPLAN "
-            f"(no dose for beam {listed}): their sum would be too low")
 
 
 def _images_of(struct: RtFile | None, plan: RtFile, others: tuple[tuple[Path, Dataset], ...]) -> tuple[Path, ...]:

@@ -3,9 +3,9 @@
 Objects arrive one by one, in any order, over any number of associations. After each one
 the objects of that patient are grouped by UID references with the very grouping `check`
 and `audit` use (`dicom.assemble.group_plans`, on headers only), and a plan is ready when
-its group has no problem: RTPLAN, its RTSTRUCT and RTDOSE present and, for BEAM doses, one
-for every beam the plan delivers (`check` refuses a folder short of a beam dose the same
-way). No timer is involved.
+its group has no problem (RTPLAN, its RTSTRUCT and RTDOSE present) and, for BEAM doses,
+every treatment beam has its dose (the beams `check` requires, which refuses a folder short
+of one). No timer is involved.
 
 A plan seen whole for the first time is checked at once. An object that changes a plan
 already checked (a re-sent export, a CT slice arriving after the RT objects) marks the plan
@@ -28,6 +28,8 @@ from pydicom.dataset import Dataset
 
 from ..dicom.assemble import PlanGroup, group_plans
 from ..dicom.files import FolderContents, RtFile, list_files, scan_files
+from ..dicom.rtdose import referenced_beams
+from ..dicom.rtplan import read_plan
 from ..errors import InputError
 from ..report.escaping import plain_text
 from .store import STORE_FOLDER
@@ -49,6 +51,28 @@ def _text(dataset: Dataset, keyword: str) -> str:
         return str(dataset.get(keyword, "") or "")
     except Exception:  # a damaged element must not stop the node
         return ""
+
+
+def beams_pending(group: PlanGroup) -> str | None:
+    """Why a plan of BEAM doses is not whole yet (a treatment beam whose dose has not come), else None.
+
+    The beams are those `check` requires a dose for (`PlanFile.treatment_beams`). A PLAN or
+    FRACTION dose is the whole plan; a BEAM dose that does not name its one beam is not waited
+    on: `check` refuses it, and the node reports that rather than wait for ever.
+    """
+    if not group.doses or any(_text(d.dataset, "DoseSummationType").upper() != "BEAM" for d in group.doses):
+        return None
+    try:
+        wanted = set(read_plan(group.plan.path, group.plan.dataset).treatment_beams)
+        named = [referenced_beams(d.dataset.get("ReferencedRTPlanSequence") or []) for d in group.doses]
+    except (InputError, TypeError, ValueError):
+        return None  # a broken plan or dose: the check says what is wrong
+    if any(len(beams) != 1 for beams in named):
+        return None
+    missing = wanted - {beams[0] for beams in named}
+    if not missing:
+        return None
+    return f"BEAM doses of {len(wanted) - len(missing)} of the {len(wanted)} treatment beams received"
 
 
 def fingerprint(files: Iterable[str]) -> str:
@@ -101,7 +125,7 @@ class Assembly:
 
     @staticmethod
     def _ready(group: PlanGroup) -> ReadyPlan | None:
-        if group.problem is not None:
+        if group.problem is not None or beams_pending(group):
             return None
         files = tuple(str(p) for p in group.files)
         dataset = group.plan.dataset
@@ -156,7 +180,7 @@ class Assembly:
         with self._lock:
             for patient in {self._patient_of(p) for p in patient_paths}:
                 for group in self._groups(patient):
-                    reason = group.problem.problem if group.problem else ""
+                    reason = group.problem.problem if group.problem else beams_pending(group)
                     if reason:
                         label = plain_text(_text(group.plan.dataset, "RTPlanLabel"))
                         lines.append(f"{patient.name} {label}: waiting: {reason}")

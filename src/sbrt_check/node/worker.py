@@ -32,6 +32,7 @@ class CheckSettings:
 
     protocol_path: str | None = None
     structure_map: tuple[tuple[str, str], ...] = ()
+    not_targets: tuple[str, ...] = ()
     formats: tuple[str, ...] = ("json",)
 
 
@@ -95,7 +96,8 @@ def check_plan(plan: ReadyPlan, settings: CheckSettings, report_dir: str) -> Che
         from ..report.json_report import render_json
 
         loaded = load_plan([Path(f) for f in plan.files], plan.plan_uid)
-        evaluator = Evaluator(loaded, _protocol(settings.protocol_path), Options(structure_map=settings.structure_map))
+        evaluator = Evaluator(loaded, _protocol(settings.protocol_path), Options(structure_map=settings.structure_map,
+                                                                                  not_targets=settings.not_targets))
         report = evaluator.report()
         written = []
         for kind in settings.formats:

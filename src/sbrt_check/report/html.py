@@ -237,7 +237,7 @@ def _results_table(report: Report) -> str:
         color = "#aaa" if optional_gap else "#2c7fb8" if is_report_only(r) else STATUS_COLOR[r.status]
         margin = f"{r.margin:+.2f}" if r.margin is not None and math.isfinite(r.margin) else ""
         value = value_text(r)
-        cells = [html_text(r.structure), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
+        cells = [html_text(r.key), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
         rows.append(
             f'<tr class="{r.status.value}"><td>{cells[0]}</td><td>{cells[1]}</td><td>{cells[2]}</td>'
             f'<td>{cells[3]}</td><td class="num">{html_text(value)}</td><td class="num">{margin}</td>'
@@ -246,14 +246,20 @@ def _results_table(report: Report) -> str:
     return f'<table class="results"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
+def _prescription_of(report: Report, name: str) -> float | None:
+    """A lesion's own prescription (per-target rows carry it), else the plan's."""
+    own = (r.details.get("prescription_gy") for r in report.results if r.key == name and r.details)
+    return next((rx for rx in own if rx), report.plan.get("prescription_gy"))
+
+
 def _target_stats(report: Report, targets: list[str]) -> str:
-    rx = report.plan.get("prescription_gy")
     head = "<tr><th>Structure</th>" + "".join(f"<th>{html_text(m)}</th>" for m in TARGET_STATS) + "</tr>"
     rows = []
     for name in targets:
         dvh = report.dvhs.get(name)
         if dvh is None:
             continue
+        rx = _prescription_of(report, name)
         cells = []
         for text in TARGET_STATS:
             try:
@@ -265,12 +271,12 @@ def _target_stats(report: Report, targets: list[str]) -> str:
 
 
 def _dvh_figures(report: Report) -> str:
-    rx = report.plan.get("prescription_gy")
     figures = []
     for name, dvh in report.dvhs.items():
         if not dvh.volume_cc > 0:
             continue
-        results = [r for r in report.results if r.structure == name]
+        rx = _prescription_of(report, name)
+        results = [r for r in report.results if r.key == name]
         markers = [m for m in (limit_marker(r, dvh, rx) for r in results) if m is not None]
         roi = next((r.roi for r in results if r.roi), "")
         shown = f"{name} ({roi})" if roi and roi != name else name
@@ -343,5 +349,5 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
 
 def render_checked_plan(evaluator, report: Report) -> str:
     """The HTML report of a finished check: the slices come from the plan, the rest from the report."""
-    slices = report_slices(evaluator.plan, report, lambda name: evaluator.matcher.resolve(name).tokens)
+    slices = report_slices(evaluator.plan, report, evaluator.tokens_of)
     return render_html(report, slices)

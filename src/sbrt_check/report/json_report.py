@@ -31,6 +31,7 @@ def result_dict(result: Result) -> dict:
         "group": result.group,
         "margin": _number(result.margin),
         "source": result.source,
+        **({"target": result.target} if result.target is not None else {}),
         **({"details": result.details} if result.details else {}),
     }
 

@@ -94,7 +94,7 @@ def _testsuite(parent: ET.Element, report: Report, strict: bool) -> dict[str, in
     _element(properties, "property", name="protocol",
              value=f"{report.protocol.get('name', '')} v{report.protocol.get('version', '')}")
     for result, outcome in zip(report.results, outcomes, strict=True):
-        case = _element(suite, "testcase", classname=result.structure, name=result.metric, time="0")
+        case = _element(suite, "testcase", classname=result.key, name=result.metric, time="0")
         if outcome:
             tag, kind = outcome
             _element(case, tag, _details(result), type=kind, message=_message(result))
