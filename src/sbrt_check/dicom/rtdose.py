@@ -164,16 +164,21 @@ def read_dose_file(path: Path, dataset: Dataset) -> DoseFile:
         raise InputError(path, f"the dose references {len(plan_refs)} plans: a dose of several plans is not "
                                "supported (export each plan's dose)")
     plan_uid = str(plan_refs[0].get("ReferencedSOPInstanceUID", "")) if plan_refs else None
-    beams = tuple(
+    beams = referenced_beams(plan_refs)
+    grid = DoseGrid(x, y, z, np.ascontiguousarray(dose), summation, (str(path),))
+    frame_uid = el.text(dataset, "FrameOfReferenceUID", path)
+    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid)
+
+
+def referenced_beams(plan_refs) -> tuple[int, ...]:
+    """Beam numbers an RTDOSE's ReferencedRTPlanSequence names (a BEAM dose names its one beam)."""
+    return tuple(
         int(beam.get("ReferencedBeamNumber"))
         for ref in plan_refs
         for group in ref.get("ReferencedFractionGroupSequence", [])
         for beam in group.get("ReferencedBeamSequence", [])
         if beam.get("ReferencedBeamNumber") is not None
     )
-    grid = DoseGrid(x, y, z, np.ascontiguousarray(dose), summation, (str(path),))
-    frame_uid = el.text(dataset, "FrameOfReferenceUID", path)
-    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid)
 
 
 def _same_geometry(a: DoseGrid, b: DoseGrid) -> bool:

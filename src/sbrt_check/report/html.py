@@ -24,7 +24,7 @@ import numpy as np
 from ..metrics import MetricError, compute, parse_metric
 from ..models import Dvh, Report, Result, Status
 from ..provenance import provenance_items
-from ..slices import DoseSlice, SliceSet, target_structures
+from ..slices import DoseSlice, SliceSet, report_slices, target_structures
 from .dvh_export import resampled
 from .escaping import html_text, plain_text
 from .table import VERDICT_STYLE, _sourced, verdict_line
@@ -349,3 +349,9 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
                   _slice_figures(hot_items, rx, colors)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def render_checked_plan(evaluator, report: Report) -> str:
+    """The HTML report of a finished check: the slices come from the plan, the rest from the report."""
+    slices = report_slices(evaluator.plan, report, evaluator.tokens_of)
+    return render_html(report, slices)
