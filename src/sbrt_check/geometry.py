@@ -78,6 +78,25 @@ def slab_bounds(z_positions: np.ndarray, default_thickness: float) -> tuple[np.n
     return lo, hi
 
 
+CONTOUR_MODELS = ("slab", "truncated")
+
+
+def truncate_ends(z_positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The `truncated` contour model: a structure ends at its outer contour planes.
+
+    Each end slab (the first and last plane of every run of joined planes) keeps only its
+    inner half; an isolated plane (a run of one) keeps its whole slab, or it would have no
+    volume at all.
+    """
+    z = np.asarray(z_positions, dtype=float)
+    lo, hi = lo.copy(), hi.copy()
+    joined_below = np.r_[False, np.isclose(lo[1:], hi[:-1])]
+    joined_above = np.r_[np.isclose(hi[:-1], lo[1:]), False]
+    lo = np.where(~joined_below & joined_above, z, lo)
+    hi = np.where(joined_below & ~joined_above, z, hi)
+    return lo, hi
+
+
 def polygon_area(points: np.ndarray) -> float:
     x, y = points[:, 0], points[:, 1]
     wrap = x[-1] * y[0] - x[0] * y[-1]  # the closing edge, without copying the arrays
@@ -195,9 +214,14 @@ class SlabShape:
     z_hi: np.ndarray
 
     @classmethod
-    def from_planes(cls, planes: Planes, default_thickness: float) -> SlabShape:
+    def from_planes(cls, planes: Planes, default_thickness: float, model: str = "slab") -> SlabShape:
+        """The shape under a contour model: `slab` (each plane +-half a spacing) or `truncated`."""
+        if model not in CONTOUR_MODELS:
+            raise ValueError(f"unknown contour model '{model}' (known: {', '.join(CONTOUR_MODELS)})")
         z = np.array(sorted(planes), dtype=float)
         lo, hi = slab_bounds(z, default_thickness)
+        if model == "truncated":
+            lo, hi = truncate_ends(z, lo, hi)
         return cls({float(k): planes[k] for k in sorted(planes)}, lo, hi)
 
     @property
@@ -361,6 +385,49 @@ def derive_region(
         x, y, edges[:-1][occupied], edges[1:][occupied], combined[occupied],
         np.full(int(occupied.sum()), cell),
     )
+
+
+FACE_STEP_MM = 1e-6  # how far above and below a slab face its two sides are tested
+
+
+def derived_probes(
+    tokens: list[str], shapes: dict[str, SlabShape], grid_axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    step_mm: float,
+) -> np.ndarray:
+    """Peak candidates of a derived structure: operand surface points and grid nodes in its closure.
+
+    The surface of `A - B` (or of any |, & combination) lies on the operands' surfaces, so
+    trilinear dose over the structure peaks at operand contour points or dose-grid nodes
+    (on dose planes or slab faces) of its closure. A point belongs to the closure when the
+    expression holds just above or just below it (slab faces), and, for a contour point of
+    operand X, with X taken as inside or outside (both sides of X's contour touch it).
+    """
+    names = list(dict.fromkeys(expression_names(tokens)))
+
+    def holds(points: np.ndarray, relaxed: str | None) -> np.ndarray:
+        keep = np.zeros(len(points), dtype=bool)
+        for side in (FACE_STEP_MM, -FACE_STEP_MM):
+            moved = points + np.array([0.0, 0.0, side])
+            membership = {name: contains_points(shapes[name], moved) for name in names if name != relaxed}
+            # X's contour passes through the point: inside or outside in-plane, but only
+            # inside where X has a slab at all on this side of the face.
+            sides = (slab_of(shapes[relaxed], moved[:, 2]) >= 0, np.zeros(len(points), bool)) if relaxed else (None,)
+            for assumed in sides:
+                if relaxed:
+                    membership[relaxed] = assumed
+                keep |= evaluate_expression(tokens, membership.__getitem__)
+        return keep
+
+    candidates = []
+    for name in names:
+        points = shapes[name].boundary_points(step_mm)
+        if len(points):
+            candidates.append(points[holds(points, name)])
+    x, y, z = grid_axes
+    nodes = np.concatenate([shapes[name].grid_nodes_inside(x, y, z) for name in names])
+    if len(nodes):
+        candidates.append(nodes[holds(nodes, None)])
+    return np.concatenate(candidates) if candidates else np.empty((0, 3))
 
 
 # --- surfaces, containment and distances (margins, lesions, indices) ----------------------

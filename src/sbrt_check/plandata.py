@@ -24,7 +24,7 @@ from .dicom.rtdose import combine_doses
 from .dicom.rtstruct import RoiEntry
 from .dvh import compute_dvh, dose_axis
 from .errors import InputError
-from .geometry import Region, SlabShape, derive_region, nominal_spacing, sample_shape
+from .geometry import Region, SlabShape, derive_region, derived_probes, nominal_spacing, sample_shape
 from .models import DoseGrid, Dvh, Roi
 
 DEFAULT_SLICE_MM = 3.0
@@ -41,6 +41,7 @@ class PlanData:
     _dvhs: dict[tuple[str, ...], Future] = field(default_factory=dict)
     _axis: np.ndarray | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    contour_model: str = "slab"
 
     @property
     def notes(self) -> list[str]:
@@ -81,7 +82,7 @@ class PlanData:
                     raise InputError(
                         self.inputs.structure_set.path, f"ROI '{roi.name}' has no closed planar contours"
                     )
-                self._shapes[key] = SlabShape.from_planes(roi.planes, self._default_thickness())
+                self._shapes[key] = SlabShape.from_planes(roi.planes, self._default_thickness(), self.contour_model)
             return self._shapes[key]
 
     def region(self, tokens: tuple[str, ...]) -> Region:
@@ -131,19 +132,23 @@ class PlanData:
         return self._dvhs[tokens].result()
 
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
-        probes = None
+        grid = self.dose
         if len(tokens) == 1:
             shape = self.shape(tokens[0])
-            grid = self.dose
             probes = np.concatenate([
                 shape.boundary_points(self.max_spacing / 2), shape.grid_nodes_inside(grid.x, grid.y, grid.z)
             ])
+        else:
+            shapes = {key: self.shape(key) for key in tokens if key.startswith("#")}
+            probes = derived_probes(list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2)
         return compute_dvh(self.region(tokens), self.dose, self.axis, probes)
 
 
-def _load(inputs: PlanInputs) -> PlanData:
-    fractions = inputs.plan.fractions if inputs.plan else None
-    dose, notes = combine_doses(inputs.dose_files, fractions)
+def _load(inputs: PlanInputs, fractions_override: float | None = None, fraction_as_stored: bool = False) -> PlanData:
+    fractions = fractions_override or (inputs.plan.fractions if inputs.plan else None)
+    dose, notes = combine_doses(inputs.dose_files, fractions, fraction_as_stored)
+    if fractions_override and not dose.summation_type.startswith("FRACTION"):
+        notes.append(f"--fractions {fractions_override:g} not applied: the dose is {dose.summation_type}, not FRACTION")
     return PlanData(inputs, dose, list(inputs.notes) + notes)
 
 
@@ -183,9 +188,10 @@ def load_plan(folder: Path | Sequence[Path], plan_label: str | None = None) -> P
     return _load(all_inputs[0])
 
 
-def load_dose_and_structures(folder: Path) -> PlanData:
+def load_dose_and_structures(folder: Path, fractions: float | None = None) -> PlanData:
+    """RTSTRUCT + RTDOSE for `dvh`: a FRACTION dose without fraction count is read as stored."""
     contents = scan_folder(folder)
-    return _load(assemble_dose_and_structures(folder, contents))
+    return _load(assemble_dose_and_structures(folder, contents), fractions, fraction_as_stored=True)
 
 
 def _labels(inputs: list[PlanInputs]) -> str:

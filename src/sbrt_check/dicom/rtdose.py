@@ -180,11 +180,15 @@ def _same_geometry(a: DoseGrid, b: DoseGrid) -> bool:
     )
 
 
-def combine_doses(doses: list[DoseFile], fractions: float | None) -> tuple[DoseGrid, list[str]]:
+def combine_doses(
+    doses: list[DoseFile], fractions: float | None, fraction_as_stored: bool = False
+) -> tuple[DoseGrid, list[str]]:
     """The plan's total dose from its RTDOSE files, with notes on what was done.
 
     One PLAN dose is used as is; BEAM doses are summed (they must share one grid); a
-    FRACTION dose is multiplied by the planned number of fractions.
+    FRACTION dose is multiplied by the planned number of fractions. `fraction_as_stored`
+    (the `dvh` command, which judges nothing) reads a FRACTION dose of unknown fraction
+    count as the dose in the file, where `check` must refuse it.
     """
     notes: list[str] = []
     by_type: dict[str, list[DoseFile]] = {}
@@ -211,6 +215,12 @@ def combine_doses(doses: list[DoseFile], fractions: float | None) -> tuple[DoseG
         fraction_doses = by_type["FRACTION"]
         if len(fraction_doses) > 1:
             raise InputError(None, "several FRACTION dose files for one plan; keep one")
+        if not fractions and fraction_as_stored:
+            notes.append(
+                "FRACTION dose read as stored (the dose of one fraction): no RTPLAN gives the number "
+                "of fractions; --fractions N scales it"
+            )
+            return fraction_doses[0].grid, notes
         if not fractions:
             raise InputError(
                 fraction_doses[0].path,
