@@ -175,6 +175,7 @@ class Settings:
 
     protocol_path: str | None = None
     structure_map: tuple[tuple[str, str], ...] = ()
+    contour_model: str = "slab"
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
         from .plandata import load_plan
         from .report.json_report import report_dict
 
-        plan = load_plan([Path(f) for f in job.files], job.key)
+        plan = load_plan([Path(f) for f in job.files], job.key, settings.contour_model)
         options = Options(structure_map=settings.structure_map, threads=1)  # one process per core already
         document = report_dict(Evaluator(plan, _protocol(settings.protocol_path), options).report())
         return Outcome(job, digest, time.perf_counter() - started, report=json.loads(json.dumps(

@@ -186,6 +186,7 @@ class Evaluator:
             "fractions": self.fractions.value,
             "fractions_source": self.fractions.source,
             "dose_summation": self.plan.dose.summation_type,
+            "contour_model": self.plan.contour_model,
             "files": [str(p) for p in self.plan.inputs.files],
         }
 

@@ -42,6 +42,7 @@ class PlanData:
     _axis: np.ndarray | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
     contour_model: str = "slab"
+    dose_scale: float = 1.0  # total dose / stored dose of a single dose file (fractions of a FRACTION dose)
 
     @property
     def notes(self) -> list[str]:
@@ -131,6 +132,20 @@ class PlanData:
             self._dvhs[tokens] = done
         return self._dvhs[tokens].result()
 
+    def tps_dvh(self, tokens: tuple[str, ...]) -> Dvh | None:
+        """The planning system's DVH of one ROI (from a single RTDOSE's DVHSequence), if it has one.
+
+        Only a dose read from one file carries DVHs that describe it: summed BEAM doses do
+        not. A PERCENT curve is put in cc with this tool's volume of the ROI.
+        """
+        if len(tokens) != 1 or len(self.inputs.dose_files) != 1:
+            return None
+        tps = self.inputs.dose_files[0].tps_dvhs.get(int(tokens[0].lstrip("#")))
+        if tps is None:
+            return None
+        volume = self.region(tokens).volume_cc if tps.volume_units == "PERCENT" else None
+        return tps.as_dvh(volume, self.dose_scale)
+
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
         grid = self.dose
         if len(tokens) == 1:
@@ -144,21 +159,28 @@ class PlanData:
         return compute_dvh(self.region(tokens), self.dose, self.axis, probes)
 
 
-def _load(inputs: PlanInputs, fractions_override: float | None = None, fraction_as_stored: bool = False) -> PlanData:
+def _load(
+    inputs: PlanInputs, fractions_override: float | None = None, fraction_as_stored: bool = False,
+    contour_model: str = "slab",
+) -> PlanData:
     fractions = fractions_override or (inputs.plan.fractions if inputs.plan else None)
     dose, notes = combine_doses(inputs.dose_files, fractions, fraction_as_stored)
     if fractions_override and not dose.summation_type.startswith("FRACTION"):
         notes.append(f"--fractions {fractions_override:g} not applied: the dose is {dose.summation_type}, not FRACTION")
-    return PlanData(inputs, dose, list(inputs.notes) + notes)
+    scale = float(fractions) if dose.summation_type == "FRACTION x n" and fractions else 1.0
+    notes += [note for dose_file in inputs.dose_files for note in dose_file.tps_notes]
+    return PlanData(inputs, dose, list(inputs.notes) + notes, contour_model=contour_model, dose_scale=scale)
 
 
-def load_plans(folder: Path) -> list[PlanData]:
+def load_plans(folder: Path, contour_model: str = "slab") -> list[PlanData]:
     """Every plan in the folder (RTPLAN + RTSTRUCT + RTDOSE), doses combined."""
     contents = scan_folder(folder)
-    return [_load(inputs) for inputs in assemble_plans(folder, contents)]
+    return [_load(inputs, contour_model=contour_model) for inputs in assemble_plans(folder, contents)]
 
 
-def load_plan(folder: Path | Sequence[Path], plan_label: str | None = None) -> PlanData:
+def load_plan(
+    folder: Path | Sequence[Path], plan_label: str | None = None, contour_model: str = "slab"
+) -> PlanData:
     """The one plan of a folder; several plans need `plan_label` (label or SOP Instance UID).
 
     `folder` may also be a list of files (the audit hands each worker the files of one plan,
@@ -185,13 +207,13 @@ def load_plan(folder: Path | Sequence[Path], plan_label: str | None = None) -> P
             f"holds {len(all_inputs)} plans ({_labels(all_inputs)}): pick one with --plan LABEL, "
             "or check them all with 'sbrt-check audit'",
         )
-    return _load(all_inputs[0])
+    return _load(all_inputs[0], contour_model=contour_model)
 
 
-def load_dose_and_structures(folder: Path, fractions: float | None = None) -> PlanData:
+def load_dose_and_structures(folder: Path, fractions: float | None = None, contour_model: str = "slab") -> PlanData:
     """RTSTRUCT + RTDOSE for `dvh`: a FRACTION dose without fraction count is read as stored."""
     contents = scan_folder(folder)
-    return _load(assemble_dose_and_structures(folder, contents), fractions, fraction_as_stored=True)
+    return _load(assemble_dose_and_structures(folder, contents), fractions, True, contour_model)
 
 
 def _labels(inputs: list[PlanInputs]) -> str:

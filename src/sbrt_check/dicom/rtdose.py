@@ -8,7 +8,7 @@ reason: oblique grids, RELATIVE dose units, short pixel data, non-finite or nega
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from ..errors import InputError
 from ..models import DoseGrid
 from . import elements as el
+from .tps_dvh import TpsDvh, read_tps_dvhs
 
 AXIS_TOLERANCE = 1e-3
 SPACING_TOLERANCE_MM = 1e-3
@@ -32,6 +33,8 @@ class DoseFile:
     referenced_plan_uid: str | None
     referenced_beams: tuple[int, ...]
     frame_of_reference_uid: str
+    tps_dvhs: dict[int, TpsDvh] = field(default_factory=dict)  # the planning system's DVHs by ROI number
+    tps_notes: tuple[str, ...] = ()
 
 
 def _axis_sign(cosines: np.ndarray, axis: int) -> int | None:
@@ -170,7 +173,8 @@ def read_dose_file(path: Path, dataset: Dataset) -> DoseFile:
     )
     grid = DoseGrid(x, y, z, np.ascontiguousarray(dose), summation, (str(path),))
     frame_uid = el.text(dataset, "FrameOfReferenceUID", path)
-    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid)
+    tps_dvhs, tps_notes = read_tps_dvhs(dataset, path)
+    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid, tps_dvhs, tuple(tps_notes))
 
 
 def _same_geometry(a: DoseGrid, b: DoseGrid) -> bool:
