@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
+from typer.testing import CliRunner
 
 from sbrt_check.cli import app
 from sbrt_check.dicom.tps_dvh import read_tps_dvhs
-from typer.testing import CliRunner
 
 METRICS = ["Volume[cc]", "Mean[Gy]", "D2cc[Gy]", "D50%[Gy]", "D95%[Gy]", "D2%[Gy]"]
 

@@ -195,8 +195,11 @@ def dvh(
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription (Gy) for % metrics.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
     fractions: Annotated[float | None, typer.Option(
-        "--fractions", help="Multiply a FRACTION dose by this many fractions (default: the RTPLAN's, else as stored).")] = None,
-    contour_model: Annotated[ContourModel, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = ContourModel.slab,
+        "--fractions", help="Multiply a FRACTION dose by this many fractions (default: the RTPLAN's, else as stored)."
+    )] = None,
+    contour_model: Annotated[
+        ContourModel, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)
+    ] = ContourModel.slab,
 ) -> None:
     """Export cumulative DVHs and metrics of ROIs, to compare with a planning system.
 
