@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .crosscheck import annotate
 from .errors import CheckError
 from .matching import Matcher, Resolution
 from .metrics import MetricError, compute
@@ -140,8 +141,9 @@ class Evaluator:
             return self._result(constraint, resolution, value=None, status=Status.NOT_EVALUATED,
                                 reason=reason or "value is not a finite number")
         margin = constraint.pass_limit.margin(value)
-        return self._result(constraint, resolution, value=value, status=status, reason=reason,
-                            margin=margin, details=details)
+        judged = self._result(constraint, resolution, value=value, status=status, reason=reason,
+                              margin=margin, details=details)
+        return annotate(self, constraint, resolution, dvh, judged)
 
     def report(self, extra_results: list[Result] | None = None) -> Report:
         resolutions = [self.matcher.resolve(c.structure) for c in self.protocol.constraints]

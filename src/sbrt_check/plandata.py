@@ -43,6 +43,7 @@ class PlanData:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     contour_model: str = "slab"
     dose_scale: float = 1.0  # total dose / stored dose of a single dose file (fractions of a FRACTION dose)
+    _siblings: dict[str, PlanData] = field(default_factory=dict)
 
     @property
     def notes(self) -> list[str]:
@@ -131,6 +132,18 @@ class PlanData:
                 done.set_exception(exc)
             self._dvhs[tokens] = done
         return self._dvhs[tokens].result()
+
+    def under_model(self, contour_model: str) -> PlanData:
+        """The same plan under another contour model, sharing the parsed ROIs and the dose."""
+        if contour_model == self.contour_model:
+            return self
+        with self._lock:
+            if contour_model not in self._siblings:
+                self._siblings[contour_model] = PlanData(
+                    self.inputs, self.dose, [], _rois=self._rois, _axis=self.axis, _lock=self._lock,
+                    contour_model=contour_model, dose_scale=self.dose_scale,
+                )
+            return self._siblings[contour_model]
 
     def tps_dvh(self, tokens: tuple[str, ...]) -> Dvh | None:
         """The planning system's DVH of one ROI (from a single RTDOSE's DVHSequence), if it has one.

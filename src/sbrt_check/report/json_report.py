@@ -32,6 +32,8 @@ def result_dict(result: Result) -> dict:
         "margin": _number(result.margin),
         "source": result.source,
         **({"details": result.details} if result.details else {}),
+        **({"tps": {"value": _number(result.tps)}} if result.tps is not None else {}),
+        **({"borderline": result.borderline} if result.borderline else {}),
     }
 
 
