@@ -4,7 +4,6 @@ and the protocol keys `dvh.contour_model` and `dose.statistical_uncertainty_perc
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
