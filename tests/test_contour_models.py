@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sbrt_check.dvh import compute_dvh, dose_axis
+from sbrt_check.dvh import compute_dvh, dose_axis, trilinear
 from sbrt_check.geometry import SlabShape, derive_region, derived_probes, sample_shape
 from sbrt_check.models import DoseGrid
 
@@ -38,7 +38,7 @@ def test_derived_structure_extremes_are_exact_on_the_operand_surfaces(gradient):
     tokens = ["Liver", "-", "GTV"]
     shapes = {"Liver": liver, "GTV": gtv}
     region = derive_region(tokens, shapes, 1.25)
-    probes = derived_probes(tokens, shapes, (grid.x, grid.y, grid.z), 0.6)
+    probes = derived_probes(tokens, shapes, (grid.x, grid.y, grid.z), 0.6, lambda p: trilinear(p, grid))
     dvh = compute_dvh(region, grid, dose_axis(grid.max_gy), probes)
     # The region: x [-30, 10], y [-20, 20], z [-22.5, 22.5].
     corners = np.array([[x, y, z] for x in (-30, 10) for y in (-20, 20) for z in (-22.5, 22.5)])
@@ -62,13 +62,11 @@ def test_derived_probes_exclude_the_inside_of_the_subtracted_structure():
     gtv = SlabShape.from_planes(box(-10, 10, planes[np.abs(planes) <= 8], -10, 10), 2.0)  # z [-9, 9]
     tokens = ["Liver", "-", "GTV"]
     shapes = {"Liver": liver, "GTV": gtv}
-    probes = derived_probes(tokens, shapes, (grid.x, grid.y, grid.z), 0.5)
+    probes = derived_probes(tokens, shapes, (grid.x, grid.y, grid.z), 0.5, lambda p: trilinear(p, grid))
     dvh = compute_dvh(derive_region(tokens, shapes, 1.0), grid, dose_axis(grid.max_gy), probes)
     # Nearest closure points to the centre: the GTV's face centres at 9 mm (z) or 10 mm (x, y);
     # the trilinear dose there is within the grid's interpolation of the cone, under 60 - 9.
     face = np.array([[0.0, 0.0, 9.0], [0.0, 0.0, -9.0]])
-    from sbrt_check.dvh import trilinear
-
     assert dvh.max_gy == pytest.approx(trilinear(face, grid).max(), abs=1e-9)
     assert dvh.max_gy < 60 - 8.5
 

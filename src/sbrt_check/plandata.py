@@ -22,7 +22,7 @@ from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_p
 from .dicom.files import scan_files, scan_folder
 from .dicom.rtdose import combine_doses
 from .dicom.rtstruct import RoiEntry
-from .dvh import compute_dvh, dose_axis
+from .dvh import compute_dvh, dose_axis, trilinear
 from .errors import InputError
 from .geometry import Region, SlabShape, derive_region, derived_probes, nominal_spacing, sample_shape
 from .models import DoseGrid, Dvh, Roi
@@ -168,7 +168,9 @@ class PlanData:
             ])
         else:
             shapes = {key: self.shape(key) for key in tokens if key.startswith("#")}
-            probes = derived_probes(list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2)
+            probes = derived_probes(
+                list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2, lambda p: trilinear(p, grid)
+            )
         return compute_dvh(self.region(tokens), self.dose, self.axis, probes)
 
 
