@@ -85,7 +85,8 @@ def example_table() -> list[str]:
     lines += ["", "Median |difference| to the planning system's DVH, over all 9 ROIs / over the 6 ROIs of 5 cc "
               "or more; volume relative to the TPS's, doses relative to the TPS's value and (in brackets) in % of "
               f"the {rx:g} Gy prescription:", "",
-              "| metric | " + " | ".join(CONTOUR_MODELS) + " |", "| --- | " + " | ".join("---" for _ in CONTOUR_MODELS) + " |"]
+              "| metric | " + " | ".join(CONTOUR_MODELS) + " |",
+              "| --- | " + " | ".join("---" for _ in CONTOUR_MODELS) + " |"]
     for metric in METRICS:
         cells = []
         for model in CONTOUR_MODELS:

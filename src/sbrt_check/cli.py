@@ -53,11 +53,13 @@ class ContourModel(str, Enum):
 
     slab = "slab"
     truncated = "truncated"
+    interpolated = "interpolated"
 
 
 CONTOUR_MODEL_HELP = (
-    "How contours become volumes: slab (each contour +-half the spacing; the default) or truncated "
-    "(the structure ends at its outer contour planes). Overrides the protocol's dvh.contour_model."
+    "How contours become volumes: slab (each contour +-half the spacing; the default), truncated "
+    "(the structure ends at its outer contour planes) or interpolated (shape-based interpolation "
+    "between planes). Overrides the protocol's dvh.contour_model."
 )
 
 

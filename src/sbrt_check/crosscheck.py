@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .evaluate import Evaluator
     from .matching import Resolution
 
-OTHER_MODEL = {"slab": "truncated", "truncated": "slab"}
+OTHER_MODEL = {"slab": "truncated", "truncated": "slab", "interpolated": "slab"}
 
 
 def tps_value(evaluator: Evaluator, constraint: Constraint, tokens: tuple[str, ...]) -> float | None:

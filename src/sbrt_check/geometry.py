@@ -78,7 +78,8 @@ def slab_bounds(z_positions: np.ndarray, default_thickness: float) -> tuple[np.n
     return lo, hi
 
 
-CONTOUR_MODELS = ("slab", "truncated")
+CONTOUR_MODELS = ("slab", "truncated")  # the slab engine's shapes
+ALL_CONTOUR_MODELS = (*CONTOUR_MODELS, "interpolated")  # interpolated.py samples the third
 
 
 def truncate_ends(z_positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

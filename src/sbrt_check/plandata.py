@@ -24,7 +24,16 @@ from .dicom.rtdose import combine_doses
 from .dicom.rtstruct import RoiEntry
 from .dvh import compute_dvh, dose_axis, trilinear
 from .errors import InputError
-from .geometry import Region, SlabShape, derive_region, derived_probes, nominal_spacing, sample_shape
+from .geometry import (
+    CONTOUR_MODELS,
+    Region,
+    SlabShape,
+    derive_region,
+    derived_probes,
+    nominal_spacing,
+    sample_shape,
+)
+from .interpolated import contour_probes, interpolated_region
 from .models import DoseGrid, Dvh, Roi
 
 DEFAULT_SLICE_MM = 3.0
@@ -84,12 +93,18 @@ class PlanData:
                     raise InputError(
                         self.inputs.structure_set.path, f"ROI '{roi.name}' has no closed planar contours"
                     )
-                self._shapes[key] = SlabShape.from_planes(roi.planes, self._default_thickness(), self.contour_model)
+                # Geometry (margins, lesions, derived masks) uses slabs; `interpolated` changes
+                # only the sampled region of a single ROI (see region()).
+                model = self.contour_model if self.contour_model in CONTOUR_MODELS else "slab"
+                self._shapes[key] = SlabShape.from_planes(roi.planes, self._default_thickness(), model)
             return self._shapes[key]
 
     def region(self, tokens: tuple[str, ...]) -> Region:
         """Sampled region of an ROI key or of an expression over ROI keys."""
         leaves = [t for t in tokens if t.startswith("#")]
+        if len(tokens) == 1 and self.contour_model == "interpolated":
+            self.shape(tokens[0])  # refuses an ROI without contours, as for the other models
+            return interpolated_region(self.roi(tokens[0]).planes, self._default_thickness(), self.max_spacing)
         if len(tokens) == 1:
             return sample_shape(self.shape(tokens[0]), self.max_spacing)
         shapes = {key: self.shape(key) for key in leaves}
@@ -161,7 +176,9 @@ class PlanData:
 
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
         grid = self.dose
-        if len(tokens) == 1:
+        if len(tokens) == 1 and self.contour_model == "interpolated":
+            probes = contour_probes(self.shape(tokens[0]), self.max_spacing / 2)
+        elif len(tokens) == 1:
             shape = self.shape(tokens[0])
             probes = np.concatenate([
                 shape.boundary_points(self.max_spacing / 2), shape.grid_nodes_inside(grid.x, grid.y, grid.z)

@@ -340,7 +340,7 @@ def _rules(rules: list[dict], structures: dict[str, StructureSpec], problems: _P
 
 def _dvh_settings(data: Any, problems: _Problems) -> str | None:
     """`dvh: {contour_model: slab|truncated}`: how contours become volumes for this protocol."""
-    from .geometry import CONTOUR_MODELS
+    from .geometry import ALL_CONTOUR_MODELS
 
     if data is None:
         return None
@@ -349,8 +349,8 @@ def _dvh_settings(data: Any, problems: _Problems) -> str | None:
         return None
     _check_keys(data, DVH_KEYS, "dvh", problems)
     model = data.get("contour_model")
-    if model is not None and model not in CONTOUR_MODELS:
-        problems.add("dvh.contour_model", f"'{model}' is not one of {', '.join(CONTOUR_MODELS)}")
+    if model is not None and model not in ALL_CONTOUR_MODELS:
+        problems.add("dvh.contour_model", f"'{model}' is not one of {', '.join(ALL_CONTOUR_MODELS)}")
         return None
     return model
 
