@@ -509,7 +509,7 @@ def _roi_median(result: dict[str, Any], number: int) -> float:
     return median(result["per_roi"][str(number)])
 
 
-CONTOUR_MODELS = ("slab", "truncated")
+CONTOUR_MODELS = ("slab", "truncated", "interpolated")
 
 
 def contour_model_lines(realistic: Path, repeat: int) -> list[str]:

@@ -27,7 +27,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from sbrt_check.dvh_command import compute_structure_dvhs  # noqa: E402
-from sbrt_check.geometry import CONTOUR_MODELS, SlabShape, sample_shape  # noqa: E402
+from sbrt_check.geometry import ALL_CONTOUR_MODELS as CONTOUR_MODELS  # noqa: E402
+from sbrt_check.geometry import SlabShape, sample_shape  # noqa: E402
+from sbrt_check.interpolated import interpolated_region  # noqa: E402
 from sbrt_check.report.dvh_export import render_dvh_json  # noqa: E402
 from tests.fixtures import analytic_cases as ac  # noqa: E402
 from tests.fixtures import shapes  # noqa: E402
@@ -53,7 +55,10 @@ def shape_table() -> list[str]:
             real = real_volume_cc(shape)
             cells = []
             for model in CONTOUR_MODELS:
-                volume = sample_shape(SlabShape.from_planes(planes, slice_mm, model), 1.0).volume_cc
+                if model == "interpolated":
+                    volume = interpolated_region(planes, slice_mm, 1.0).volume_cc
+                else:
+                    volume = sample_shape(SlabShape.from_planes(planes, slice_mm, model), 1.0).volume_cc
                 error = 100 * (volume / real - 1)
                 worst[model] = max(worst[model], abs(error))
                 cells.append(f"{volume:.3f} ({error:+.1f} %)")
