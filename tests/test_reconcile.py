@@ -185,3 +185,26 @@ def test_tps_agreement_turns_a_disagreement_into_a_variation_naming_both_values(
     heart_mean = next(r for r in report["results"] if r["group"] == "dose" and r["structure"] == "Heart")
     assert heart_mean["tps"]["value"] == pytest.approx(0.643, abs=2e-3)
     assert report["verdict"] == "variation"
+
+
+@pytest.mark.parametrize("model", ["slab", "truncated", "interpolated"])
+def test_every_report_names_the_contour_model(tmp_path, compliant, model):
+    protocol = _protocol(tmp_path)
+    report = _check_json(compliant, protocol, "--contour-model", model)
+    assert report["plan"]["contour_model"] == model
+    table = runner.invoke(app, ["check", str(compliant), "--protocol", str(protocol), "--contour-model", model])
+    assert f"Contour model  {model}" in table.output
+    junit = runner.invoke(app, ["check", str(compliant), "--protocol", str(protocol), "--contour-model", model,
+                                "-f", "junit"])
+    assert f'name="contour_model" value="{model}"' in junit.output
+
+
+def test_the_protocol_chooses_the_model_and_the_option_overrides_it(tmp_path, compliant):
+    protocol = _protocol(tmp_path, "dvh: {contour_model: truncated}")
+    assert _check_json(compliant, protocol)["plan"]["contour_model"] == "truncated"
+    assert _check_json(compliant, protocol, "--contour-model", "slab")["plan"]["contour_model"] == "slab"
+    # The model changes the numbers: the PTV ends half a slab earlier on each side.
+    slab = _check_json(compliant, protocol, "--contour-model", "slab")
+    truncated = _check_json(compliant, protocol)
+    volume = {r["structure"]: r for r in slab["results"]}
+    assert next(r for r in truncated["results"] if r["structure"] == "Liver")["value"] != volume["Liver"]["value"]
