@@ -22,8 +22,8 @@ its full section for half a spacing (as a slab), a sphere's pole closes like a d
 continues towards its apex; a section never grows beyond its end contour. A plane alone
 keeps its section for half the nominal spacing on each side (a slab).
 
-Max and Min use the samples' values at their slab ends plus the contour points on their own
-planes (they lie on the interpolated surface).
+Max and Min use the samples' values at their slab ends, the contour points on their own
+planes (they lie on the interpolated surface) and the dose-grid nodes inside the region.
 """
 
 from __future__ import annotations
@@ -154,3 +154,30 @@ def contour_probes(shape: SlabShape, step_mm: float) -> np.ndarray:
         for ring in (densify(p, step_mm) for p in polygons)
     ]
     return np.concatenate(blocks) if blocks else np.empty((0, 3))
+
+
+def grid_nodes_in_region(region: Region, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Dose-grid nodes inside the sampled region (each judged by its nearest sample): peak candidates.
+
+    Trilinear dose peaks at grid nodes; the samples need not fall on them, so without these a
+    hot node between samples could be missed and a Max read low.
+    """
+    if region.is_empty or len(region.x) < 2 or len(region.y) < 2:
+        return np.empty((0, 3))
+    dx, dy = region.x[1] - region.x[0], region.y[1] - region.y[0]
+    xs = x[(x >= region.x[0] - dx / 2) & (x <= region.x[-1] + dx / 2)]
+    ys = y[(y >= region.y[0] - dy / 2) & (y <= region.y[-1] + dy / 2)]
+    zs = z[(z >= region.z_lo.min()) & (z < region.z_hi.max())]
+    if not (xs.size and ys.size and zs.size):
+        return np.empty((0, 3))
+    column = np.clip(np.rint((xs - region.x[0]) / dx).astype(int), 0, len(region.x) - 1)
+    row = np.clip(np.rint((ys - region.y[0]) / dy).astype(int), 0, len(region.y) - 1)
+    found = []
+    for level in zs:
+        covering = (region.z_lo <= level) & (level < region.z_hi)
+        if not covering.any():
+            continue
+        section = region.masks[covering].any(axis=0)[np.ix_(row, column)]
+        r, c = np.nonzero(section)
+        found.append(np.column_stack([xs[c], ys[r], np.full(len(r), level)]))
+    return np.concatenate(found) if found else np.empty((0, 3))

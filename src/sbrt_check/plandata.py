@@ -33,7 +33,7 @@ from .geometry import (
     nominal_spacing,
     sample_shape,
 )
-from .interpolated import contour_probes, interpolated_region
+from .interpolated import contour_probes, grid_nodes_in_region, interpolated_region
 from .models import DoseGrid, Dvh, Roi
 
 DEFAULT_SLICE_MM = 3.0
@@ -177,7 +177,12 @@ class PlanData:
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
         grid = self.dose
         if len(tokens) == 1 and self.contour_model == "interpolated":
-            probes = contour_probes(self.shape(tokens[0]), self.max_spacing / 2)
+            region = self.region(tokens)
+            probes = np.concatenate([
+                contour_probes(self.shape(tokens[0]), self.max_spacing / 2),
+                grid_nodes_in_region(region, grid.x, grid.y, grid.z),
+            ])
+            return compute_dvh(region, grid, self.axis, probes)
         elif len(tokens) == 1:
             shape = self.shape(tokens[0])
             probes = np.concatenate([
