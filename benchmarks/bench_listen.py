@@ -33,6 +33,7 @@ for entry in (REPO, REPO / "benchmarks"):
         sys.path.insert(0, str(entry))
 
 from bench_audit import _clone  # noqa: E402
+
 from tests.fixtures.dicom_net import NodeProcess, dcmtk, wait_until  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "liver_sbrt_compliant"

@@ -52,6 +52,28 @@ class Engine(str, Enum):
     dicompyler = "dicompyler"
 
 
+class ContourModel(str, Enum):
+    """How planar contours become volumes (geometry.CONTOUR_MODELS; the README compares them)."""
+
+    slab = "slab"
+    truncated = "truncated"
+    interpolated = "interpolated"
+
+
+CONTOUR_MODEL_HELP = (
+    "How contours become volumes: slab (each contour +-half the spacing; the default), truncated "
+    "(the structure ends at its outer contour planes) or interpolated (shape-based interpolation "
+    "between planes). Overrides the protocol's dvh.contour_model."
+)
+
+
+def _contour_model(option: ContourModel | None, protocol) -> str:
+    """The command line's model, else the protocol's, else slab."""
+    if option is not None:
+        return option.value
+    return protocol.contour_model or "slab"
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"sbrt-check: error: {message}", err=True)
     return typer.Exit(EXIT_ERROR)
@@ -105,6 +127,7 @@ def check(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Also record the check in this results database.")] = None,
+    contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
 ) -> None:
     """Check one exported plan folder against the protocol (the default command)."""
     from .evaluate import Evaluator, Options
@@ -114,7 +137,7 @@ def check(
     if rx is not None and not (rx > 0):
         raise InputError(None, f"--rx {rx} is not a positive dose")
     loaded_protocol = load_protocol(protocol)
-    plan_data = load_plan(folder, plan)
+    plan_data = load_plan(folder, plan, _contour_model(contour_model, loaded_protocol))
     options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
     evaluator = Evaluator(plan_data, loaded_protocol, options)
     report = evaluator.report()
@@ -206,11 +229,23 @@ def dvh(
     engine: Annotated[Engine, typer.Option(help="sbrt, or dicompyler to compare.")] = Engine.sbrt,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription (Gy) for % metrics.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    fractions: Annotated[float | None, typer.Option(
+        "--fractions", help="Multiply a FRACTION dose by this many fractions (default: the RTPLAN's, else as stored)."
+    )] = None,
+    contour_model: Annotated[
+        ContourModel, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)
+    ] = ContourModel.slab,
 ) -> None:
-    """Export cumulative DVHs and metrics of ROIs, to compare with a planning system."""
+    """Export cumulative DVHs and metrics of ROIs, to compare with a planning system.
+
+    Where the RTDOSE carries the planning system's own DVHs (DVHSequence), its values are
+    shown under ours (a TPS row; "tps" in JSON).
+    """
     from .dvh_command import compute_structure_dvhs
 
-    header, items, metric_names = compute_structure_dvhs(folder, structures, metrics, engine.value, rx)
+    header, items, metric_names = compute_structure_dvhs(
+        folder, structures, metrics, engine.value, rx, fractions=fractions, contour_model=contour_model.value
+    )
     from .report import dvh_export
 
     if format_ is DvhFormat.json:
@@ -219,7 +254,8 @@ def dvh(
         _write(dvh_export.render_dvh_csv(items), output)
     else:
 
-        typer.echo(f"dose: DoseSummationType {header['dose_summation_type']}, engine {header['engine']}")
+        typer.echo(f"dose: DoseSummationType {header['dose_summation_type']}, engine {header['engine']}, "
+                   f"contour model {header['contour_model']}")
         _console(160).print(dvh_export.dvh_table(items, metric_names))
         for note in header.get("notes", []):
             typer.echo(f"note: {note}")
@@ -249,6 +285,7 @@ def audit(
     patients: Annotated[Path | None, typer.Option(help="With --from-pacs: file of patient IDs, one a line.")] = None,
     since: Annotated[str | None, typer.Option(help="With --from-pacs: studies from this date (YYYY-MM-DD).")] = None,
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="With --from-pacs: our AE title.")] = "SBRTCHECK",
+    contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
 ) -> None:
     """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
 
@@ -261,7 +298,10 @@ def audit(
 
     started = time.perf_counter()
     loaded_protocol = load_protocol(protocol)
-    settings = au.Settings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target))
+    settings = au.Settings(
+        str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
+        _contour_model(contour_model, loaded_protocol),
+    )
     n_jobs = jobs if jobs is not None else au.default_jobs()
     if n_jobs < 1:
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .crosscheck import annotate
 from .errors import CheckError
 from .matching import Matcher, Resolution
 from .metrics import MetricError, compute
@@ -189,8 +190,9 @@ class Evaluator:
             return self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
                                 reason=reason or "value is not a finite number")
         margin = constraint.pass_limit.margin(value)
-        return self._result(constraint, resolution, member, value=value, status=status, reason=reason,
-                            margin=margin, details=details)
+        judged = self._result(constraint, resolution, member, value=value, status=status, reason=reason,
+                              margin=margin, details=details)
+        return annotate(self, constraint, resolution, dvh, judged, rx)
 
     def target_results(self) -> list[Result]:
         """What could not be paired into lesions, and ROIs that look like targets nobody checks."""
@@ -264,6 +266,7 @@ class Evaluator:
                  "prescription_source": t.prescription.source}
                 for t in self.targets.targets
             ],
+            "contour_model": self.plan.contour_model,
             "files": [str(p) for p in self.plan.inputs.files],
         }
 

@@ -24,7 +24,11 @@ from .metrics import Metric, MetricError, parse_metric
 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_PROTOCOL = Path(__file__).parent / "protocols" / "rfa_sbrt.yaml"
-TOP_KEYS = {"name", "version", "description", "source", "prescription", "structures", "constraints", "rules"}
+TOP_KEYS = {
+    "name", "version", "description", "source", "prescription", "structures", "constraints", "rules", "dvh", "dose",
+}
+DVH_KEYS = {"contour_model"}
+DOSE_KEYS = {"statistical_uncertainty_percent"}
 STRUCTURE_KEYS = {
     "match", "derive", "required", "union", "distinct", "per_target", "within", "description", "source",
 }
@@ -113,6 +117,8 @@ class Protocol:
     constraints: tuple[Constraint, ...]
     rules: tuple[dict, ...] = ()
     sha256: str = ""  # of the file's bytes: which protocol text produced a result (provenance)
+    contour_model: str | None = None  # `dvh: {contour_model: ...}`; None: the command line's (slab)
+    statistical_uncertainty_percent: float = 0.0  # `dose: {statistical_uncertainty_percent: ...}`
 
     def target_levels(self) -> tuple[str, ...]:
         """The per-target structures from the outermost in (PTV, ITV, GTV), following `within`."""
@@ -386,6 +392,38 @@ def _rules(rules: list[dict], structures: dict[str, StructureSpec], problems: _P
             problems.add(f"rules[{index}] ({rule.get('rule', '?')})", problem)
 
 
+def _dvh_settings(data: Any, problems: _Problems) -> str | None:
+    """`dvh: {contour_model: slab|truncated}`: how contours become volumes for this protocol."""
+    from .geometry import ALL_CONTOUR_MODELS
+
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        problems.add("dvh", "expected a mapping")
+        return None
+    _check_keys(data, DVH_KEYS, "dvh", problems)
+    model = data.get("contour_model")
+    if model is not None and model not in ALL_CONTOUR_MODELS:
+        problems.add("dvh.contour_model", f"'{model}' is not one of {', '.join(ALL_CONTOUR_MODELS)}")
+        return None
+    return model
+
+
+def _dose_settings(data: Any, problems: _Problems) -> float:
+    """`dose: {statistical_uncertainty_percent: 1}`: the dose engine's stated statistical uncertainty."""
+    if data is None:
+        return 0.0
+    if not isinstance(data, dict):
+        problems.add("dose", "expected a mapping")
+        return 0.0
+    _check_keys(data, DOSE_KEYS, "dose", problems)
+    value = data.get("statistical_uncertainty_percent", 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 <= value <= 50):
+        problems.add("dose.statistical_uncertainty_percent", "must be a number of percent from 0 to 50")
+        return 0.0
+    return float(value)
+
+
 def load_protocol(path: Path | str | None = None) -> Protocol:
     path = Path(path) if path else DEFAULT_PROTOCOL
     try:
@@ -414,9 +452,11 @@ def load_protocol(path: Path | str | None = None) -> Protocol:
         problems.add("rules", "expected a list of mappings")
         rules = []
     _rules(rules, structures, problems)
+    contour_model = _dvh_settings(data.get("dvh"), problems)
+    uncertainty = _dose_settings(data.get("dose"), problems)
     if problems.items:
         raise ProtocolError(path, problems.items)
     return Protocol(
         str(path), str(data["name"]), str(data["version"]), prescription, structures,
-        tuple(constraints), tuple(rules), hashlib.sha256(raw).hexdigest(),
+        tuple(constraints), tuple(rules), hashlib.sha256(raw).hexdigest(), contour_model, uncertainty,
     )

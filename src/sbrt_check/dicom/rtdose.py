@@ -8,7 +8,7 @@ reason: oblique grids, RELATIVE dose units, short pixel data, non-finite or nega
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from ..errors import InputError
 from ..models import DoseGrid
 from . import elements as el
+from .tps_dvh import TpsDvh, read_tps_dvhs
 
 AXIS_TOLERANCE = 1e-3
 SPACING_TOLERANCE_MM = 1e-3
@@ -32,6 +33,8 @@ class DoseFile:
     referenced_plan_uid: str | None
     referenced_beams: tuple[int, ...]
     frame_of_reference_uid: str
+    tps_dvhs: dict[int, TpsDvh] = field(default_factory=dict)  # the planning system's DVHs by ROI number
+    tps_notes: tuple[str, ...] = ()
 
 
 def _axis_sign(cosines: np.ndarray, axis: int) -> int | None:
@@ -167,7 +170,8 @@ def read_dose_file(path: Path, dataset: Dataset) -> DoseFile:
     beams = referenced_beams(plan_refs)
     grid = DoseGrid(x, y, z, np.ascontiguousarray(dose), summation, (str(path),))
     frame_uid = el.text(dataset, "FrameOfReferenceUID", path)
-    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid)
+    tps_dvhs, tps_notes = read_tps_dvhs(dataset, path)
+    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid, tps_dvhs, tuple(tps_notes))
 
 
 def referenced_beams(plan_refs) -> tuple[int, ...]:
@@ -221,11 +225,15 @@ def check_beam_doses(doses: list[DoseFile], treatment_beams: dict[int, str], pla
                                     "every dose")
 
 
-def combine_doses(doses: list[DoseFile], fractions: float | None) -> tuple[DoseGrid, list[str]]:
+def combine_doses(
+    doses: list[DoseFile], fractions: float | None, fraction_as_stored: bool = False
+) -> tuple[DoseGrid, list[str]]:
     """The plan's total dose from its RTDOSE files, with notes on what was done.
 
     One PLAN dose is used as is; BEAM doses are summed (they must share one grid); a
-    FRACTION dose is multiplied by the planned number of fractions.
+    FRACTION dose is multiplied by the planned number of fractions. `fraction_as_stored`
+    (the `dvh` command, which judges nothing) reads a FRACTION dose of unknown fraction
+    count as the dose in the file, where `check` must refuse it.
     """
     notes: list[str] = []
     by_type: dict[str, list[DoseFile]] = {}
@@ -252,6 +260,12 @@ def combine_doses(doses: list[DoseFile], fractions: float | None) -> tuple[DoseG
         fraction_doses = by_type["FRACTION"]
         if len(fraction_doses) > 1:
             raise InputError(None, "several FRACTION dose files for one plan; keep one")
+        if not fractions and fraction_as_stored:
+            notes.append(
+                "FRACTION dose read as stored (the dose of one fraction): no RTPLAN gives the number "
+                "of fractions; --fractions N scales it"
+            )
+            return fraction_doses[0].grid, notes
         if not fractions:
             raise InputError(
                 fraction_doses[0].path,

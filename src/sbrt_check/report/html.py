@@ -28,7 +28,7 @@ from ..slices import DoseSlice, SliceSet, report_slices, target_structures
 from .dvh_export import resampled
 from .escaping import html_text, plain_text
 from .table import VERDICT_STYLE, _sourced, verdict_line
-from .text import is_report_only, limit_text, status_label, value_text
+from .text import is_report_only, limit_text, note_text, status_label, value_text
 
 ISODOSE_LEVELS = (0.5, 0.95, 1.0, 1.1)  # fractions of the prescription
 ISODOSE_COLORS = ("#1f77ff", "#00b050", "#ffd000", "#ff2020")
@@ -225,6 +225,7 @@ def _header(report: Report) -> str:
         ("Prescription", sourced("prescription_gy", "prescription_source", " Gy")),
         ("Fractions", sourced("fractions", "fractions_source", "")),
         ("Dose summation", plan.get("dose_summation", "")),
+        ("Contour model", plan.get("contour_model", "slab")),
         ("Protocol", f"{report.protocol.get('name', '')} v{report.protocol.get('version', '')}"),
         *provenance_items(report.protocol, plan, name_and_version=False),
     ]
@@ -246,7 +247,8 @@ def _results_table(report: Report) -> str:
         rows.append(
             f'<tr class="{r.status.value}"><td>{cells[0]}</td><td>{cells[1]}</td><td>{cells[2]}</td>'
             f'<td>{cells[3]}</td><td class="num">{html_text(value)}</td><td class="num">{margin}</td>'
-            f'<td class="status" style="background:{color}">{html_text(label)}</td><td>{html_text(r.reason)}</td></tr>'
+            f'<td class="status" style="background:{color}">{html_text(label)}</td>'
+            f'<td>{html_text(note_text(r))}</td></tr>'
         )
     return f'<table class="results"><tr>{head}</tr>{"".join(rows)}</table>'
 
