@@ -51,3 +51,17 @@ def anatomy(liver_anatomy) -> list:
 def compliant(tmp_path_factory, anatomy) -> Path:
     """The compliant liver plan without its DVH truth (which rule tests do not need)."""
     return write_variant(tmp_path_factory.mktemp("compliant"), anatomy)
+
+
+DICOMPYLER_EXAMPLE = Path(__file__).parent / "data" / "dicompyler_example"
+
+
+@pytest.fixture(scope="session")
+def dicompyler_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dicompyler-core's example plan (RTSTRUCT, RTDOSE with the TPS's DVHs, RTPLAN), unpacked."""
+    import lzma
+
+    folder = tmp_path_factory.mktemp("dicompyler_example")
+    for packed in DICOMPYLER_EXAMPLE.glob("*.dcm.xz"):
+        (folder / packed.name.removesuffix(".xz")).write_bytes(lzma.decompress(packed.read_bytes()))
+    return folder

@@ -202,6 +202,8 @@ class Settings:
 
     protocol_path: str | None = None
     structure_map: tuple[tuple[str, str], ...] = ()
+    not_targets: tuple[str, ...] = ()
+    contour_model: str = "slab"
 
 
 @dataclass(frozen=True)
@@ -234,8 +236,9 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
         from .plandata import load_plan
         from .report.json_report import report_dict
 
-        plan = load_plan([Path(f) for f in job.files], job.key)
-        options = Options(structure_map=settings.structure_map, threads=1)  # one process per core already
+        plan = load_plan([Path(f) for f in job.files], job.key, settings.contour_model)
+        # one thread: the audit already runs one process per core
+        options = Options(structure_map=settings.structure_map, not_targets=settings.not_targets, threads=1)
         document = report_dict(Evaluator(plan, _protocol(settings.protocol_path), options).report())
         return Outcome(job, digest, time.perf_counter() - started, report=json.loads(json.dumps(
             document, default=_json_default)))
@@ -350,19 +353,85 @@ class AuditRow:
         return bool(self.cells.get("error"))
 
 
-def column_names(results: list[dict]) -> list[str]:
-    """'PTV V95%[%]' per constraint; a second constraint on the same metric gets ' #2'."""
-    names: list[str] = []
+STATUS_SEVERITY = {"fail": 0, "not_evaluated": 1, "variation": 2, "pass": 3}
+
+
+def _base_name(result: dict) -> str:
+    return f"{result['structure']} {result['metric']}"
+
+
+def lesion_column(result: dict) -> str:
+    """'PTV[2] V95%[%]': the column of one lesion's row of a per-target constraint."""
+    return f"{result['structure']}[{result['target']}] {result['metric']}"
+
+
+def worst_of(rows: list[dict]) -> dict:
+    """The lesion row a reviewer must see: the worst status, then the smallest margin."""
+    def severity(result: dict) -> tuple[int, float]:
+        margin = result.get("margin")
+        return (STATUS_SEVERITY.get(result.get("status", ""), 1),
+                margin if margin is not None and math.isfinite(margin) else -math.inf)
+    return min(rows, key=severity)
+
+
+def _groups(results: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Result rows by column: one per constraint ('PTV V95%[%]'; a second one on the same metric
+    gets ' #2'), the lesion rows of a per-target constraint together."""
     seen: Counter[str] = Counter()
+    grouped: dict[str, list[dict]] = {}
+    order: list[tuple[str, list[dict]]] = []
     for result in results:
-        base = f"{result['structure']} {result['metric']}"
+        base = _base_name(result)
+        if result.get("target") is not None and base in grouped:
+            grouped[base].append(result)
+            continue
         seen[base] += 1
-        names.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
-    return names
+        group = [result]
+        if result.get("target") is not None:
+            grouped[base] = group
+        order.append((base if seen[base] == 1 else f"{base} #{seen[base]}", group))
+    return order
+
+
+def column_names(results: list[dict]) -> list[str]:
+    """The column of each result row, in order: its constraint's, or its lesion's ('PTV[2] V95%[%]')
+    when the plan has several lesions."""
+    names = {}
+    for name, group in _groups(results):
+        for result in group:
+            names[id(result)] = lesion_column(result) if len(group) > 1 else name
+    return [names[id(result)] for result in results]
+
+
+def summary_cells(results: list[dict]) -> dict[str, tuple[Any, str]]:
+    """Column name -> (value, status).
+
+    A per-target constraint (one row per lesion) fills its constraint's column with its worst
+    lesion, and each lesion also has its own column ('PTV[1] V95%[%]', 'PTV[2] V95%[%]'), so
+    the columns are the same whatever the number of lesions.
+    """
+    cells: dict[str, tuple[Any, str]] = {}
+    for name, group in _groups(results):
+        shown = worst_of(group)
+        cells[name] = (shown["value"], shown["status"])
+        for result in group:
+            if result.get("target") is not None:
+                cells[lesion_column(result)] = (result["value"], result["status"])
+    return cells
 
 
 def protocol_columns(protocol: Any) -> list[str]:
-    return column_names([{"structure": c.structure, "metric": c.metric.text} for c in protocol.constraints])
+    """The constraints' columns, with per-lesion columns for as many lesions as the trial allows."""
+    lesions = max(
+        [int((r.get("count") or {}).get("max") or 2) for r in protocol.rules if r.get("rule") == "lesions"] or [2]
+    )
+    results = []
+    for constraint in protocol.constraints:
+        spec = protocol.structures.get(constraint.structure)
+        numbers = range(1, lesions + 1) if spec is not None and spec.per_target else [None]
+        results += [{"structure": constraint.structure, "metric": constraint.metric.text, "target": n,
+                     "status": "pass", "value": None} for n in numbers]
+    return list(summary_cells(results))
 
 
 def _limit_value(limit: str | None) -> float | None:
@@ -425,9 +494,9 @@ def make_row(outcome: Outcome, root: Path, protocol: Any) -> AuditRow:
         not_evaluated=statuses[("not_evaluated", True)], not_evaluated_optional=statuses[("not_evaluated", False)],
         worst=worst_constraint(results),
     )
-    for name, result in zip(column_names(results), results, strict=True):
-        cells[name] = result["value"]
-        cells[name + STATUS_SUFFIX] = result["status"]
+    for name, (value, status) in summary_cells(results).items():
+        cells[name] = value
+        cells[name + STATUS_SUFFIX] = status
     return AuditRow(cells, report)
 
 

@@ -18,8 +18,9 @@ import typer
 from .errors import CheckError, InputError, ProtocolError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard")
-MAP_HELP = "Force a match: STRUCTURE=ROI, or STRUCTURE=#ROI-number (repeatable)."
+COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard", "listen")
+MAP_HELP = "Force a match: STRUCTURE=ROI, STRUCTURE=ROI1,ROI2 (several lesions), or STRUCTURE=#ROI-number (repeatable)."
+NOT_TARGET_HELP = "An ROI that looks like a target but is not one (an optimisation ring, 'PTV_opt'); repeatable."
 DEFAULT_DVH_METRICS = "Mean[Gy],Max[Gy],Min[Gy],D95%[Gy],D0.5cc[Gy],D0.03cc[Gy]"
 DB_HELP = "Results database (SQLite file): record every check; plans already checked are not checked again."
 DASHBOARD_HELP = "Write the QA dashboard (one HTML page; each plan's report beside it)."
@@ -51,6 +52,28 @@ class Engine(str, Enum):
     dicompyler = "dicompyler"
 
 
+class ContourModel(str, Enum):
+    """How planar contours become volumes (geometry.CONTOUR_MODELS; the README compares them)."""
+
+    slab = "slab"
+    truncated = "truncated"
+    interpolated = "interpolated"
+
+
+CONTOUR_MODEL_HELP = (
+    "How contours become volumes: slab (each contour +-half the spacing; the default), truncated "
+    "(the structure ends at its outer contour planes) or interpolated (shape-based interpolation "
+    "between planes). Overrides the protocol's dvh.contour_model."
+)
+
+
+def _contour_model(option: ContourModel | None, protocol) -> str:
+    """The command line's model, else the protocol's, else slab."""
+    if option is not None:
+        return option.value
+    return protocol.contour_model or "slab"
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"sbrt-check: error: {message}", err=True)
     return typer.Exit(EXIT_ERROR)
@@ -64,6 +87,14 @@ def _parse_map(values: list[str] | None) -> tuple[tuple[str, str], ...]:
             raise InputError(None, f"--map '{value}' is not STRUCTURE=ROI")
         pairs.append((structure.strip(), roi.strip()))
     return tuple(pairs)
+
+
+def _parse_not_targets(values: list[str] | None) -> tuple[str, ...]:
+    """--not-target ROI (repeatable, or comma-separated)."""
+    names = [name.strip() for value in values or [] for name in value.split(",")]
+    if any(not name for name in names):
+        raise InputError(None, "--not-target needs an ROI name or #number")
+    return tuple(names)
 
 
 def _write(text: str, output: Path | None) -> None:
@@ -88,6 +119,7 @@ def check(
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription dose in Gy (overrides the plan).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     plan: Annotated[str | None, typer.Option("--plan", help="Plan label or UID when the folder holds several.")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")] = None,
@@ -95,6 +127,7 @@ def check(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Also record the check in this results database.")] = None,
+    contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
 ) -> None:
     """Check one exported plan folder against the protocol (the default command)."""
     from .evaluate import Evaluator, Options
@@ -104,8 +137,8 @@ def check(
     if rx is not None and not (rx > 0):
         raise InputError(None, f"--rx {rx} is not a positive dose")
     loaded_protocol = load_protocol(protocol)
-    plan_data = load_plan(folder, plan)
-    options = Options(prescription_gy=rx, structure_map=_parse_map(map_))
+    plan_data = load_plan(folder, plan, _contour_model(contour_model, loaded_protocol))
+    options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
     evaluator = Evaluator(plan_data, loaded_protocol, options)
     report = evaluator.report()
     if db is not None:
@@ -141,11 +174,9 @@ def _render(report, format_: Format, strict: bool) -> str:
 
 def _write_html(evaluator, report, path: Path) -> None:
     """The HTML report: the slices come from the plan, the rest from the report."""
-    from .report.html import render_html
-    from .slices import report_slices
+    from .report.html import render_checked_plan
 
-    slices = report_slices(evaluator.plan, report, lambda name: evaluator.matcher.resolve(name).tokens)
-    _write(render_html(report, slices), path)
+    _write(render_checked_plan(evaluator, report), path)
 
 
 def _record_check(db: str, plan_data, report, protocol) -> None:
@@ -198,11 +229,23 @@ def dvh(
     engine: Annotated[Engine, typer.Option(help="sbrt, or dicompyler to compare.")] = Engine.sbrt,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription (Gy) for % metrics.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    fractions: Annotated[float | None, typer.Option(
+        "--fractions", help="Multiply a FRACTION dose by this many fractions (default: the RTPLAN's, else as stored)."
+    )] = None,
+    contour_model: Annotated[
+        ContourModel, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)
+    ] = ContourModel.slab,
 ) -> None:
-    """Export cumulative DVHs and metrics of ROIs, to compare with a planning system."""
+    """Export cumulative DVHs and metrics of ROIs, to compare with a planning system.
+
+    Where the RTDOSE carries the planning system's own DVHs (DVHSequence), its values are
+    shown under ours (a TPS row; "tps" in JSON).
+    """
     from .dvh_command import compute_structure_dvhs
 
-    header, items, metric_names = compute_structure_dvhs(folder, structures, metrics, engine.value, rx)
+    header, items, metric_names = compute_structure_dvhs(
+        folder, structures, metrics, engine.value, rx, fractions=fractions, contour_model=contour_model.value
+    )
     from .report import dvh_export
 
     if format_ is DvhFormat.json:
@@ -211,7 +254,8 @@ def dvh(
         _write(dvh_export.render_dvh_csv(items), output)
     else:
 
-        typer.echo(f"dose: DoseSummationType {header['dose_summation_type']}, engine {header['engine']}")
+        typer.echo(f"dose: DoseSummationType {header['dose_summation_type']}, engine {header['engine']}, "
+                   f"contour model {header['contour_model']}")
         _console(160).print(dvh_export.dvh_table(items, metric_names))
         for note in header.get("notes", []):
             typer.echo(f"note: {note}")
@@ -219,9 +263,11 @@ def dvh(
 
 @app.command()
 def audit(
-    root: Annotated[Path, typer.Argument(help="Folder tree holding the plans, of any shape.")],
+    root: Annotated[Path | None, typer.Argument(
+        help="Folder tree holding the plans, of any shape; with --from-pacs, where fetched plans are kept.")] = None,
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
     out: Annotated[list[Path] | None, typer.Option(
         "--out", "-o", help="Write one row per plan: .csv or .json (repeatable).")] = None,
@@ -234,6 +280,12 @@ def audit(
     db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
     html: Annotated[Path | None, typer.Option("--html", help=DASHBOARD_HELP)] = None,
     patients_csv: Annotated[Path | None, typer.Option("--patients-csv", help=PATIENTS_HELP)] = None,
+    from_pacs: Annotated[str | None, typer.Option(
+        "--from-pacs", help="Fetch the plans from this archive first (C-FIND + C-GET): AE@HOST:PORT.")] = None,
+    patients: Annotated[Path | None, typer.Option(help="With --from-pacs: file of patient IDs, one a line.")] = None,
+    since: Annotated[str | None, typer.Option(help="With --from-pacs: studies from this date (YYYY-MM-DD).")] = None,
+    calling_ae: Annotated[str, typer.Option("--calling-ae", help="With --from-pacs: our AE title.")] = "SBRTCHECK",
+    contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
 ) -> None:
     """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
 
@@ -246,11 +298,20 @@ def audit(
 
     started = time.perf_counter()
     loaded_protocol = load_protocol(protocol)
-    settings = au.Settings(str(protocol) if protocol else None, _parse_map(map_))
+    settings = au.Settings(
+        str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
+        _contour_model(contour_model, loaded_protocol),
+    )
     n_jobs = jobs if jobs is not None else au.default_jobs()
     if n_jobs < 1:
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")
     outputs = list(out or ([resume] if resume else []))
+    if from_pacs:
+        root = _fetch_from_pacs(from_pacs, root, outputs, patients, since, calling_ae)
+    elif patients or since:
+        raise InputError(None, "--patients and --since select what --from-pacs fetches")
+    if root is None:
+        raise InputError(None, "give the folder to audit (or --from-pacs AE@HOST:PORT)")
     found = au.discover(root)
     todo = found.jobs
     if shard:
@@ -295,6 +356,26 @@ def audit(
                    + (f" in {', '.join(map(str, outputs))}" if outputs else ""), err=True)
         raise typer.Exit(130)
     raise typer.Exit(au.audit_exit_code(rows))
+
+
+def _fetch_from_pacs(archive_text: str, root: Path | None, outputs: list[Path], patients: Path | None,
+                     since: str | None, calling_ae: str) -> Path:
+    """Fetch the selected plans into `root` (default: beside the first output, `<name>.dicom/`)."""
+    from .node.pacs import fetch_plans, parse_archive, parse_since, read_patient_list
+
+    if patients and since:
+        raise InputError(None, "--patients and --since: give one of them")
+    archive = parse_archive(archive_text)
+    if root is None:
+        root = outputs[0].with_suffix(".dicom") if outputs else Path("sbrt-check-pacs")
+    root.mkdir(parents=True, exist_ok=True)
+    fetched = fetch_plans(archive, root, calling_ae, read_patient_list(patients) if patients else None,
+                          parse_since(since) if since else None)
+    for problem in fetched.problems:
+        typer.echo(f"sbrt-check: warning: {problem}", err=True)
+    typer.echo(f"fetched from {archive}: {fetched.studies} studies with RT plans, {fetched.retrieved} series "
+               f"({fetched.instances} objects) retrieved, {fetched.skipped} already in {root}", err=True)
+    return root
 
 
 def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save, record=None) -> None:
@@ -413,6 +494,95 @@ def dashboard(
     connection = store.connect(db, create=False)
     _write_store_outputs(connection, html, patients_csv)
     connection.close()
+class NodeFormat(str, Enum):
+    json = "json"
+    html = "html"
+    junit = "junit"
+
+
+def _parse_formats(text: str) -> tuple[str, ...]:
+    """'json,html' -> ('json', 'html'); JSON is always written (the node's record of each check)."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NodeFormat.__members__]
+    if unknown:
+        raise InputError(None, f"--format: unknown format(s) {', '.join(unknown)} (json, html, junit)")
+    return tuple(dict.fromkeys(["json", *names]))
+
+
+@app.command()
+def listen(
+    out: Annotated[Path, typer.Option("--out", help="Folder for received objects, reports and state.")],
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 11112,
+    ae_title: Annotated[str, typer.Option("--ae-title", help="This node's AE title.")] = "SBRTCHECK",
+    bind: Annotated[str, typer.Option(help="Address to listen on (default: loopback only).")] = "127.0.0.1",
+    allow_ae: Annotated[str | None, typer.Option(
+        "--allow-ae", help="Comma-separated calling AE titles allowed to connect (default: any).")] = None,
+    protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
+    format_: Annotated[str, typer.Option("--format", "-f", help="Report formats: json,html,junit.")] = "json",
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
+    max_object_mb: Annotated[float, typer.Option(help="Refuse a larger object (out of resources).")] = 2048,
+    min_free_mb: Annotated[float, typer.Option(help="Refuse an object that leaves less free disk.")] = 1024,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: accept TLS connections only.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+) -> None:
+    """Run a DICOM node: plans sent to it (C-STORE) are checked as soon as they are whole.
+
+    Each check writes a report under OUT/reports/ and prints one line; SIGTERM or Ctrl-C
+    finishes what is in progress and stops.
+    """
+    import logging
+    import signal
+
+    from .audit import default_jobs
+    from .node.scp import Node, NodeConfig
+    from .node.store import Limits
+    from .node.worker import CheckSettings
+    from .protocol import load_protocol
+
+    load_protocol(protocol)  # a bad protocol is refused now, not at the first plan
+    if not 0 <= port < 65536:  # 0: any free port (tests)
+        raise InputError(None, f"--port {port} is not a TCP port")
+    if not ae_title.strip() or len(ae_title.strip()) > 16:
+        raise InputError(None, f"--ae-title '{ae_title}' must be 1 to 16 characters")
+    if (tls_cert is None) != (tls_key is None):
+        raise InputError(None, "--tls-cert and --tls-key go together")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
+    settings = CheckSettings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
+                             _parse_formats(format_))
+    config = NodeConfig(
+        out=out, ae_title=ae_title.strip(), port=port, bind=bind,
+        allow_ae=tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip()),
+        tls_cert=tls_cert, tls_key=tls_key,
+        limits=Limits(int(max_object_mb * 2**20), int(min_free_mb * 2**20)),
+        workers=max(1, jobs if jobs is not None else default_jobs()), settings=settings,
+    )
+    node = Node(config)
+
+    def stop_on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_term)
+    picked_up, unreadable = node.start()
+    for problem in unreadable:
+        typer.echo(f"sbrt-check: warning: {problem}", err=True)
+    host, bound_port = node.address
+    typer.echo(f"listening as {config.ae_title} on {host}:{bound_port}; writing to {out}"
+               + (f"; {picked_up} plan(s) received earlier to check" if picked_up else ""), err=True)
+    try:
+        while True:
+            typer.echo(node.results.get().line())
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        typer.echo("stopping: finishing associations and checks in progress", err=True)
+        node.stop()
+    while not node.results.empty():
+        typer.echo(node.results.get().line())
+    typer.echo("stopped", err=True)
+    raise typer.Exit(EXIT_OK)
 
 
 def main() -> None:

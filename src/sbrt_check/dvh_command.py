@@ -17,7 +17,7 @@ from .report.dvh_export import StructureDvh
 
 def compute_structure_dvhs(
     folder: Path, structures: str | None, metrics: str, engine: str, rx_override: float | None,
-    threads: int = DVH_THREADS,
+    threads: int = DVH_THREADS, fractions: float | None = None, contour_model: str = "slab",
 ) -> tuple[dict, list[StructureDvh], list[str]]:
     parsed = []
     for text in [m for m in metrics.split(",") if m.strip()]:
@@ -25,7 +25,9 @@ def compute_structure_dvhs(
             parsed.append(parse_metric(text))
         except MetricError as exc:
             raise InputError(None, f"--metrics: {exc}") from None
-    plan = load_dose_and_structures(folder)
+    if fractions is not None and not (fractions > 0):
+        raise InputError(None, f"--fractions {fractions} is not a positive number")
+    plan = load_dose_and_structures(folder, fractions, contour_model)
     structure_set = plan.inputs.structure_set
     volume_rois = [r for r in structure_set.rois if r.is_volume and r.contour_items]
     if structures:
@@ -56,21 +58,32 @@ def compute_structure_dvhs(
     items = []
     for roi in chosen:
         dvh = dvhs[roi.number]
-        values: dict[str, float | None] = {}
-        for metric in parsed:
-            try:
-                values[metric.text] = compute(metric, dvh, rx)
-            except MetricError:
-                values[metric.text] = None
+        values = _metric_values(parsed, dvh, rx)
         duplicate = sum(normalize_name(r.name) == normalize_name(roi.name) for r in chosen) > 1
         label = f"{roi.name} #{roi.number}" if duplicate else roi.name  # never merge two ROIs' entries
-        items.append(StructureDvh(label, dvh, values))
+        tps_dvh = plan.tps_dvh((f"#{roi.number}",))
+        tps = None
+        if tps_dvh is not None:
+            tps = {"volume_cc": tps_dvh.volume_cc, "metrics": _metric_values(parsed, tps_dvh, rx)}
+        items.append(StructureDvh(label, dvh, values, tps))
         if dvh.uncovered_cc > 1e-6:
             notes.append(f"{roi.name}: {dvh.uncovered_cc:.2f} cc outside the dose grid (0 Gy)")
     header = {
         "dose_summation_type": plan.dose.summation_type,
         "prescription_gy": rx,
         "engine": engine,
+        "contour_model": contour_model if engine == "sbrt" else "dicompyler-core",
         "notes": notes,
     }
     return header, items, [m.text for m in parsed]
+
+
+def _metric_values(parsed: list, dvh, rx: float | None) -> dict[str, float | None]:
+    """Each metric on one curve (ours or the planning system's), None where it does not apply."""
+    values: dict[str, float | None] = {}
+    for metric in parsed:
+        try:
+            values[metric.text] = compute(metric, dvh, rx)
+        except MetricError:
+            values[metric.text] = None
+    return values

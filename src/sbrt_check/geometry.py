@@ -78,6 +78,26 @@ def slab_bounds(z_positions: np.ndarray, default_thickness: float) -> tuple[np.n
     return lo, hi
 
 
+CONTOUR_MODELS = ("slab", "truncated")  # the slab engine's shapes
+ALL_CONTOUR_MODELS = (*CONTOUR_MODELS, "interpolated")  # interpolated.py samples the third
+
+
+def truncate_ends(z_positions: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The `truncated` contour model: a structure ends at its outer contour planes.
+
+    Each end slab (the first and last plane of every run of joined planes) keeps only its
+    inner half; an isolated plane (a run of one) keeps its whole slab, or it would have no
+    volume at all.
+    """
+    z = np.asarray(z_positions, dtype=float)
+    lo, hi = lo.copy(), hi.copy()
+    joined_below = np.r_[False, np.isclose(lo[1:], hi[:-1])]
+    joined_above = np.r_[np.isclose(hi[:-1], lo[1:]), False]
+    lo = np.where(~joined_below & joined_above, z, lo)
+    hi = np.where(joined_below & ~joined_above, z, hi)
+    return lo, hi
+
+
 def polygon_area(points: np.ndarray) -> float:
     x, y = points[:, 0], points[:, 1]
     wrap = x[-1] * y[0] - x[0] * y[-1]  # the closing edge, without copying the arrays
@@ -195,9 +215,14 @@ class SlabShape:
     z_hi: np.ndarray
 
     @classmethod
-    def from_planes(cls, planes: Planes, default_thickness: float) -> SlabShape:
+    def from_planes(cls, planes: Planes, default_thickness: float, model: str = "slab") -> SlabShape:
+        """The shape under a contour model: `slab` (each plane +-half a spacing) or `truncated`."""
+        if model not in CONTOUR_MODELS:
+            raise ValueError(f"unknown contour model '{model}' (known: {', '.join(CONTOUR_MODELS)})")
         z = np.array(sorted(planes), dtype=float)
         lo, hi = slab_bounds(z, default_thickness)
+        if model == "truncated":
+            lo, hi = truncate_ends(z, lo, hi)
         return cls({float(k): planes[k] for k in sorted(planes)}, lo, hi)
 
     @property
@@ -361,6 +386,75 @@ def derive_region(
         x, y, edges[:-1][occupied], edges[1:][occupied], combined[occupied],
         np.full(int(occupied.sum()), cell),
     )
+
+
+FACE_STEP_MM = 1e-6  # how far above and below a slab face its two sides are tested
+
+
+def derived_probes(
+    tokens: list[str], shapes: dict[str, SlabShape], grid_axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    step_mm: float, dose_at: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The points of a derived structure where its dose peaks and dips: its exact Max and Min.
+
+    The surface of `A - B` (or of any |, & combination) lies on the operands' surfaces, so
+    trilinear dose over the structure peaks at operand contour points or dose-grid nodes
+    (on dose planes or slab faces) of its closure. A point belongs to the closure when the
+    expression holds just above or just below it (slab faces), and, for a contour point of
+    operand X, with X taken as inside or outside (both sides of X's contour touch it).
+
+    An organ has hundreds of thousands of such candidates and testing them all costs far
+    more than its DVH, so they are ranked by dose (`dose_at`, NaN outside the grid) and
+    tested from the top and from the bottom in growing batches until one holds: the first
+    that holds is the extreme.
+    """
+    names = list(dict.fromkeys(expression_names(tokens)))
+    blocks, owners = [], []
+    for index, name in enumerate(names):
+        points = shapes[name].boundary_points(step_mm)
+        blocks.append(points)
+        owners.append(np.full(len(points), index))
+    x, y, z = grid_axes
+    for name in names:
+        nodes = shapes[name].grid_nodes_inside(x, y, z)
+        blocks.append(nodes)
+        owners.append(np.full(len(nodes), -1))  # a grid node: no operand's contour passes through it
+    points, owner = np.concatenate(blocks), np.concatenate(owners)
+    values = dose_at(points)
+    order = np.argsort(np.where(np.isfinite(values), values, np.nan))  # NaN last
+    order = order[: int(np.isfinite(values).sum())]
+    found = []
+    for ranked in (order[::-1], order):
+        start, size = 0, 256
+        while start < len(ranked):
+            chosen = ranked[start : start + size]
+            held = _holds(tokens, names, shapes, points[chosen], owner[chosen])
+            if held.any():
+                found.append(points[chosen[np.argmax(held)]])
+                break
+            start, size = start + size, size * 4
+    return np.array(found) if found else np.empty((0, 3))
+
+
+def _holds(
+    tokens: list[str], names: list[str], shapes: dict[str, SlabShape], points: np.ndarray, owner: np.ndarray
+) -> np.ndarray:
+    """Which points lie in the closure of the expression (see derived_probes)."""
+    keep = np.zeros(len(points), dtype=bool)
+    for side in (FACE_STEP_MM, -FACE_STEP_MM):
+        moved = points + np.array([0.0, 0.0, side])
+        membership = {name: contains_points(shapes[name], moved) for name in names}
+        keep |= evaluate_expression(tokens, membership.__getitem__)
+        for index, name in enumerate(names):
+            # X's contour passes through its own contour points: inside or outside in-plane,
+            # but only inside where X has a slab at all on this side of the face.
+            mine = owner == index
+            if not mine.any():
+                continue
+            for assumed in (slab_of(shapes[name], moved[:, 2]) >= 0, np.zeros(len(points), bool)):
+                relaxed = {**membership, name: np.where(mine, assumed, membership[name])}
+                keep |= mine & evaluate_expression(tokens, relaxed.__getitem__)
+    return keep
 
 
 # --- surfaces, containment and distances (margins, lesions, indices) ----------------------

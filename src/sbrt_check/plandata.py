@@ -20,11 +20,20 @@ import numpy as np
 
 from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_plans
 from .dicom.files import scan_files, scan_folder
-from .dicom.rtdose import combine_doses
+from .dicom.rtdose import check_beam_doses, combine_doses
 from .dicom.rtstruct import RoiEntry
-from .dvh import compute_dvh, dose_axis
+from .dvh import compute_dvh, dose_axis, trilinear
 from .errors import InputError
-from .geometry import Region, SlabShape, derive_region, nominal_spacing, sample_shape
+from .geometry import (
+    CONTOUR_MODELS,
+    Region,
+    SlabShape,
+    derive_region,
+    derived_probes,
+    nominal_spacing,
+    sample_shape,
+)
+from .interpolated import contour_probes, grid_nodes_in_region, interpolated_region
 from .models import DoseGrid, Dvh, Roi
 
 DEFAULT_SLICE_MM = 3.0
@@ -39,8 +48,12 @@ class PlanData:
     _rois: dict[str, Roi] = field(default_factory=dict)
     _shapes: dict[str, SlabShape] = field(default_factory=dict)
     _dvhs: dict[tuple[str, ...], Future] = field(default_factory=dict)
+    _volumes: dict[tuple[str, ...], float] = field(default_factory=dict)
     _axis: np.ndarray | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    contour_model: str = "slab"
+    dose_scale: float = 1.0  # total dose / stored dose of a single dose file (fractions of a FRACTION dose)
+    _siblings: dict[str, PlanData] = field(default_factory=dict)
 
     @property
     def notes(self) -> list[str]:
@@ -81,30 +94,53 @@ class PlanData:
                     raise InputError(
                         self.inputs.structure_set.path, f"ROI '{roi.name}' has no closed planar contours"
                     )
-                self._shapes[key] = SlabShape.from_planes(roi.planes, self._default_thickness())
+                # Geometry (margins, lesions, derived masks) uses slabs; `interpolated` changes
+                # only the sampled region of a single ROI (see region()).
+                model = self.contour_model if self.contour_model in CONTOUR_MODELS else "slab"
+                self._shapes[key] = SlabShape.from_planes(roi.planes, self._default_thickness(), model)
             return self._shapes[key]
 
     def region(self, tokens: tuple[str, ...]) -> Region:
         """Sampled region of an ROI key or of an expression over ROI keys."""
         leaves = [t for t in tokens if t.startswith("#")]
+        if len(tokens) == 1 and self.contour_model == "interpolated":
+            self.shape(tokens[0])  # refuses an ROI without contours, as for the other models
+            return interpolated_region(self.roi(tokens[0]).planes, self._default_thickness(), self.max_spacing)
         if len(tokens) == 1:
             return sample_shape(self.shape(tokens[0]), self.max_spacing)
         shapes = {key: self.shape(key) for key in leaves}
         return derive_region(list(tokens), shapes, self.max_spacing)
 
-    def overlap_fraction(self, first: str, second: str) -> float:
-        """Volume two ROIs share, as a fraction of the smaller one (0 when their boxes are apart)."""
+    def _apart(self, first: str, second: str) -> bool:
+        """True when two ROIs' bounding boxes do not meet (they share no volume)."""
         a, b = self.shape(first), self.shape(second)
         (ax0, ax1, ay0, ay1), (bx0, bx1, by0, by1) = a.bounds, b.bounds
-        apart = (
+        return (
             ax1 < bx0 or bx1 < ax0 or ay1 < by0 or by1 < ay0
             or a.z_hi.max() <= b.z_lo.min() or b.z_hi.max() <= a.z_lo.min()
         )
-        if apart:
+
+    def volume_cc(self, tokens: tuple[str, ...]) -> float:
+        """Volume of an ROI or an expression over ROIs (cached: pairing and rules ask again)."""
+        with self._lock:
+            if tokens not in self._volumes:
+                self._volumes[tokens] = self.region(tokens).volume_cc
+            return self._volumes[tokens]
+
+    def overlap_fraction(self, first: str, second: str) -> float:
+        """Volume two ROIs share, as a fraction of the smaller one (0 when their boxes are apart)."""
+        if self._apart(first, second):
             return 0.0
-        shared = self.region((first, "&", second)).volume_cc
-        smaller = min(self.region((first,)).volume_cc, self.region((second,)).volume_cc)
+        shared = self.volume_cc((first, "&", second))
+        smaller = min(self.volume_cc((first,)), self.volume_cc((second,)))
         return shared / smaller if smaller > 0 else 0.0
+
+    def inside_fraction(self, inner: str, outer: str) -> float:
+        """Share of ROI `inner`'s volume inside ROI `outer` (0 when their boxes are apart)."""
+        if self._apart(inner, outer):
+            return 0.0
+        whole = self.volume_cc((inner,))
+        return self.volume_cc((inner, "&", outer)) / whole if whole > 0 else 0.0
 
     def prefetch(self, token_sets: Sequence[tuple[str, ...]], threads: int) -> None:
         """Start computing these DVHs on `threads` worker threads; `dvh` then waits for each.
@@ -130,30 +166,78 @@ class PlanData:
             self._dvhs[tokens] = done
         return self._dvhs[tokens].result()
 
+    def under_model(self, contour_model: str) -> PlanData:
+        """The same plan under another contour model, sharing the parsed ROIs and the dose."""
+        if contour_model == self.contour_model:
+            return self
+        with self._lock:
+            if contour_model not in self._siblings:
+                self._siblings[contour_model] = PlanData(
+                    self.inputs, self.dose, [], _rois=self._rois, _axis=self.axis, _lock=self._lock,
+                    contour_model=contour_model, dose_scale=self.dose_scale,
+                )
+            return self._siblings[contour_model]
+
+    def tps_dvh(self, tokens: tuple[str, ...]) -> Dvh | None:
+        """The planning system's DVH of one ROI (from a single RTDOSE's DVHSequence), if it has one.
+
+        Only a dose read from one file carries DVHs that describe it: summed BEAM doses do
+        not. A PERCENT curve is put in cc with this tool's volume of the ROI.
+        """
+        if len(tokens) != 1 or len(self.inputs.dose_files) != 1:
+            return None
+        tps = self.inputs.dose_files[0].tps_dvhs.get(int(tokens[0].lstrip("#")))
+        if tps is None:
+            return None
+        volume = self.region(tokens).volume_cc if tps.volume_units == "PERCENT" else None
+        return tps.as_dvh(volume, self.dose_scale)
+
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
-        probes = None
-        if len(tokens) == 1:
+        grid = self.dose
+        if len(tokens) == 1 and self.contour_model == "interpolated":
+            region = self.region(tokens)
+            probes = np.concatenate([
+                contour_probes(self.shape(tokens[0]), self.max_spacing / 2),
+                grid_nodes_in_region(region, grid.x, grid.y, grid.z),
+            ])
+            return compute_dvh(region, grid, self.axis, probes)
+        elif len(tokens) == 1:
             shape = self.shape(tokens[0])
-            grid = self.dose
             probes = np.concatenate([
                 shape.boundary_points(self.max_spacing / 2), shape.grid_nodes_inside(grid.x, grid.y, grid.z)
             ])
+        else:
+            shapes = {key: self.shape(key) for key in tokens if key.startswith("#")}
+            probes = derived_probes(
+                list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2, lambda p: trilinear(p, grid)
+            )
         return compute_dvh(self.region(tokens), self.dose, self.axis, probes)
 
 
-def _load(inputs: PlanInputs) -> PlanData:
-    fractions = inputs.plan.fractions if inputs.plan else None
-    dose, notes = combine_doses(inputs.dose_files, fractions)
-    return PlanData(inputs, dose, list(inputs.notes) + notes)
+def _load(
+    inputs: PlanInputs, fractions_override: float | None = None, fraction_as_stored: bool = False,
+    contour_model: str = "slab",
+) -> PlanData:
+    fractions = fractions_override or (inputs.plan.fractions if inputs.plan else None)
+    if inputs.plan:
+        check_beam_doses(inputs.dose_files, inputs.plan.treatment_beams, inputs.plan.path)
+    dose, notes = combine_doses(inputs.dose_files, fractions, fraction_as_stored)
+    if fractions_override and not dose.summation_type.startswith("FRACTION"):
+        notes.append(f"--fractions {fractions_override:g} not applied: the dose is {dose.summation_type}, not FRACTION")
+    scale = float(fractions) if dose.summation_type == "FRACTION x n" and fractions else 1.0
+    notes += [note for dose_file in inputs.dose_files for note in dose_file.tps_notes]
+    return PlanData(inputs, dose, list(inputs.notes) + notes, contour_model=contour_model, dose_scale=scale)
 
 
-def load_plans(folder: Path) -> list[PlanData]:
+def load_plans(folder: Path, contour_model: str = "slab") -> list[PlanData]:
     """Every plan in the folder (RTPLAN + RTSTRUCT + RTDOSE), doses combined."""
     contents = scan_folder(folder)
-    return [_load(inputs) for inputs in assemble_plans(folder, contents)]
+    return [_load(inputs, contour_model=contour_model) for inputs in assemble_plans(folder, contents)]
 
 
-def load_plan(folder: Path | Sequence[Path], plan_label: str | None = None) -> PlanData:
+def load_plan(
+    folder: Path | Sequence[Path], plan_label: str | None = None, contour_model: str = "slab"
+) -> PlanData:
     """The one plan of a folder; several plans need `plan_label` (label or SOP Instance UID).
 
     `folder` may also be a list of files (the audit hands each worker the files of one plan,
@@ -180,12 +264,13 @@ def load_plan(folder: Path | Sequence[Path], plan_label: str | None = None) -> P
             f"holds {len(all_inputs)} plans ({_labels(all_inputs)}): pick one with --plan LABEL, "
             "or check them all with 'sbrt-check audit'",
         )
-    return _load(all_inputs[0])
+    return _load(all_inputs[0], contour_model=contour_model)
 
 
-def load_dose_and_structures(folder: Path) -> PlanData:
+def load_dose_and_structures(folder: Path, fractions: float | None = None, contour_model: str = "slab") -> PlanData:
+    """RTSTRUCT + RTDOSE for `dvh`: a FRACTION dose without fraction count is read as stored."""
     contents = scan_folder(folder)
-    return _load(assemble_dose_and_structures(folder, contents))
+    return _load(assemble_dose_and_structures(folder, contents), fractions, True, contour_model)
 
 
 def _labels(inputs: list[PlanInputs]) -> str:

@@ -24,8 +24,14 @@ from .metrics import Metric, MetricError, parse_metric
 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_PROTOCOL = Path(__file__).parent / "protocols" / "rfa_sbrt.yaml"
-TOP_KEYS = {"name", "version", "description", "source", "prescription", "structures", "constraints", "rules"}
-STRUCTURE_KEYS = {"match", "derive", "required", "union", "distinct", "description", "source"}
+TOP_KEYS = {
+    "name", "version", "description", "source", "prescription", "structures", "constraints", "rules", "dvh", "dose",
+}
+DVH_KEYS = {"contour_model"}
+DOSE_KEYS = {"statistical_uncertainty_percent"}
+STRUCTURE_KEYS = {
+    "match", "derive", "required", "union", "distinct", "per_target", "within", "description", "source",
+}
 CONSTRAINT_KEYS = {
     "structure", "metric", "pass", "variation", "note", "source", "optional", "id",
     "alpha_beta", "convert",
@@ -64,6 +70,13 @@ class StructureSpec:
     required: bool = True
     union: bool = False
     distinct: bool = False  # the ROIs of a union must not overlap (separate lesions, not phase copies)
+    per_target: bool = False  # one ROI per lesion (PTV1, PTV2): constraints give a row per lesion
+    within: str | None = None  # the per-target structure each of its ROIs lies in (GTV within ITV)
+
+    @property
+    def collects(self) -> bool:
+        """Takes the ROIs of every pattern of `match`, not only the first pattern's."""
+        return self.union or self.per_target
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,17 @@ class Protocol:
     constraints: tuple[Constraint, ...]
     rules: tuple[dict, ...] = ()
     sha256: str = ""  # of the file's bytes: which protocol text produced a result (provenance)
+    contour_model: str | None = None  # `dvh: {contour_model: ...}`; None: the command line's (slab)
+    statistical_uncertainty_percent: float = 0.0  # `dose: {statistical_uncertainty_percent: ...}`
+
+    def target_levels(self) -> tuple[str, ...]:
+        """The per-target structures from the outermost in (PTV, ITV, GTV), following `within`."""
+        inner_of = {s.within: s.name for s in self.structures.values() if s.per_target and s.within}
+        outermost = [s.name for s in self.structures.values() if s.per_target and s.within is None]
+        levels: list[str] = outermost[:1]
+        while levels and levels[-1] in inner_of and inner_of[levels[-1]] not in levels:
+            levels.append(inner_of[levels[-1]])
+        return tuple(levels)
 
     def needed_structures(self) -> list[str]:
         """Protocol structures the constraints use, with what their derivations use."""
@@ -229,21 +253,55 @@ def _structures(data: Any, problems: _Problems) -> dict[str, StructureSpec]:
                 problems.add(entry, str(exc))
         if not match and not derive:
             problems.add(entry, "needs match or derive")
-        for key in ("required", "union", "distinct"):
+        for key in ("required", "union", "distinct", "per_target"):
             if key in spec and not isinstance(spec[key], bool):
                 problems.add(entry, f"{key} must be true or false")
-        if spec.get("distinct") is True and spec.get("union") is not True:
+        per_target = spec.get("per_target") is True
+        if spec.get("distinct") is True and spec.get("union") is not True and not per_target:
             problems.add(entry, "distinct applies to the ROIs of a union: needs union: true")
+        if per_target and derive:
+            problems.add(entry, "per_target structures are matched ROIs, not derived")
+        within = spec.get("within")
+        if within is not None and (not per_target or not isinstance(within, str)):
+            problems.add(entry, "within names the per_target structure this one lies in (needs per_target: true)")
+            within = None
         specs[str(name)] = StructureSpec(
             str(name), tuple(match), tuple(derive),
-            bool(spec.get("required", True)), bool(spec.get("union", False)), bool(spec.get("distinct", False)),
+            bool(spec.get("required", True)), bool(spec.get("union", False)) or per_target,
+            bool(spec.get("distinct", False)) or per_target, per_target, within,
         )
     for spec in specs.values():
         for operand in expression_names(list(spec.derive)):
             if operand not in specs:
                 problems.add(f"structures.{spec.name}", f"derive uses undefined structure '{operand}'")
+        if spec.within is not None and not (spec.within in specs and specs[spec.within].per_target):
+            problems.add(f"structures.{spec.name}", f"within '{spec.within}' is not a per_target structure")
+    _find_nesting_problems(specs, problems)
     _find_cycles(specs, problems)
     return specs
+
+
+def _find_nesting_problems(specs: dict[str, StructureSpec], problems: _Problems) -> None:
+    """Per-target structures nest in one chain (GTV within ITV within PTV): no cycle, no fork."""
+    per_target = [s for s in specs.values() if s.per_target]
+    roots = [s.name for s in per_target if s.within is None]
+    if per_target and len(roots) != 1:
+        problems.add("structures", f"per_target structures need exactly one outermost (no 'within'); found {roots}")
+    inner_of: dict[str, str] = {}
+    for spec in per_target:
+        if spec.within in inner_of:
+            problems.add(f"structures.{spec.name}",
+                         f"'{spec.within}' already holds '{inner_of[spec.within]}': per-target nesting is one chain")
+        elif spec.within:
+            inner_of[spec.within] = spec.name
+    for spec in per_target:
+        seen, name = set(), spec.name
+        while name is not None and name in specs:
+            if name in seen:
+                problems.add(f"structures.{spec.name}", "within forms a cycle")
+                break
+            seen.add(name)
+            name = specs[name].within
 
 
 def _find_cycles(specs: dict[str, StructureSpec], problems: _Problems) -> None:
@@ -334,6 +392,38 @@ def _rules(rules: list[dict], structures: dict[str, StructureSpec], problems: _P
             problems.add(f"rules[{index}] ({rule.get('rule', '?')})", problem)
 
 
+def _dvh_settings(data: Any, problems: _Problems) -> str | None:
+    """`dvh: {contour_model: slab|truncated}`: how contours become volumes for this protocol."""
+    from .geometry import ALL_CONTOUR_MODELS
+
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        problems.add("dvh", "expected a mapping")
+        return None
+    _check_keys(data, DVH_KEYS, "dvh", problems)
+    model = data.get("contour_model")
+    if model is not None and model not in ALL_CONTOUR_MODELS:
+        problems.add("dvh.contour_model", f"'{model}' is not one of {', '.join(ALL_CONTOUR_MODELS)}")
+        return None
+    return model
+
+
+def _dose_settings(data: Any, problems: _Problems) -> float:
+    """`dose: {statistical_uncertainty_percent: 1}`: the dose engine's stated statistical uncertainty."""
+    if data is None:
+        return 0.0
+    if not isinstance(data, dict):
+        problems.add("dose", "expected a mapping")
+        return 0.0
+    _check_keys(data, DOSE_KEYS, "dose", problems)
+    value = data.get("statistical_uncertainty_percent", 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 <= value <= 50):
+        problems.add("dose.statistical_uncertainty_percent", "must be a number of percent from 0 to 50")
+        return 0.0
+    return float(value)
+
+
 def load_protocol(path: Path | str | None = None) -> Protocol:
     path = Path(path) if path else DEFAULT_PROTOCOL
     try:
@@ -362,9 +452,11 @@ def load_protocol(path: Path | str | None = None) -> Protocol:
         problems.add("rules", "expected a list of mappings")
         rules = []
     _rules(rules, structures, problems)
+    contour_model = _dvh_settings(data.get("dvh"), problems)
+    uncertainty = _dose_settings(data.get("dose"), problems)
     if problems.items:
         raise ProtocolError(path, problems.items)
     return Protocol(
         str(path), str(data["name"]), str(data["version"]), prescription, structures,
-        tuple(constraints), tuple(rules), hashlib.sha256(raw).hexdigest(),
+        tuple(constraints), tuple(rules), hashlib.sha256(raw).hexdigest(), contour_model, uncertainty,
     )

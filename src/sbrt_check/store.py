@@ -99,6 +99,7 @@ _SCHEMA_1 = (
         margin REAL,
         source TEXT NOT NULL,
         details TEXT,
+        target INTEGER,
         PRIMARY KEY (check_key, position)
     )""",
     "CREATE INDEX results_constraint ON results (structure, roi, metric)",
@@ -126,7 +127,7 @@ CHECK_COLUMNS = (
 )
 RESULT_COLUMNS = (
     "check_key", "position", "structure", "roi", "metric", "value", "unit", "pass_limit", "variation_limit",
-    "status", "reason", "required", "result_group", "margin", "source", "details",
+    "status", "reason", "required", "result_group", "margin", "source", "details", "target",
 )
 REVIEW_COLUMNS = ("review_key", "plan_uid", "check_key", "reviewer", "decision", "note", "reviewed_at")
 # Errors worth a retry on the next audit (the machine, not the plan): everything else is kept.
@@ -261,6 +262,7 @@ def record_of(cells: dict[str, Any], report: dict | None, plan_key: str, institu
         "reason": r.get("reason", ""), "required": int(bool(r.get("required", True))),
         "result_group": r.get("group", ""), "margin": _number(r.get("margin")), "source": r.get("source", ""),
         "details": json.dumps(r["details"], ensure_ascii=False, default=str) if r.get("details") else None,
+        "target": r.get("target"),
     } for position, r in enumerate(results)]
     return CheckRecord(check, rows)
 
@@ -415,6 +417,7 @@ def report_of(check: dict[str, Any], results: list[dict]) -> dict:
             "unit": r["unit"], "pass": r["pass_limit"], "variation": r["variation_limit"], "status": r["status"],
             "reason": r["reason"], "required": bool(r["required"]), "group": r["result_group"],
             "margin": r["margin"], "source": r["source"],
+            **({"target": r["target"]} if r["target"] is not None else {}),
             **({"details": json.loads(r["details"])} if r["details"] else {}),
         } for r in results],
         "messages": json.loads(check["messages"]),

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from ..models import Dvh
@@ -22,6 +23,7 @@ class StructureDvh:
     name: str
     dvh: Dvh
     metrics: dict[str, float | None]
+    tps: dict | None = None  # the planning system's {"volume_cc", "metrics"} from the RTDOSE's DVHSequence
 
 
 def resampled(dvh: Dvh, step: float = EXPORT_STEP_GY) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +49,10 @@ def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
             "volume_cc": _round(item.dvh.volume_cc),
             "uncovered_cc": _round(item.dvh.uncovered_cc),
             "metrics": {k: _round(v) for k, v in item.metrics.items()},
+            **({"tps": {
+                "volume_cc": _round(item.tps["volume_cc"]),
+                "metrics": {k: _round(v) for k, v in item.tps["metrics"].items()},
+            }} if item.tps else {}),
             "dvh": {
                 "dose_gy": [round(float(d), 4) for d in dose],
                 "volume_cc": [round(float(v), 5) for v in volume],
@@ -75,14 +81,19 @@ def render_dvh_csv(items: list[StructureDvh]) -> str:
 
 
 def dvh_table(items: list[StructureDvh], metric_names: list[str]) -> Table:
+    """One row per structure; under it, where the RTDOSE has one, the planning system's row."""
     table = Table(header_style="bold")
     table.add_column("Structure")
+    table.add_column("Source")
     table.add_column("Volume [cc]", justify="right")
     for name in metric_names:
         table.add_column(name, justify="right")
     for item in items:
         cells = [_cell(item.metrics.get(m)) for m in metric_names]
-        table.add_row(item.name, f"{item.dvh.volume_cc:.3f}", *cells)
+        table.add_row(escape(item.name), "sbrt-check", f"{item.dvh.volume_cc:.3f}", *cells)
+        if item.tps:
+            tps_cells = [_cell(item.tps["metrics"].get(m)) for m in metric_names]
+            table.add_row("", "TPS", _cell(item.tps["volume_cc"]), *tps_cells, style="dim")
     return table
 
 

@@ -24,11 +24,11 @@ import numpy as np
 from ..metrics import MetricError, compute, parse_metric
 from ..models import Dvh, Report, Result, Status
 from ..provenance import provenance_items
-from ..slices import DoseSlice, SliceSet, target_structures
+from ..slices import DoseSlice, SliceSet, report_slices, target_structures
 from .dvh_export import resampled
 from .escaping import html_text, plain_text
 from .table import VERDICT_STYLE, _sourced, verdict_line
-from .text import is_report_only, limit_text, status_label, value_text
+from .text import is_report_only, limit_text, note_text, status_label, value_text
 
 ISODOSE_LEVELS = (0.5, 0.95, 1.0, 1.1)  # fractions of the prescription
 ISODOSE_COLORS = ("#1f77ff", "#00b050", "#ffd000", "#ff2020")
@@ -225,6 +225,7 @@ def _header(report: Report) -> str:
         ("Prescription", sourced("prescription_gy", "prescription_source", " Gy")),
         ("Fractions", sourced("fractions", "fractions_source", "")),
         ("Dose summation", plan.get("dose_summation", "")),
+        ("Contour model", plan.get("contour_model", "slab")),
         ("Protocol", f"{report.protocol.get('name', '')} v{report.protocol.get('version', '')}"),
         *provenance_items(report.protocol, plan, name_and_version=False),
     ]
@@ -242,23 +243,30 @@ def _results_table(report: Report) -> str:
         color = "#aaa" if optional_gap else "#2c7fb8" if is_report_only(r) else STATUS_COLOR[r.status]
         margin = f"{r.margin:+.2f}" if r.margin is not None and math.isfinite(r.margin) else ""
         value = value_text(r)
-        cells = [html_text(r.structure), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
+        cells = [html_text(r.key), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
         rows.append(
             f'<tr class="{r.status.value}"><td>{cells[0]}</td><td>{cells[1]}</td><td>{cells[2]}</td>'
             f'<td>{cells[3]}</td><td class="num">{html_text(value)}</td><td class="num">{margin}</td>'
-            f'<td class="status" style="background:{color}">{html_text(label)}</td><td>{html_text(r.reason)}</td></tr>'
+            f'<td class="status" style="background:{color}">{html_text(label)}</td>'
+            f'<td>{html_text(note_text(r))}</td></tr>'
         )
     return f'<table class="results"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
+def _prescription_of(report: Report, name: str) -> float | None:
+    """A lesion's own prescription (per-target rows carry it), else the plan's."""
+    own = (r.details.get("prescription_gy") for r in report.results if r.key == name and r.details)
+    return next((rx for rx in own if rx), report.plan.get("prescription_gy"))
+
+
 def _target_stats(report: Report, targets: list[str]) -> str:
-    rx = report.plan.get("prescription_gy")
     head = "<tr><th>Structure</th>" + "".join(f"<th>{html_text(m)}</th>" for m in TARGET_STATS) + "</tr>"
     rows = []
     for name in targets:
         dvh = report.dvhs.get(name)
         if dvh is None:
             continue
+        rx = _prescription_of(report, name)
         cells = []
         for text in TARGET_STATS:
             try:
@@ -270,12 +278,12 @@ def _target_stats(report: Report, targets: list[str]) -> str:
 
 
 def _dvh_figures(report: Report) -> str:
-    rx = report.plan.get("prescription_gy")
     figures = []
     for name, dvh in report.dvhs.items():
         if not dvh.volume_cc > 0:
             continue
-        results = [r for r in report.results if r.structure == name]
+        rx = _prescription_of(report, name)
+        results = [r for r in report.results if r.key == name]
         markers = [m for m in (limit_marker(r, dvh, rx) for r in results) if m is not None]
         roi = next((r.roi for r in results if r.roi), "")
         shown = f"{name} ({roi})" if roi and roi != name else name
@@ -343,3 +351,9 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
                   _slice_figures(hot_items, rx, colors)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def render_checked_plan(evaluator, report: Report) -> str:
+    """The HTML report of a finished check: the slices come from the plan, the rest from the report."""
+    slices = report_slices(evaluator.plan, report, evaluator.tokens_of)
+    return render_html(report, slices)

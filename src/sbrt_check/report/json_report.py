@@ -31,7 +31,10 @@ def result_dict(result: Result) -> dict:
         "group": result.group,
         "margin": _number(result.margin),
         "source": result.source,
+        **({"target": result.target} if result.target is not None else {}),
         **({"details": result.details} if result.details else {}),
+        **({"tps": {"value": _number(result.tps)}} if result.tps is not None else {}),
+        **({"borderline": result.borderline} if result.borderline else {}),
     }
 
 

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from ..models import Report, Result, Status
 from ..provenance import provenance_of
 from .escaping import xml_text
-from .text import limit_text, value_text
+from .text import borderline_text, limit_text, tps_text, value_text
 
 # Plan fields shown as testsuite properties (not the patient name: CI logs are widely readable).
 PROPERTIES = ("patient_id", "plan_label", "plan_uid", "prescription_gy", "prescription_source", "fractions",
-              "dose_summation")
+              "dose_summation", "contour_model")
 
 
 def suite_name(report: Report) -> str:
@@ -66,6 +66,9 @@ def _details(result: Result) -> str:
         lines.append(f"margin: {result.margin:+.2f}")
     if result.reason:
         lines.append(f"reason: {result.reason}")
+    for extra in (borderline_text(result), tps_text(result)):
+        if extra:
+            lines.append(extra)
     if result.source:
         lines.append(f"protocol: {result.source}")
     return "\n".join(lines)
@@ -73,6 +76,8 @@ def _details(result: Result) -> str:
 
 def _message(result: Result) -> str:
     head = f"{result.structure} {result.metric} = {value_text(result, 'not evaluated')}, limit {limit_text(result)}"
+    if result.borderline:
+        head += " (borderline)"
     return f"{head}: {result.reason}" if result.reason else head
 
 
@@ -97,7 +102,7 @@ def _testsuite(parent: ET.Element, report: Report, strict: bool) -> dict[str, in
     for key, value in provenance_of(report.protocol, report.plan).items():
         _element(properties, "property", name=key, value=value)
     for result, outcome in zip(report.results, outcomes, strict=True):
-        case = _element(suite, "testcase", classname=result.structure, name=result.metric, time="0")
+        case = _element(suite, "testcase", classname=result.key, name=result.metric, time="0")
         if outcome:
             tag, kind = outcome
             _element(case, tag, _details(result), type=kind, message=_message(result))

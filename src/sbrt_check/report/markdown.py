@@ -13,7 +13,7 @@ from ..models import Report, Result, Status, Verdict
 from ..provenance import provenance_items
 from .escaping import markdown_cell
 from .table import _sourced, verdict_line
-from .text import is_report_only, limit_text, status_label, value_text
+from .text import is_report_only, limit_text, note_text, status_label, value_text
 
 STATUS_ICON = {Status.PASS: "✅", Status.VARIATION: "⚠️", Status.FAIL: "❌", Status.NOT_EVALUATED: "❓"}
 
@@ -40,7 +40,8 @@ def render_markdown(report: Report) -> str:
         f"Patient {cell(plan.get('patient_id', ''))} · plan {cell(plan.get('plan_label', ''))} · "
         f"Rx {cell(_sourced(plan.get('prescription_gy'), plan.get('prescription_source', ''), ' Gy'))} · "
         f"fractions {cell(_sourced(plan.get('fractions'), plan.get('fractions_source', ''), ''))} · "
-        f"protocol {cell(report.protocol.get('name', ''))} v{cell(report.protocol.get('version', ''))}",
+        f"protocol {cell(report.protocol.get('name', ''))} v{cell(report.protocol.get('version', ''))} · "
+        f"contour model {cell(plan.get('contour_model', 'slab'))}",
         "",
         " · ".join(f"{label} {cell(value)}" for label, value in provenance_items(report.protocol, report.plan, False)),
         "",
@@ -52,7 +53,7 @@ def render_markdown(report: Report) -> str:
         value = value_text(result)
         lines.append(_row([cell(text) for text in (
             result.structure, result.roi or "", result.metric, limit_text(result), value, margin,
-            _status(result), result.reason,
+            _status(result), note_text(result),
         )]))
     if report.messages:
         lines.append("")

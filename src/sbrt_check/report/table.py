@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ..models import Report, Result, Status, Verdict
 from ..protocol import normalize_name
-from .text import is_report_only, status_label, value_text
+from .text import borderline_text, is_report_only, status_label, tps_text, value_text
 
 STATUS_STYLE = {
     Status.PASS: ("PASS", "bold green"),
@@ -44,7 +44,8 @@ def header_text(report: Report) -> Text:
         f"Patient  {plan.get('patient_id', '')}   Plan  {plan.get('plan_label', '')}",
         "Rx       " + _sourced(plan.get("prescription_gy"), plan.get("prescription_source", ""), " Gy")
         + "   Fractions  " + _sourced(plan.get("fractions"), plan.get("fractions_source", ""), ""),
-        f"Protocol {report.protocol.get('name', '')} v{report.protocol.get('version', '')}",
+        f"Protocol {report.protocol.get('name', '')} v{report.protocol.get('version', '')}"
+        f"   Contour model  {plan.get('contour_model', 'slab')}",
     ]
     for key, label in (("stratum", "Stratum  "),):
         if plan.get(key):
@@ -77,26 +78,32 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
     table.add_column("Limit", no_wrap=True)
     table.add_column("Value", justify="right", no_wrap=True)
     table.add_column("Margin", justify="right", no_wrap=True)
+    with_tps = any(r.tps is not None for r in results)
+    if with_tps:
+        table.add_column("TPS", justify="right", no_wrap=True)  # the planning system's own DVH
     table.add_column("Status")
     notes: list[str] = []
     previous = None
-    for result in sorted(results, key=lambda r: (_group_rank(r.group), _order(_same_group(results, r), r))):
+    for result in sorted(results, key=lambda r: (_group_rank(r.group), _order(_same_group(results, r), r),
+                                                 r.target or 0)):
         limit = result.pass_limit + (f" (var {result.variation_limit})" if result.variation_limit else "")
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
         name = ""
-        if result.structure != previous:
+        if (result.structure, result.target) != previous:
             name = escape(result.structure)
             if result.roi and normalize_name(result.roi) != normalize_name(result.structure):
                 name += f" [dim]({escape(result.roi)})[/dim]"
         status = _status_text(result)
-        if result.reason:
-            notes.append(f"{result.structure} {result.metric}: {result.reason}")
+        note = "; ".join(t for t in (result.reason, borderline_text(result)) if t)
+        if note:
+            notes.append(f"{result.key} {result.metric}: {note}")
             status.append(f" [{len(notes)}]", style="dim")
+        tps = [Text(tps_text(result).removeprefix("TPS "), style="dim")] if with_tps else []
         table.add_row(
             name, escape(result.metric), escape(limit), value_text(result),
-            Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), status,
+            Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), *tps, status,
         )
-        previous = result.structure
+        previous = (result.structure, result.target)
     return table, notes
 
 

@@ -38,6 +38,27 @@ def is_report_only(result: Result) -> bool:
     return result.pass_limit == REPORT_ONLY and result.status is Status.PASS
 
 
+def borderline_text(result: Result) -> str:
+    """'borderline: 20.95 is within 0.21 of < 21 (engine 0.21, contour model 0.02, statistical 0)'."""
+    if not result.borderline:
+        return ""
+    b = result.borderline
+    parts = ", ".join(f"{name.replace('_', ' ')} {value:.2g}" for name, value in b["parts"].items())
+    return f"borderline: {b['distance']:.2f} from {b['limit']}, within the uncertainty band {b['band']:.2f} ({parts})"
+
+
+def tps_text(result: Result) -> str:
+    """'TPS 20.80 Gy' where the planning system's DVH gives the same metric."""
+    if result.tps is None or not math.isfinite(result.tps):
+        return ""
+    return f"TPS {result.tps:.2f} {result.unit}".rstrip()
+
+
+def note_text(result: Result) -> str:
+    """The reason, then the borderline band and the planning system's value, for a Note column."""
+    return "; ".join(t for t in (result.reason, borderline_text(result), tps_text(result)) if t)
+
+
 def status_label(result: Result) -> str:
     """PASS / VARIATION / FAIL / NOT EVALUATED, 'REPORTED' for a figure without a limit, and
     '(optional)' on what the protocol lets go unevaluated."""
@@ -47,4 +68,6 @@ def status_label(result: Result) -> str:
              Status.NOT_EVALUATED: "NOT EVALUATED"}[result.status]
     if result.status is Status.NOT_EVALUATED and not result.required:
         label += " (optional)"
+    if result.borderline:
+        label += " (borderline)"
     return label

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from ..errors import CheckError
 from ..models import Result
-from . import geometry, indices, plan
+from . import crosscheck, geometry, indices, plan
 from .base import COMMON_KEYS, STRUCTURE_KEYS, RuleContext, RuleKind, not_evaluated
 
-REGISTRY: dict[str, RuleKind] = {kind.id: kind for module in (plan, geometry, indices) for kind in module.RULES}
-GROUPS = {kind.id: module.GROUP for module in (plan, geometry, indices) for kind in module.RULES}
+MODULES = (plan, geometry, indices, crosscheck)
+REGISTRY: dict[str, RuleKind] = {kind.id: kind for module in MODULES for kind in module.RULES}
+GROUPS = {kind.id: module.GROUP for module in MODULES for kind in module.RULES}
 
 
 def validate_entry(entry: dict, structures: set[str]) -> list[str]:

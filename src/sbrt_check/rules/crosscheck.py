@@ -1,0 +1,121 @@
+"""Agreement with the planning system's own DVHs (the RTDOSE's DVHSequence).
+
+tps_agreement
+    For each structure (default: every structure the constraints use) that resolves to one
+    ROI with a planning-system DVH, each of `metrics` is computed by the same code on our DVH
+    and on the planning system's; a difference beyond `tolerance_percent` of the planning
+    system's value, or `tolerance_gy` for doses where that is larger, is a VARIATION whose
+    reason gives both numbers and the contour model. `report_only: true` shows the figures
+    without judging (how the shipped protocol uses it). No planning-system DVH for a
+    structure: NOT EVALUATED (make the entry `optional: true` when exports may lack them).
+    Example: `{rule: tps_agreement, metrics: ["Volume[cc]", "Mean[Gy]"], tolerance_percent: 2,
+    tolerance_gy: 0.2, optional: true}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..metrics import MetricError, compute, parse_metric
+from ..models import Result, Status
+from .base import Measured, RuleContext, RuleKind, not_evaluated, number_problems, result
+
+GROUP = "crosscheck"
+DEFAULT_METRICS = ("Volume[cc]", "Mean[Gy]", "Max[Gy]", "D95%[Gy]")
+REPORT_ONLY = "report only"
+
+
+def _structures(ctx: RuleContext, conf: dict) -> list[str]:
+    if conf["structures"]:
+        return list(conf["structures"])
+    return list(dict.fromkeys(c.structure for c in ctx.protocol.constraints))
+
+
+def _allowed(conf: dict, metric, tps_value: float) -> float:
+    relative = conf["tolerance_percent"] / 100 * abs(tps_value)
+    return max(relative, conf["tolerance_gy"]) if metric.returns_dose and metric.unit == "Gy" else relative
+
+
+def _compare(ctx: RuleContext, conf: dict, structure: str) -> list[Result]:
+    resolution = ctx.matcher.resolve(structure)
+    if not resolution.ok:
+        return [not_evaluated(conf, GROUP, structure, "TPS agreement", resolution.problem)]
+    tps_dvh = ctx.plan.tps_dvh(resolution.tokens)
+    if tps_dvh is None:
+        why = "no planning-system DVH of this ROI in the RTDOSE (DVHSequence)"
+        if len(resolution.tokens) > 1:
+            why = "a derived or combined structure has no planning-system DVH"
+        return [not_evaluated(conf, GROUP, structure, "TPS agreement", why)]
+    ours_dvh = ctx.dvh_of(resolution)
+    model = ctx.plan.contour_model
+    results = []
+    for text in conf["metrics"]:
+        metric = parse_metric(text)
+        try:
+            ours = compute(metric, ours_dvh, ctx.rx.value)
+            theirs = compute(metric, tps_dvh, ctx.rx.value)
+        except MetricError as exc:
+            results.append(not_evaluated(conf, GROUP, structure, metric.text, str(exc), metric.result_unit))
+            continue
+        allowed = _allowed(conf, metric, theirs)
+        difference = ours - theirs
+        agree = math.isfinite(difference) and abs(difference) <= allowed
+        unit = metric.result_unit
+        limit = f"TPS +- {conf['tolerance_percent']:g} %" + (
+            f" or {conf['tolerance_gy']:g} Gy" if metric.returns_dose and unit == "Gy" else "")
+        reason = "" if agree else (
+            f"sbrt-check {ours:.3f} {unit}, planning system {theirs:.3f} {unit}: they differ by "
+            f"{difference:+.3f} {unit} ({100 * difference / theirs if theirs else math.inf:+.1f} %), "
+            f"beyond {allowed:.3f} {unit} (contour model {model})"
+        )
+        status = Status.PASS if agree or conf["report_only"] else Status.VARIATION
+        measured = Measured(
+            structure, metric.text, ours, unit, status, REPORT_ONLY if conf["report_only"] else limit, reason,
+            roi=resolution.label, margin=allowed - abs(difference) if math.isfinite(difference) else None,
+            details={"tps": theirs, "contour_model": model},
+        )
+        results.append(dataclasses.replace(result(conf, GROUP, measured), tps=theirs))
+    return results
+
+
+def check_tps_agreement(ctx: RuleContext, conf: dict) -> list[Result]:
+    """One row per structure and metric; one NOT EVALUATED row when the RTDOSE has no DVHs at all.
+
+    Without `structures:` only structures resolving to a single ROI are compared (a derived
+    structure never has a planning-system DVH).
+    """
+    if not any(dose.tps_dvhs for dose in ctx.plan.inputs.dose_files):
+        return [not_evaluated(conf, GROUP, "Plan", "TPS agreement", "the RTDOSE carries no DVHSequence")]
+    names = _structures(ctx, conf)
+    if not conf["structures"]:
+        names = [n for n in names if ctx.matcher.resolve(n).ok and len(ctx.matcher.resolve(n).tokens) == 1]
+    return [r for structure in names for r in _compare(ctx, conf, structure)]
+
+
+def validate_tps_agreement(conf: dict) -> list[str]:
+    problems = number_problems(conf, ("tolerance_percent", "tolerance_gy"))
+    for key in ("tolerance_percent", "tolerance_gy"):
+        if isinstance(conf.get(key), int | float) and conf[key] < 0:
+            problems.append(f"{key} must not be negative")
+    if not isinstance(conf.get("report_only"), bool):
+        problems.append("report_only must be true or false")
+    metrics = conf.get("metrics")
+    if not isinstance(metrics, list | tuple) or not metrics:
+        return problems + ["metrics must be a non-empty list of TG-263 metrics"]
+    for text in metrics:
+        try:
+            parse_metric(str(text))
+        except MetricError as exc:
+            problems.append(str(exc))
+    structures = conf.get("structures")
+    if structures is not None and not (isinstance(structures, list) and all(isinstance(s, str) for s in structures)):
+        problems.append("structures must be a list of structure names")
+    return problems
+
+
+RULES = (
+    RuleKind("tps_agreement", {"structures": None, "metrics": list(DEFAULT_METRICS), "tolerance_percent": 3.0,
+                               "tolerance_gy": 0.3, "report_only": False},
+             check_tps_agreement, validate_tps_agreement, __doc__ or ""),
+)

@@ -1,0 +1,210 @@
+"""Issue 11 behaviour: a FRACTION dose without RTPLAN, borderline flags, the TPS agreement rule,
+and the protocol keys `dvh.contour_model` and `dose.statistical_uncertainty_percent`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sbrt_check.borderline import borderline, engine_band, statistical_band
+from sbrt_check.cli import app
+from sbrt_check.errors import ProtocolError
+from sbrt_check.metrics import parse_metric
+from sbrt_check.protocol import Limit, load_protocol
+from tests.conftest import write_variant
+from tests.fixtures.dicom_writer import WriteOptions
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def fraction_dose_only(tmp_path_factory, anatomy) -> Path:
+    """The compliant liver plan with a FRACTION dose, its RTPLAN removed."""
+    folder = write_variant(tmp_path_factory.mktemp("fraction"), anatomy, options=WriteOptions(summation="FRACTION"))
+    for path in folder.iterdir():
+        if path.name.startswith("RP"):
+            path.unlink()
+    assert not any(p.name.startswith("RP") for p in folder.iterdir())
+    return folder
+
+
+def _dvh_json(folder: Path, *extra: str) -> dict:
+    result = runner.invoke(app, ["dvh", str(folder), "--structures", "PTV", "--metrics", "Max[Gy],Mean[Gy]",
+                                 "-f", "json", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_dvh_reads_a_fraction_dose_without_rtplan_as_stored_and_scales_it_on_request(fraction_dose_only):
+    stored = _dvh_json(fraction_dose_only)
+    assert any("FRACTION dose read as stored" in note for note in stored["notes"])
+    scaled = _dvh_json(fraction_dose_only, "--fractions", "5")
+    assert any("multiplied by 5" in note for note in scaled["notes"])
+    for metric in ("Max[Gy]", "Mean[Gy]"):
+        assert scaled["structures"]["PTV"]["metrics"][metric] == pytest.approx(
+            5 * stored["structures"]["PTV"]["metrics"][metric], rel=1e-6)
+
+
+def test_check_still_refuses_a_fraction_dose_of_unknown_fraction_count(fraction_dose_only):
+    result = runner.invoke(app, ["check", str(fraction_dose_only)])
+    assert result.exit_code != 0
+
+
+def test_engine_band_follows_the_accuracy_bar():
+    dose = parse_metric("D0.5cc[Gy]")
+    assert engine_band(dose, 20.0, 50.0, "Gy") == pytest.approx(0.2)  # 1 % of 20 Gy
+    assert engine_band(dose, 5.0, 50.0, "Gy") == pytest.approx(0.1)  # the 0.1 Gy floor
+    assert engine_band(dose, 20.0, 0.5, "Gy") == pytest.approx(0.6)  # under 1 cc: 3 %
+    assert engine_band(parse_metric("V15Gy[%]"), 30.0, 50.0, "%") == pytest.approx(0.5)
+
+
+def test_statistical_band_only_for_point_and_small_volume_dose_metrics():
+    assert statistical_band(parse_metric("Max[Gy]"), 20.0, 100.0, 1.0) == pytest.approx(0.4)
+    assert statistical_band(parse_metric("D0.5cc[Gy]"), 20.0, 100.0, 1.0) == pytest.approx(0.4)
+    assert statistical_band(parse_metric("D1%[Gy]"), 20.0, 100.0, 1.0) == pytest.approx(0.4)  # 1 cc
+    assert statistical_band(parse_metric("D50%[Gy]"), 20.0, 100.0, 1.0) == 0.0
+    assert statistical_band(parse_metric("Mean[Gy]"), 20.0, 100.0, 1.0) == 0.0
+
+
+def test_a_value_within_the_band_of_its_limit_is_borderline_with_its_parts():
+    # The issue's example: 20.95 Gy against < 21 (engine 1 % = 0.21 Gy) reads as close.
+    flag = borderline(20.95, [Limit("<", 21.0)], {"engine": 0.2095, "contour_model": 0.0, "statistical": 0.0})
+    assert flag == {"band": 0.2095, "limit": "< 21", "distance": 0.05,
+                    "parts": {"engine": 0.2095, "contour_model": 0.0, "statistical": 0.0}}
+    assert borderline(20.5, [Limit("<", 21.0)], {"engine": 0.21}) is None
+    # The parts add in quadrature: 0.3 and 0.4 make 0.5.
+    assert borderline(20.52, [Limit("<", 21.0)], {"engine": 0.3, "statistical": 0.4})["band"] == pytest.approx(0.5)
+
+
+PROTOCOL = """
+name: reconcile
+version: "1"
+{extra}
+structures:
+  PTV: {{match: [PTV]}}
+  Liver: {{match: [Liver]}}
+constraints:
+  - {{structure: PTV, metric: "Max[Gy]", pass: "< {limit}"}}
+  - {{structure: Liver, metric: "Mean[Gy]", pass: "< 100"}}
+rules:
+  - {{rule: tps_agreement, structures: [PTV], optional: true}}
+"""
+
+
+def _protocol(tmp_path: Path, extra: str = "", limit: float = 100.0) -> Path:
+    path = tmp_path / "protocol.yaml"
+    path.write_text(PROTOCOL.format(extra=extra, limit=limit))
+    return path
+
+
+@pytest.mark.parametrize("extra, problem", [
+    ("dvh: {contour_model: voxels}", "dvh.contour_model"),
+    ("dvh: {model: slab}", "unknown key 'model'"),
+    ("dose: {statistical_uncertainty_percent: -1}", "statistical_uncertainty_percent"),
+])
+def test_protocol_refuses_unknown_contour_models_and_bad_uncertainties(tmp_path, extra, problem):
+    with pytest.raises(ProtocolError, match=problem):
+        load_protocol(_protocol(tmp_path, extra))
+
+
+def test_protocol_contour_model_and_uncertainty_are_read(tmp_path):
+    protocol = load_protocol(_protocol(tmp_path, "dvh: {contour_model: truncated}\n"
+                                                 "dose: {statistical_uncertainty_percent: 1.5}"))
+    assert protocol.contour_model == "truncated" and protocol.statistical_uncertainty_percent == 1.5
+
+
+def _check_json(folder: Path, protocol: Path, *extra: str) -> dict:
+    result = runner.invoke(app, ["check", str(folder), "--protocol", str(protocol), "-f", "json", *extra])
+    assert result.exit_code in (0, 1), result.output
+    return json.loads(result.output)
+
+
+def test_check_flags_a_value_at_its_limit_as_borderline_without_changing_its_status(tmp_path, compliant):
+    first = _check_json(compliant, _protocol(tmp_path))
+    ptv_max = next(r for r in first["results"] if r["metric"] == "Max[Gy]")
+    assert "borderline" not in ptv_max and first["plan"]["contour_model"] == "slab"
+    # A limit 0.05 Gy above the value: inside the 1 % engine band, still a PASS.
+    close = _check_json(compliant, _protocol(tmp_path, limit=round(ptv_max["value"] + 0.05, 4)))
+    flagged = next(r for r in close["results"] if r["metric"] == "Max[Gy]")
+    assert flagged["status"] == "pass"
+    assert flagged["borderline"]["band"] >= 0.01 * ptv_max["value"]
+    assert flagged["borderline"]["distance"] == pytest.approx(0.05, abs=1e-3)
+    markdown = runner.invoke(app, ["check", str(compliant), "--protocol",
+                                   str(_protocol(tmp_path, limit=round(ptv_max["value"] + 0.05, 4))), "-f", "markdown"])
+    assert "PASS (borderline)" in markdown.output
+
+
+def test_protocol_uncertainty_widens_the_band_of_a_maximum(tmp_path, compliant):
+    plain = _check_json(compliant, _protocol(tmp_path, limit=50))
+    value = next(r for r in plain["results"] if r["metric"] == "Max[Gy]")["value"]
+    limit = round(value * 1.025, 3)  # 2.5 % above: outside 1 % engine, inside 1 % + 2 x 1.5 %
+    assert "borderline" not in next(r for r in _check_json(compliant, _protocol(tmp_path, limit=limit))["results"]
+                                    if r["metric"] == "Max[Gy]")
+    noisy = _check_json(compliant, _protocol(tmp_path, "dose: {statistical_uncertainty_percent: 1.5}", limit))
+    flagged = next(r for r in noisy["results"] if r["metric"] == "Max[Gy]")
+    assert flagged["borderline"]["parts"]["statistical"] == pytest.approx(0.03 * value, rel=1e-3)
+
+
+def test_tps_agreement_without_planning_system_dvhs_is_optional_not_evaluated(tmp_path, compliant):
+    report = _check_json(compliant, _protocol(tmp_path))
+    rows = [r for r in report["results"] if r["group"] == "crosscheck"]
+    assert len(rows) == 1 and rows[0]["status"] == "not_evaluated" and not rows[0]["required"]
+    assert "DVHSequence" in rows[0]["reason"]
+
+
+EXAMPLE_PROTOCOL = """
+name: example
+version: "1"
+structures:
+  Heart: {match: [Heart]}
+  Borders: {match: [Borders]}
+constraints:
+  - {structure: Heart, metric: "Mean[Gy]", pass: "< 5"}
+  - {structure: Borders, metric: "Mean[Gy]", pass: "< 5"}
+rules:
+  - {rule: tps_agreement, metrics: ["Volume[cc]", "Mean[Gy]"], tolerance_percent: 3, tolerance_gy: 0.1}
+"""
+
+
+def test_tps_agreement_turns_a_disagreement_into_a_variation_naming_both_values(tmp_path, dicompyler_example):
+    protocol = tmp_path / "example.yaml"
+    protocol.write_text(EXAMPLE_PROTOCOL)
+    report = _check_json(dicompyler_example, protocol, "--rx", "14")
+    rows = {(r["structure"], r["metric"]): r for r in report["results"] if r["group"] == "crosscheck"}
+    # Heart: 439.7 cc (slab) against the TPS's 437.5 cc, within 3 %; Borders (2 planes):
+    # 1.29 cc against 0.74 cc, far beyond.
+    assert rows[("Heart", "Volume[cc]")]["status"] == "pass"
+    borders = rows[("Borders", "Volume[cc]")]
+    assert borders["status"] == "variation"
+    assert "0.745" in borders["reason"] and "1.293" in borders["reason"] and "contour model slab" in borders["reason"]
+    assert borders["tps"]["value"] == pytest.approx(0.7446, abs=1e-3)
+    # Each dose result carries the TPS value of the same metric.
+    heart_mean = next(r for r in report["results"] if r["group"] == "dose" and r["structure"] == "Heart")
+    assert heart_mean["tps"]["value"] == pytest.approx(0.643, abs=2e-3)
+    assert report["verdict"] == "variation"
+
+
+@pytest.mark.parametrize("model", ["slab", "truncated", "interpolated"])
+def test_every_report_names_the_contour_model(tmp_path, compliant, model):
+    protocol = _protocol(tmp_path)
+    report = _check_json(compliant, protocol, "--contour-model", model)
+    assert report["plan"]["contour_model"] == model
+    table = runner.invoke(app, ["check", str(compliant), "--protocol", str(protocol), "--contour-model", model])
+    assert f"Contour model  {model}" in table.output
+    junit = runner.invoke(app, ["check", str(compliant), "--protocol", str(protocol), "--contour-model", model,
+                                "-f", "junit"])
+    assert f'name="contour_model" value="{model}"' in junit.output
+
+
+def test_the_protocol_chooses_the_model_and_the_option_overrides_it(tmp_path, compliant):
+    protocol = _protocol(tmp_path, "dvh: {contour_model: truncated}")
+    assert _check_json(compliant, protocol)["plan"]["contour_model"] == "truncated"
+    assert _check_json(compliant, protocol, "--contour-model", "slab")["plan"]["contour_model"] == "slab"
+    # The model changes the numbers: the PTV ends half a slab earlier on each side.
+    slab = _check_json(compliant, protocol, "--contour-model", "slab")
+    truncated = _check_json(compliant, protocol)
+    volume = {r["structure"]: r for r in slab["results"]}
+    assert next(r for r in truncated["results"] if r["structure"] == "Liver")["value"] != volume["Liver"]["value"]
