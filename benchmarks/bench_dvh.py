@@ -712,7 +712,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
 
 INTERP_NOTE = "= dose pixel spacing / 4"
-# results.md from this line on is other benchmarks' (bench_db.py): --write-results keeps it.
+# results.md from this line on is other benchmarks' sections (bench_listen, bench_db, ...): --write-results keeps it.
 OTHER_BENCHMARKS = "<!-- other benchmarks -->"
 
 
