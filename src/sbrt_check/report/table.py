@@ -89,7 +89,7 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
         limit = result.pass_limit + (f" (var {result.variation_limit})" if result.variation_limit else "")
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
         name = ""
-        if (result.structure, result.target) != previous:
+        if (result.structure, result.key) != previous:
             name = escape(result.structure)
             if result.roi and normalize_name(result.roi) != normalize_name(result.structure):
                 name += f" [dim]({escape(result.roi)})[/dim]"
@@ -103,7 +103,7 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
             name, escape(result.metric), escape(limit), value_text(result),
             Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), *tps, status,
         )
-        previous = (result.structure, result.target)
+        previous = (result.structure, result.key)
     return table, notes
 
 
