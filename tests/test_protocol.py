@@ -161,3 +161,31 @@ def test_distinct_needs_a_union(tmp_path):
         load_protocol(_write(tmp_path, text))
     text = BASE.replace("GTV: {match: [GTV]}", "GTV: {match: [GTV, 'GTV*'], union: true, distinct: true}")
     assert load_protocol(_write(tmp_path, text)).structures["GTV"].distinct
+
+
+def test_shipped_targets_nest_gtv_in_itv_in_ptv_and_collect_every_pattern():
+    protocol = load_protocol()
+    assert protocol.target_levels() == ("PTV", "ITV", "GTV")
+    assert all(protocol.structures[name].collects for name in ("PTV", "ITV", "GTV", "Ribs"))
+    assert not protocol.structures["Liver"].collects  # one liver: the first pattern decides
+
+
+@pytest.mark.parametrize("structures, problem", [
+    ("PTV: {match: [PTV], per_target: true}\n  GTV: {match: [GTV], per_target: true, within: CTV}",
+     r"structures.GTV: within 'CTV' is not a per_target structure"),
+    ("PTV: {match: [PTV], per_target: true}\n  GTV: {match: [GTV], within: PTV}",
+     r"structures.GTV: within names the per_target structure this one lies in"),
+    ("PTV: {match: [PTV], per_target: true}\n  GTV: {match: [GTV], per_target: true}",
+     r"structures: per_target structures need exactly one outermost"),
+    ("PTV: {match: [PTV], per_target: true, within: GTV}\n  GTV: {match: [GTV], per_target: true, within: PTV}",
+     r"within forms a cycle|exactly one outermost"),
+    ("PTV: {match: [PTV], per_target: true, derive: 'A | B'}\n  GTV: {match: [GTV]}",
+     r"per_target structures are matched ROIs, not derived"),
+])
+def test_per_target_nesting_mistakes_are_refused(tmp_path, structures, problem):
+    text = (
+        "name: t\nversion: '1'\nstructures:\n  " + structures + "\n  A: {match: [A]}\n  B: {match: [B]}\n"
+        "constraints:\n  - {structure: PTV, metric: 'V95%[%]', pass: '>= 95'}\n"
+    )
+    with pytest.raises(ProtocolError, match=problem):
+        load_protocol(_write(tmp_path, text))

@@ -31,6 +31,7 @@ from typing import Any
 from .dicom.assemble import group_plans
 from .dicom.files import list_files, scan_files
 from .errors import CheckError, InputError
+from .report.escaping import FORMULA_START, csv_cell
 
 AUDIT_SCHEMA = 1
 FIXED_COLUMNS = (
@@ -63,6 +64,7 @@ class PlanJob:
     plan_label: str = ""
     problem: str | None = None
     notes: tuple[str, ...] = ()
+    institution: str = ""  # InstitutionName of the plan's RT objects, for the dashboard
 
     @property
     def plan_uid(self) -> str:
@@ -113,6 +115,7 @@ def discover(root: Path) -> Discovery:
             plan_label=_text(ds, "RTPlanLabel") or _text(ds, "RTPlanName"),
             problem=problem,
             notes=group.notes,
+            institution=_institution(group),
         ))
     by_path = {str(rt.path): rt for rt in contents.rt_files}
     for error in stray + unreadable:
@@ -127,6 +130,30 @@ def discover(root: Path) -> Discovery:
         ))
     jobs.sort(key=lambda j: (j.patient_id, j.plan_label, j.key))
     return Discovery(root, jobs, [*notes, *contents.notes], identities)
+
+
+def _institution(group: Any) -> str:
+    """InstitutionName of the RTPLAN, else of its structure set or dose (headers already read)."""
+    for rt in (group.plan, group.structure_set, *group.doses):
+        name = _text(rt.dataset, "InstitutionName").strip() if rt is not None else ""
+        if name:
+            return name
+    return ""
+
+
+def institution_of_files(files: Iterable[str]) -> str:
+    """InstitutionName of the first of these DICOM files that has one (headers only)."""
+    import pydicom
+
+    for name in files:
+        try:
+            dataset = pydicom.dcmread(name, stop_before_pixels=True, specific_tags=["InstitutionName"])
+        except Exception:  # a file `check` already read; a surprise here only loses the label
+            continue
+        value = _text(dataset, "InstitutionName").strip()
+        if value:
+            return value
+    return ""
 
 
 def _relative(file: str, root: Path) -> str:
@@ -175,6 +202,7 @@ class Settings:
 
     protocol_path: str | None = None
     structure_map: tuple[tuple[str, str], ...] = ()
+    not_targets: tuple[str, ...] = ()
     contour_model: str = "slab"
 
 
@@ -199,6 +227,7 @@ def _protocol(path: str | None) -> Any:
 def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
     """Check one plan exactly as `check` does; any failure becomes the outcome's error."""
     started = time.perf_counter()
+    _hold_for_tests(job)
     digest = input_hash(job.files)
     if job.problem:
         return Outcome(job, digest, time.perf_counter() - started, error=job.problem)
@@ -208,7 +237,8 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
         from .report.json_report import report_dict
 
         plan = load_plan([Path(f) for f in job.files], job.key, settings.contour_model)
-        options = Options(structure_map=settings.structure_map, threads=1)  # one process per core already
+        # one thread: the audit already runs one process per core
+        options = Options(structure_map=settings.structure_map, not_targets=settings.not_targets, threads=1)
         document = report_dict(Evaluator(plan, _protocol(settings.protocol_path), options).report())
         return Outcome(job, digest, time.perf_counter() - started, report=json.loads(json.dumps(
             document, default=_json_default)))
@@ -219,6 +249,23 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
     except Exception as exc:  # one plan's surprise must not end a 500-plan audit
         error = f"internal error: {type(exc).__name__}: {exc}"
     return Outcome(job, digest, time.perf_counter() - started, error=error)
+
+
+HOLD_ENV = "SBRT_CHECK_TEST_HOLD_PATIENT"
+
+
+def _hold_for_tests(job: PlanJob) -> None:
+    """Test hook: a worker given this patient's plan blocks until it is terminated.
+
+    Why: tests of an interrupted or killed audit need an audit that is certainly still
+    running when they signal it, whatever the machine's load; with --jobs 1 the plans before
+    the held one finish (and are seen on stderr), the held one never does.
+    """
+    held = os.environ.get(HOLD_ENV)
+    if held and job.patient_id == held:
+        import threading
+
+        threading.Event().wait()
 
 
 def _json_default(value: object) -> object:
@@ -306,19 +353,85 @@ class AuditRow:
         return bool(self.cells.get("error"))
 
 
-def column_names(results: list[dict]) -> list[str]:
-    """'PTV V95%[%]' per constraint; a second constraint on the same metric gets ' #2'."""
-    names: list[str] = []
+STATUS_SEVERITY = {"fail": 0, "not_evaluated": 1, "variation": 2, "pass": 3}
+
+
+def _base_name(result: dict) -> str:
+    return f"{result['structure']} {result['metric']}"
+
+
+def lesion_column(result: dict) -> str:
+    """'PTV[2] V95%[%]': the column of one lesion's row of a per-target constraint."""
+    return f"{result['structure']}[{result['target']}] {result['metric']}"
+
+
+def worst_of(rows: list[dict]) -> dict:
+    """The lesion row a reviewer must see: the worst status, then the smallest margin."""
+    def severity(result: dict) -> tuple[int, float]:
+        margin = result.get("margin")
+        return (STATUS_SEVERITY.get(result.get("status", ""), 1),
+                margin if margin is not None and math.isfinite(margin) else -math.inf)
+    return min(rows, key=severity)
+
+
+def _groups(results: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Result rows by column: one per constraint ('PTV V95%[%]'; a second one on the same metric
+    gets ' #2'), the lesion rows of a per-target constraint together."""
     seen: Counter[str] = Counter()
+    grouped: dict[str, list[dict]] = {}
+    order: list[tuple[str, list[dict]]] = []
     for result in results:
-        base = f"{result['structure']} {result['metric']}"
+        base = _base_name(result)
+        if result.get("target") is not None and base in grouped:
+            grouped[base].append(result)
+            continue
         seen[base] += 1
-        names.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
-    return names
+        group = [result]
+        if result.get("target") is not None:
+            grouped[base] = group
+        order.append((base if seen[base] == 1 else f"{base} #{seen[base]}", group))
+    return order
+
+
+def column_names(results: list[dict]) -> list[str]:
+    """The column of each result row, in order: its constraint's, or its lesion's ('PTV[2] V95%[%]')
+    when the plan has several lesions."""
+    names = {}
+    for name, group in _groups(results):
+        for result in group:
+            names[id(result)] = lesion_column(result) if len(group) > 1 else name
+    return [names[id(result)] for result in results]
+
+
+def summary_cells(results: list[dict]) -> dict[str, tuple[Any, str]]:
+    """Column name -> (value, status).
+
+    A per-target constraint (one row per lesion) fills its constraint's column with its worst
+    lesion, and each lesion also has its own column ('PTV[1] V95%[%]', 'PTV[2] V95%[%]'), so
+    the columns are the same whatever the number of lesions.
+    """
+    cells: dict[str, tuple[Any, str]] = {}
+    for name, group in _groups(results):
+        shown = worst_of(group)
+        cells[name] = (shown["value"], shown["status"])
+        for result in group:
+            if result.get("target") is not None:
+                cells[lesion_column(result)] = (result["value"], result["status"])
+    return cells
 
 
 def protocol_columns(protocol: Any) -> list[str]:
-    return column_names([{"structure": c.structure, "metric": c.metric.text} for c in protocol.constraints])
+    """The constraints' columns, with per-lesion columns for as many lesions as the trial allows."""
+    lesions = max(
+        [int((r.get("count") or {}).get("max") or 2) for r in protocol.rules if r.get("rule") == "lesions"] or [2]
+    )
+    results = []
+    for constraint in protocol.constraints:
+        spec = protocol.structures.get(constraint.structure)
+        numbers = range(1, lesions + 1) if spec is not None and spec.per_target else [None]
+        results += [{"structure": constraint.structure, "metric": constraint.metric.text, "target": n,
+                     "status": "pass", "value": None} for n in numbers]
+    return list(summary_cells(results))
 
 
 def _limit_value(limit: str | None) -> float | None:
@@ -381,9 +494,9 @@ def make_row(outcome: Outcome, root: Path, protocol: Any) -> AuditRow:
         not_evaluated=statuses[("not_evaluated", True)], not_evaluated_optional=statuses[("not_evaluated", False)],
         worst=worst_constraint(results),
     )
-    for name, result in zip(column_names(results), results, strict=True):
-        cells[name] = result["value"]
-        cells[name + STATUS_SUFFIX] = result["status"]
+    for name, (value, status) in summary_cells(results).items():
+        cells[name] = value
+        cells[name + STATUS_SUFFIX] = status
     return AuditRow(cells, report)
 
 
@@ -463,6 +576,51 @@ def split_resumed(
     return todo, kept
 
 
+class AuditStore:
+    """The results store (`store`) as an audit uses it: which plans it holds a check of, and
+    recording each row as it finishes, with this run's protocol as the provenance of error rows."""
+
+    def __init__(self, connection: Any, protocol: Any) -> None:
+        from .provenance import protocol_record, provenance_of
+
+        self.connection = connection
+        self.protocol = protocol_record(protocol)
+        self.provenance = provenance_of(self.protocol)
+
+    def add(self, rows: Iterable[AuditRow]) -> None:
+        """Rows from elsewhere (an earlier CSV/JSON audit); a check the store has is skipped."""
+        for row in rows:
+            self._save(row, row.key, "")
+
+    def record(self, job: PlanJob, row: AuditRow) -> None:
+        self._save(row, job.key, job.institution)
+
+    def _save(self, row: AuditRow, plan_key: str, institution: str) -> None:
+        from .store import record_of, save_check
+
+        save_check(self.connection, record_of(row.cells, row.report, plan_key, institution, self.protocol))
+
+    def split(self, jobs: list[PlanJob]) -> tuple[list[PlanJob], list[AuditRow]]:
+        """(plans still to check, rows of the plans the store holds a check of).
+
+        A plan is not checked again when the store holds a check of the same plan with the same
+        input bytes, protocol text, name and version, and contour model (`store.check_key`).
+        """
+        from .store import check_key, known_checks, stored_rows
+
+        known = known_checks(self.connection)
+        todo: list[PlanJob] = []
+        stored: list[str] = []
+        for job in jobs:
+            key = check_key(job.key, input_hash(job.files), self.provenance)
+            if key in known:
+                stored.append(key)
+            else:
+                todo.append(job)
+        rows = stored_rows(self.connection, stored)
+        return todo, [AuditRow(*rows[key]) for key in stored]
+
+
 # --- anonymisation -------------------------------------------------------------------------
 class Anonymizer:
     """Patient IDs and names -> 'anon-' + 12 hex of HMAC-SHA256(salt, value): stable across runs
@@ -528,20 +686,6 @@ class Anonymizer:
 
 
 # --- output --------------------------------------------------------------------------------
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _guard(value: Any) -> Any:
-    """Text cells that a spreadsheet would run as a formula get a leading quote (CSV injection)."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value
-
-
 def _unguard(text: str) -> str:
     return text[1:] if text.startswith("'") and text[1:2] in FORMULA_START else text
 
@@ -551,7 +695,7 @@ def render_csv(rows: list[AuditRow], columns: list[str]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if v is None else _guard(v) for k, v in row.cells.items()})
+        writer.writerow({k: "" if v is None else csv_cell(v) for k, v in row.cells.items()})
     return buffer.getvalue()
 
 

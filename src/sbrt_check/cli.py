@@ -18,9 +18,13 @@ import typer
 from .errors import CheckError, InputError, ProtocolError
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
-COMMANDS = ("check", "dvh", "audit")
-MAP_HELP = "Force a match: STRUCTURE=ROI, or STRUCTURE=#ROI-number (repeatable)."
+COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard", "listen")
+MAP_HELP = "Force a match: STRUCTURE=ROI, STRUCTURE=ROI1,ROI2 (several lesions), or STRUCTURE=#ROI-number (repeatable)."
+NOT_TARGET_HELP = "An ROI that looks like a target but is not one (an optimisation ring, 'PTV_opt'); repeatable."
 DEFAULT_DVH_METRICS = "Mean[Gy],Max[Gy],Min[Gy],D95%[Gy],D0.5cc[Gy],D0.03cc[Gy]"
+DB_HELP = "Results database (SQLite file): record every check; plans already checked are not checked again."
+DASHBOARD_HELP = "Write the QA dashboard (one HTML page; each plan's report beside it)."
+PATIENTS_HELP = "Write one CSV row per patient (latest submission) for the trial statistician."
 
 app = typer.Typer(
     add_completion=False,
@@ -85,6 +89,14 @@ def _parse_map(values: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _parse_not_targets(values: list[str] | None) -> tuple[str, ...]:
+    """--not-target ROI (repeatable, or comma-separated)."""
+    names = [name.strip() for value in values or [] for name in value.split(",")]
+    if any(not name for name in names):
+        raise InputError(None, "--not-target needs an ROI name or #number")
+    return tuple(names)
+
+
 def _write(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text)
@@ -107,12 +119,14 @@ def check(
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription dose in Gy (overrides the plan).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     plan: Annotated[str | None, typer.Option("--plan", help="Plan label or UID when the folder holds several.")] = None,
     format_: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Acceptable variations fail too (exit code 1).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the verdict line.")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Also record the check in this results database.")] = None,
     contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
 ) -> None:
     """Check one exported plan folder against the protocol (the default command)."""
@@ -124,9 +138,11 @@ def check(
         raise InputError(None, f"--rx {rx} is not a positive dose")
     loaded_protocol = load_protocol(protocol)
     plan_data = load_plan(folder, plan, _contour_model(contour_model, loaded_protocol))
-    options = Options(prescription_gy=rx, structure_map=_parse_map(map_))
+    options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
     evaluator = Evaluator(plan_data, loaded_protocol, options)
     report = evaluator.report()
+    if db is not None:
+        _record_check(db, plan_data, report, loaded_protocol)
     if html is not None:
         _write_html(evaluator, report, html)
     if output is not None or not quiet:
@@ -158,11 +174,28 @@ def _render(report, format_: Format, strict: bool) -> str:
 
 def _write_html(evaluator, report, path: Path) -> None:
     """The HTML report: the slices come from the plan, the rest from the report."""
-    from .report.html import render_html
-    from .slices import report_slices
+    from .report.html import render_checked_plan
 
-    slices = report_slices(evaluator.plan, report, lambda name: evaluator.matcher.resolve(name).tokens)
-    _write(render_html(report, slices), path)
+    _write(render_checked_plan(evaluator, report), path)
+
+
+def _record_check(db: str, plan_data, report, protocol) -> None:
+    """One `check` into the results store, as the audit would record the same plan."""
+    import json
+
+    from . import audit as au
+    from . import store
+    from .report.json_report import render_json
+
+    files = tuple(str(p) for p in plan_data.inputs.files)
+    info = plan_data.inputs.plan
+    job = au.PlanJob(key=info.sop_instance_uid if info else "file:" + files[0], files=files,
+                     institution=au.institution_of_files(files))
+    outcome = au.Outcome(job, au.input_hash(files), 0.0, report=json.loads(render_json(report)))
+    row = au.make_row(outcome, Path(os.path.commonpath(files)).parent if files else Path("."), protocol)
+    connection = store.connect(db)
+    store.save_check(connection, store.record_of(row.cells, row.report, job.key, job.institution, report.protocol))
+    connection.close()
 
 
 def _console(width_when_piped: int):
@@ -230,9 +263,11 @@ def dvh(
 
 @app.command()
 def audit(
-    root: Annotated[Path, typer.Argument(help="Folder tree holding the plans, of any shape.")],
+    root: Annotated[Path | None, typer.Argument(
+        help="Folder tree holding the plans, of any shape; with --from-pacs, where fetched plans are kept.")] = None,
     protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
     map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
     out: Annotated[list[Path] | None, typer.Option(
         "--out", "-o", help="Write one row per plan: .csv or .json (repeatable).")] = None,
@@ -242,6 +277,14 @@ def audit(
         "--anonymize", help="Replace patient IDs and names in every output by a salted hash.")] = False,
     salt: Annotated[str | None, typer.Option(help="Salt for --anonymize (default: $SBRT_CHECK_SALT).")] = None,
     shard: Annotated[str | None, typer.Option(help="Check only shard i of n (1-based), e.g. 3/10.")] = None,
+    db: Annotated[str | None, typer.Option("--db", help=DB_HELP)] = None,
+    html: Annotated[Path | None, typer.Option("--html", help=DASHBOARD_HELP)] = None,
+    patients_csv: Annotated[Path | None, typer.Option("--patients-csv", help=PATIENTS_HELP)] = None,
+    from_pacs: Annotated[str | None, typer.Option(
+        "--from-pacs", help="Fetch the plans from this archive first (C-FIND + C-GET): AE@HOST:PORT.")] = None,
+    patients: Annotated[Path | None, typer.Option(help="With --from-pacs: file of patient IDs, one a line.")] = None,
+    since: Annotated[str | None, typer.Option(help="With --from-pacs: studies from this date (YYYY-MM-DD).")] = None,
+    calling_ae: Annotated[str, typer.Option("--calling-ae", help="With --from-pacs: our AE title.")] = "SBRTCHECK",
     contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
 ) -> None:
     """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
@@ -256,12 +299,19 @@ def audit(
     started = time.perf_counter()
     loaded_protocol = load_protocol(protocol)
     settings = au.Settings(
-        str(protocol) if protocol else None, _parse_map(map_), _contour_model(contour_model, loaded_protocol)
+        str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
+        _contour_model(contour_model, loaded_protocol),
     )
     n_jobs = jobs if jobs is not None else au.default_jobs()
     if n_jobs < 1:
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")
     outputs = list(out or ([resume] if resume else []))
+    if from_pacs:
+        root = _fetch_from_pacs(from_pacs, root, outputs, patients, since, calling_ae)
+    elif patients or since:
+        raise InputError(None, "--patients and --since select what --from-pacs fetches")
+    if root is None:
+        raise InputError(None, "give the folder to audit (or --from-pacs AE@HOST:PORT)")
     found = au.discover(root)
     todo = found.jobs
     if shard:
@@ -270,9 +320,16 @@ def audit(
     kept: list = []
     if resume:
         todo, kept = au.split_resumed(todo, au.read_previous(resume), loaded_protocol)
-    rows = [scrub.row(r) if scrub else r for r in kept]
     if not found.jobs:
         raise InputError(root, "no RTPLAN found in the tree")
+    kept = [scrub.row(r) if scrub else r for r in kept]
+    results_store = _open_audit_store(db, html, patients_csv, loaded_protocol)
+    if results_store is not None:
+        results_store.add(kept)  # rows resumed from a CSV/JSON go into the store too
+        if db is not None:  # plans the database already holds a check of are not checked again
+            todo, stored = results_store.split(todo)
+            kept += [scrub.row(r) if scrub else r for r in stored]
+    rows = list(kept)
 
     def save() -> None:
         ordered = au.sort_rows(rows)
@@ -281,10 +338,14 @@ def audit(
 
     interrupted = False
     try:
-        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save)
+        _run_audit(au, todo, settings, n_jobs, root, loaded_protocol, scrub, rows, save,
+                   results_store.record if results_store is not None else None)
     except KeyboardInterrupt:
         interrupted = True
     save()
+    if results_store is not None:
+        _write_store_outputs(results_store.connection, html, patients_csv)
+        results_store.connection.close()  # the last connection checkpoints the WAL into the database file
 
     from .report.audit_report import summary_line, summary_table
 
@@ -297,8 +358,29 @@ def audit(
     raise typer.Exit(au.audit_exit_code(rows))
 
 
-def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) -> None:
-    """Run the plans, append each row as it finishes, show progress, checkpoint every 25 rows."""
+def _fetch_from_pacs(archive_text: str, root: Path | None, outputs: list[Path], patients: Path | None,
+                     since: str | None, calling_ae: str) -> Path:
+    """Fetch the selected plans into `root` (default: beside the first output, `<name>.dicom/`)."""
+    from .node.pacs import fetch_plans, parse_archive, parse_since, read_patient_list
+
+    if patients and since:
+        raise InputError(None, "--patients and --since: give one of them")
+    archive = parse_archive(archive_text)
+    if root is None:
+        root = outputs[0].with_suffix(".dicom") if outputs else Path("sbrt-check-pacs")
+    root.mkdir(parents=True, exist_ok=True)
+    fetched = fetch_plans(archive, root, calling_ae, read_patient_list(patients) if patients else None,
+                          parse_since(since) if since else None)
+    for problem in fetched.problems:
+        typer.echo(f"sbrt-check: warning: {problem}", err=True)
+    typer.echo(f"fetched from {archive}: {fetched.studies} studies with RT plans, {fetched.retrieved} series "
+               f"({fetched.instances} objects) retrieved, {fetched.skipped} already in {root}", err=True)
+    return root
+
+
+def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save, record=None) -> None:
+    """Run the plans, append each row as it finishes (and `record` it in the store before its
+    progress line), show progress, checkpoint every 25 rows."""
     from rich.console import Console
 
     from .report.audit_report import progress_line
@@ -316,6 +398,8 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) ->
         for done, outcome in enumerate(au.run_jobs(todo, settings, n_jobs), start=1):
             row = au.make_row(outcome, root, protocol)
             rows.append(scrub.row(row) if scrub else row)
+            if record is not None:
+                record(outcome.job, rows[-1])
             if progress is not None:
                 progress.update(task, advance=1, description=progress_line(done, len(todo), rows[-1])[:80])
             else:
@@ -325,6 +409,180 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save) ->
     finally:
         if progress is not None:
             progress.stop()
+
+
+def _open_audit_store(db: str | None, html: Path | None, patients_csv: Path | None, protocol):
+    """The --db store; an in-memory one when only a dashboard or patient list needs one; else None."""
+    if db is None and html is None and patients_csv is None:
+        return None
+    from . import audit as au
+    from . import store
+
+    return au.AuditStore(store.connect(db if db is not None else ":memory:"), protocol)
+
+
+def _write_store_outputs(connection, html: Path | None, patients_csv: Path | None) -> None:
+    """The dashboard (with each plan's page beside it) and the per-patient CSV, from the store."""
+    from . import audit as au
+    from . import store
+
+    with store.snapshot(connection):
+        states = store.plan_states(connection)
+        results = store.results_of(connection, [s.check["check_key"] for s in states])
+    if patients_csv is not None:
+        from .report.patients import render_patients_csv
+
+        au.write_atomic(patients_csv, render_patients_csv(store.patient_lines(states)))
+    if html is not None:
+        from .report.dashboard import render_dashboard
+
+        pages_dir = html.with_name(html.stem + "_plans")
+        page, plan_pages = render_dashboard(states, results, pages_dir.name)
+        try:
+            pages_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise InputError(pages_dir, f"cannot create the folder of plan reports ({exc.strerror})") from None
+        for name, text in plan_pages.items():
+            au.write_atomic(pages_dir / name, text)
+        au.write_atomic(html, page)
+
+
+@app.command()
+def review(
+    plan_uid: Annotated[str, typer.Argument(help="RTPLAN SOP Instance UID of the plan reviewed.")],
+    db: Annotated[str, typer.Option("--db", help="Results database holding the plan's check.")],
+    reviewer: Annotated[str, typer.Option("--as", help="Who signs off (name of the physicist).")],
+    decision: Annotated[str, typer.Option(help="accepted or deviation.")],
+    note: Annotated[str, typer.Option(help="Why: what was looked at and decided.")] = "",
+) -> None:
+    """Record a physicist's sign-off of a plan's latest check: who, when, accepted or deviation."""
+    from . import store
+
+    connection = store.connect(db, create=False)
+    saved = store.add_review(connection, plan_uid, reviewer, decision, note)
+    connection.close()
+    typer.echo(f"review recorded: plan {plan_uid}: {saved['decision']} by {saved['reviewer']} "
+               f"at {saved['reviewed_at']}")
+
+
+@app.command()
+def merge(
+    sources: Annotated[list[str], typer.Argument(help="Results databases to combine (e.g. one per shard).")],
+    db: Annotated[str, typer.Option("--db", help="Database to merge into (created if missing).")],
+) -> None:
+    """Combine results databases (of `audit --shard` jobs) without duplicates."""
+    from . import store
+
+    opened = [store.connect(source, create=False) for source in sources]
+    target = store.connect(db)
+    new_checks, new_reviews = store.merge(target, opened)
+    typer.echo(f"merged {len(sources)} databases into {db}: {new_checks} new checks, {new_reviews} new reviews; "
+               f"{store.count_rows(target, 'checks')} checks in all")
+
+
+@app.command()
+def dashboard(
+    db: Annotated[str, typer.Option("--db", help="Results database to show.")],
+    html: Annotated[Path | None, typer.Option("--html", help=DASHBOARD_HELP)] = None,
+    patients_csv: Annotated[Path | None, typer.Option("--patients-csv", help=PATIENTS_HELP)] = None,
+) -> None:
+    """The QA dashboard and/or the per-patient list from a results database."""
+    from . import store
+
+    if html is None and patients_csv is None:
+        raise InputError(None, "nothing to write: give --html FILE and/or --patients-csv FILE")
+    connection = store.connect(db, create=False)
+    _write_store_outputs(connection, html, patients_csv)
+    connection.close()
+class NodeFormat(str, Enum):
+    json = "json"
+    html = "html"
+    junit = "junit"
+
+
+def _parse_formats(text: str) -> tuple[str, ...]:
+    """'json,html' -> ('json', 'html'); JSON is always written (the node's record of each check)."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in NodeFormat.__members__]
+    if unknown:
+        raise InputError(None, f"--format: unknown format(s) {', '.join(unknown)} (json, html, junit)")
+    return tuple(dict.fromkeys(["json", *names]))
+
+
+@app.command()
+def listen(
+    out: Annotated[Path, typer.Option("--out", help="Folder for received objects, reports and state.")],
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 11112,
+    ae_title: Annotated[str, typer.Option("--ae-title", help="This node's AE title.")] = "SBRTCHECK",
+    bind: Annotated[str, typer.Option(help="Address to listen on (default: loopback only).")] = "127.0.0.1",
+    allow_ae: Annotated[str | None, typer.Option(
+        "--allow-ae", help="Comma-separated calling AE titles allowed to connect (default: any).")] = None,
+    protocol: Annotated[Path | None, typer.Option(help="Protocol YAML (default: the shipped rfa_sbrt.yaml).")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help=MAP_HELP)] = None,
+    not_target: Annotated[list[str] | None, typer.Option("--not-target", help=NOT_TARGET_HELP)] = None,
+    format_: Annotated[str, typer.Option("--format", "-f", help="Report formats: json,html,junit.")] = "json",
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: all cores).")] = None,
+    max_object_mb: Annotated[float, typer.Option(help="Refuse a larger object (out of resources).")] = 2048,
+    min_free_mb: Annotated[float, typer.Option(help="Refuse an object that leaves less free disk.")] = 1024,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: accept TLS connections only.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+) -> None:
+    """Run a DICOM node: plans sent to it (C-STORE) are checked as soon as they are whole.
+
+    Each check writes a report under OUT/reports/ and prints one line; SIGTERM or Ctrl-C
+    finishes what is in progress and stops.
+    """
+    import logging
+    import signal
+
+    from .audit import default_jobs
+    from .node.scp import Node, NodeConfig
+    from .node.store import Limits
+    from .node.worker import CheckSettings
+    from .protocol import load_protocol
+
+    load_protocol(protocol)  # a bad protocol is refused now, not at the first plan
+    if not 0 <= port < 65536:  # 0: any free port (tests)
+        raise InputError(None, f"--port {port} is not a TCP port")
+    if not ae_title.strip() or len(ae_title.strip()) > 16:
+        raise InputError(None, f"--ae-title '{ae_title}' must be 1 to 16 characters")
+    if (tls_cert is None) != (tls_key is None):
+        raise InputError(None, "--tls-cert and --tls-key go together")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
+    settings = CheckSettings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
+                             _parse_formats(format_))
+    config = NodeConfig(
+        out=out, ae_title=ae_title.strip(), port=port, bind=bind,
+        allow_ae=tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip()),
+        tls_cert=tls_cert, tls_key=tls_key,
+        limits=Limits(int(max_object_mb * 2**20), int(min_free_mb * 2**20)),
+        workers=max(1, jobs if jobs is not None else default_jobs()), settings=settings,
+    )
+    node = Node(config)
+
+    def stop_on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_term)
+    picked_up, unreadable = node.start()
+    for problem in unreadable:
+        typer.echo(f"sbrt-check: warning: {problem}", err=True)
+    host, bound_port = node.address
+    typer.echo(f"listening as {config.ae_title} on {host}:{bound_port}; writing to {out}"
+               + (f"; {picked_up} plan(s) received earlier to check" if picked_up else ""), err=True)
+    try:
+        while True:
+            typer.echo(node.results.get().line())
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        typer.echo("stopping: finishing associations and checks in progress", err=True)
+        node.stop()
+    while not node.results.empty():
+        typer.echo(node.results.get().line())
+    typer.echo("stopped", err=True)
+    raise typer.Exit(EXIT_OK)
 
 
 def main() -> None:
@@ -337,6 +595,11 @@ def main() -> None:
     for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, "1")
     args = sys.argv[1:]
+    if args[:1] in (["--version"], ["-V"]):  # before the default-command rewrite, which took it for `check`'s
+        from . import __version__
+
+        typer.echo(f"sbrt-check {__version__}")
+        sys.exit(EXIT_OK)
     if args and args[0] not in COMMANDS and args[0] not in ("--help", "-h"):
         args = ["check", *args]
     try:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .borderline import borderline, engine_band, near_enough_to_look, statistical_band
 from .errors import CheckError
 from .metrics import MetricError
-from .models import Dvh, Result
+from .models import Dvh, Result, Sourced
 from .protocol import Constraint
 
 if TYPE_CHECKING:
@@ -25,34 +25,38 @@ if TYPE_CHECKING:
 OTHER_MODEL = {"slab": "truncated", "truncated": "slab", "interpolated": "slab"}
 
 
-def tps_value(evaluator: Evaluator, constraint: Constraint, tokens: tuple[str, ...]) -> float | None:
+def tps_value(evaluator: Evaluator, constraint: Constraint, tokens: tuple[str, ...], rx: Sourced) -> float | None:
     """The constraint's metric on the planning system's DVH of this single ROI, if the RTDOSE has one."""
     tps_dvh = evaluator.plan.tps_dvh(tokens)
     if tps_dvh is None:
         return None
     try:
-        value = evaluator._value(constraint, tps_dvh, "zero")
+        value = evaluator._value(constraint, tps_dvh, "zero", rx)
     except MetricError:
         return None
     return value if math.isfinite(value) else None
 
 
-def model_spread(evaluator: Evaluator, constraint: Constraint, tokens: tuple[str, ...], value: float) -> float:
+def model_spread(
+    evaluator: Evaluator, constraint: Constraint, tokens: tuple[str, ...], value: float, rx: Sourced
+) -> float:
     """|value under the other contour model - value|: how much the contour convention alone moves it."""
     other = evaluator.plan.under_model(OTHER_MODEL.get(evaluator.plan.contour_model, "slab"))
     try:
-        alternative = evaluator._value(constraint, other.dvh(tokens), "zero")
+        alternative = evaluator._value(constraint, other.dvh(tokens), "zero", rx)
     except (MetricError, CheckError):
         return 0.0
     return abs(alternative - value) if math.isfinite(alternative) else 0.0
 
 
-def annotate(evaluator: Evaluator, constraint: Constraint, resolution: Resolution, dvh: Dvh, result: Result) -> Result:
-    """The result with `tps` and `borderline` filled in where they apply."""
+def annotate(
+    evaluator: Evaluator, constraint: Constraint, resolution: Resolution, dvh: Dvh, result: Result, rx: Sourced
+) -> Result:
+    """The result with `tps` and `borderline` filled in where they apply (% metrics of prescription `rx`)."""
     if result.value is None or not math.isfinite(result.value):
         return result
     value = result.value
-    tps = tps_value(evaluator, constraint, resolution.tokens)
+    tps = tps_value(evaluator, constraint, resolution.tokens, rx)
     limits = [constraint.pass_limit] + ([constraint.variation_limit] if constraint.variation_limit else [])
     parts = {
         "engine": engine_band(constraint.metric, value, dvh.volume_cc, result.unit),
@@ -62,5 +66,5 @@ def annotate(evaluator: Evaluator, constraint: Constraint, resolution: Resolutio
         ),
     }
     if any(near_enough_to_look(value, limit) for limit in limits):
-        parts["contour_model"] = model_spread(evaluator, constraint, resolution.tokens, value)
+        parts["contour_model"] = model_spread(evaluator, constraint, resolution.tokens, value, rx)
     return dataclasses.replace(result, tps=tps, borderline=borderline(value, limits, parts))

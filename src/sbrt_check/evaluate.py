@@ -18,8 +18,10 @@ from .metrics import MetricError, compute
 from .models import Dvh, Report, Result, Sourced, Status, Verdict
 from .plandata import DVH_THREADS, PlanData
 from .protocol import Constraint, Protocol
+from .provenance import protocol_record
 from .rules import RuleContext, evaluate_rules
 from .rules.base import judge
+from .targets import Member, TargetSet, find_targets
 
 UNCOVERED_TOLERANCE_CC = 1e-6
 
@@ -29,7 +31,8 @@ class Options:
     """What the user can override on the command line."""
 
     prescription_gy: float | None = None
-    structure_map: tuple[tuple[str, str], ...] = ()
+    structure_map: tuple[tuple[str, str], ...] = ()  # (structure, ROI or ROIs 'A,B' or '#n')
+    not_targets: tuple[str, ...] = ()  # ROIs declared not targets (--not-target)
     threads: int = DVH_THREADS  # DVH worker threads; the audit runs one process per core instead
 
 
@@ -70,24 +73,53 @@ class Evaluator:
         self.options = options
         self.rx, self.fractions = resolve_prescription(plan, protocol, options)
         self.matcher = Matcher(
-            protocol, plan.inputs.structure_set, dict(options.structure_map), overlap=plan.overlap_fraction
+            protocol, plan.inputs.structure_set, dict(options.structure_map), overlap=plan.overlap_fraction,
+            not_targets=options.not_targets,
         )
+        self._targets: TargetSet | None = None
+        self.tokens_by_key: dict[str, tuple[str, ...]] = {}
         self.dvhs: dict[str, Dvh] = {}
         self.messages: list[str] = []
         self.header_extra: dict = {}
 
+    @property
+    def targets(self) -> TargetSet:
+        """The plan's targets (each lesion's PTV, ITV, GTV), paired once for every rule and constraint."""
+        if self._targets is None:
+            info = self.plan.inputs.plan
+            rx_fixed = self.options.prescription_gy is not None or self.protocol.prescription.dose_gy is not None
+            self._targets = find_targets(
+                self.protocol, self.matcher, self.plan.inside_fraction, self.rx, rx_fixed,
+                dict(info.target_doses) if info else {},
+            )
+        return self._targets
+
+    def key_of(self, resolution: Resolution) -> str:
+        """The name a structure's DVH is reported under: 'PTV', or 'PTV (PTV2)' for one of several lesions."""
+        per_target = self.targets.is_per_target(resolution.name)
+        if per_target and len(resolution.tokens) == 1 and len(self.matcher.members(resolution.name)) > 1:
+            return f"{resolution.name} ({resolution.label})"
+        return resolution.name
+
     def dvh_of(self, resolution: Resolution) -> Dvh:
-        if resolution.name not in self.dvhs:
+        key = self.key_of(resolution)
+        if key not in self.dvhs:
             dvh = self.plan.dvh(resolution.tokens)
-            self.dvhs[resolution.name] = dvh
+            self.dvhs[key] = dvh
+            self.tokens_by_key[key] = resolution.tokens
             if dvh.uncovered_cc > UNCOVERED_TOLERANCE_CC:
                 self.messages.append(
-                    f"{resolution.name}: {dvh.uncovered_cc:.2f} cc of {dvh.volume_cc:.2f} cc lies "
+                    f"{key}: {dvh.uncovered_cc:.2f} cc of {dvh.volume_cc:.2f} cc lies "
                     "outside the dose grid (counted as 0 Gy)"
                 )
-        return self.dvhs[resolution.name]
+        return self.dvhs[key]
 
-    def _result(self, constraint: Constraint, resolution: Resolution | None, **fields) -> Result:
+    def tokens_of(self, key: str) -> tuple[str, ...]:
+        """ROI expression of a reported structure name (for the HTML report's slices)."""
+        return self.tokens_by_key.get(key) or self.matcher.resolve(key).tokens
+
+    def _result(self, constraint: Constraint, resolution: Resolution | None, member: Member | None = None,
+                **fields) -> Result:
         spec = self.protocol.structures.get(constraint.structure)
         required = bool(spec and spec.required) and not constraint.optional
         unit = constraint.metric.result_unit
@@ -102,32 +134,49 @@ class Evaluator:
             variation_limit=str(constraint.variation_limit) if constraint.variation_limit else None,
             required=required,
             source=constraint.source,
+            target=member.target if member else None,
+            subject=self.key_of(resolution) if member and resolution else "",
             **fields,
         )
 
-    def _value(self, constraint: Constraint, dvh: Dvh, uncovered: str) -> float:
-        value = compute(constraint.metric, dvh, self.rx.value, uncovered)
+    def _value(self, constraint: Constraint, dvh: Dvh, uncovered: str, rx: Sourced) -> float:
+        value = compute(constraint.metric, dvh, rx.value, uncovered)
         if constraint.convert and constraint.alpha_beta and math.isfinite(value):
             value = convert_dose(value, self.fractions.value, constraint.alpha_beta, constraint.convert)
         return value
 
-    def evaluate_constraint(self, constraint: Constraint) -> Result:
+    def evaluate_constraint(self, constraint: Constraint) -> list[Result]:
+        """One result, or one per lesion for a per-target structure (PTV: PTV1, PTV2)."""
         resolution = self.matcher.resolve(constraint.structure)
         if not resolution.ok:
-            return self._result(constraint, resolution, value=None, status=Status.NOT_EVALUATED,
-                                reason=resolution.problem)
+            return [self._result(constraint, resolution, value=None, status=Status.NOT_EVALUATED,
+                                 reason=resolution.problem)]
+        if not self.targets.is_per_target(constraint.structure):
+            return [self._judge(constraint, resolution, None, self.rx)]
+        return [
+            self._judge(constraint, member.resolution, member, self.targets.prescription(member, self.rx))
+            for member in self.targets.members[constraint.structure]
+        ]
+
+    def _judge(self, constraint: Constraint, resolution: Resolution, member: Member | None, rx: Sourced) -> Result:
+        if member is not None and member.problem:  # an ROI taken for a target that may not be one
+            return self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
+                                reason=member.problem)
         try:
             dvh = self.dvh_of(resolution)
             if dvh.volume_cc <= 0:
                 raise MetricError(f"structure '{resolution.label}' has no volume")
-            value = self._value(constraint, dvh, "zero")
+            value = self._value(constraint, dvh, "zero", rx)
             details: dict = {}
+            if member is not None and self.targets.several:
+                details["prescription_gy"] = rx.value
+                details["prescription_source"] = rx.source
             if constraint.convert:
-                details["physical_gy"] = compute(constraint.metric, dvh, self.rx.value, "zero")
+                details["physical_gy"] = compute(constraint.metric, dvh, rx.value, "zero")
             status = judge(value, constraint.pass_limit, constraint.variation_limit)
             reason = ""
             if dvh.uncovered_cc > UNCOVERED_TOLERANCE_CC:
-                worst = self._value(constraint, dvh, "high")
+                worst = self._value(constraint, dvh, "high", rx)
                 if judge(worst, constraint.pass_limit, constraint.variation_limit) != status:
                     status = Status.NOT_EVALUATED
                     reason = (
@@ -135,31 +184,50 @@ class Evaluator:
                         "depends on the dose there"
                     )
         except (MetricError, CheckError) as exc:
-            return self._result(constraint, resolution, value=None, status=Status.NOT_EVALUATED,
+            return self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
                                 reason=str(exc))
         if not math.isfinite(value):
-            return self._result(constraint, resolution, value=None, status=Status.NOT_EVALUATED,
+            return self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
                                 reason=reason or "value is not a finite number")
         margin = constraint.pass_limit.margin(value)
-        judged = self._result(constraint, resolution, value=value, status=status, reason=reason,
+        judged = self._result(constraint, resolution, member, value=value, status=status, reason=reason,
                               margin=margin, details=details)
-        return annotate(self, constraint, resolution, dvh, judged)
+        return annotate(self, constraint, resolution, dvh, judged, rx)
+
+    def target_results(self) -> list[Result]:
+        """What could not be paired into lesions, and ROIs that look like targets nobody checks."""
+        return [
+            Result(structure=structure, roi=None, metric="Targets", value=None, unit="", pass_limit="paired",
+                   variation_limit=None, status=Status.NOT_EVALUATED, reason=problem, group="geometry",
+                   source="every target of the plan is checked")
+            for structure, problem in self.targets.problems
+        ]
 
     def report(self, extra_results: list[Result] | None = None) -> Report:
         resolutions = [self.matcher.resolve(c.structure) for c in self.protocol.constraints]
-        self.plan.prefetch([r.tokens for r in resolutions if r.ok], self.options.threads)
+        token_sets = [r.tokens for r in resolutions if r.ok and not self.targets.is_per_target(r.name)]
+        token_sets += [m.resolution.tokens for level in self.targets.members.values() for m in level]
+        self.plan.prefetch(token_sets, self.options.threads)
         rules = self.evaluate_rules()  # on this thread while the DVHs are computed
-        results = [self.evaluate_constraint(c) for c in self.protocol.constraints] + rules
-        results += extra_results or []
+        results = [r for c in self.protocol.constraints for r in self.evaluate_constraint(c)] + rules
+        results += self.target_results() + (extra_results or [])
         return Report(
             verdict=overall_verdict(results),
             plan={**self.plan_header(), **self.header_extra},
             results=tuple(results),
-            messages=tuple(self.plan.notes + self.messages + self._prescription_messages()),
-            protocol={"name": self.protocol.name, "version": self.protocol.version,
-                      "file": self.protocol.path},
+            messages=tuple(
+                self.plan.notes + self._choice_messages() + self.matcher.notes + self.messages
+                + self._prescription_messages()
+            ),
+            protocol=protocol_record(self.protocol),
             dvhs=dict(self.dvhs),
         )
+
+    def _choice_messages(self) -> list[str]:
+        """The user's own choices, echoed so a report always shows what was forced."""
+        echoed = [f"--map {name}={rois}" for name, rois in self.options.structure_map]
+        echoed += [f"--not-target {roi}" for roi in self.options.not_targets]
+        return [f"{text} (given on the command line)" for text in echoed]
 
     def evaluate_rules(self) -> list[Result]:
         """The protocol's `rules:` (plan, geometry, indices), on the same resolved structures and DVHs."""
@@ -167,14 +235,19 @@ class Evaluator:
             return []
         context = RuleContext(
             self.plan, self.protocol, self.matcher, self.rx, self.fractions, self.options.prescription_gy,
-            self.dvh_of, self.header_extra,
+            self.dvh_of, self.header_extra, targets=self.targets,
         )
         return evaluate_rules(context, self.protocol.rules)
 
     def _prescription_messages(self) -> list[str]:
         if self.rx.value is None:
             return ["prescription dose unknown (no TargetPrescriptionDose in RTPLAN): give --rx"]
-        return []
+        if not self.targets.several:
+            return []
+        return ["prescription per target: " + "; ".join(
+            f"{t.number} '{t.roi}' {t.prescription.value:g} Gy ({t.prescription.source})"
+            for t in self.targets.targets if t.prescription.value is not None
+        )]
 
     def plan_header(self) -> dict:
         info = self.plan.inputs.plan
@@ -188,6 +261,11 @@ class Evaluator:
             "fractions": self.fractions.value,
             "fractions_source": self.fractions.source,
             "dose_summation": self.plan.dose.summation_type,
+            "targets": [
+                {"number": t.number, "roi": t.roi, "prescription_gy": t.prescription.value,
+                 "prescription_source": t.prescription.source}
+                for t in self.targets.targets
+            ],
             "contour_model": self.plan.contour_model,
             "files": [str(p) for p in self.plan.inputs.files],
         }

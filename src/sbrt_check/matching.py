@@ -36,10 +36,11 @@ def roi_key(entry: RoiEntry) -> str:
     return f"#{entry.number}"
 
 
-def _union(entries: list[RoiEntry]) -> tuple[str, ...]:
+def union_tokens(keys: list[str]) -> tuple[str, ...]:
+    """The expression '( #a | #b | ... )' over ROI keys."""
     tokens: list[str] = ["("]
-    for i, entry in enumerate(entries):
-        tokens += (["|"] if i else []) + [roi_key(entry)]
+    for i, key in enumerate(keys):
+        tokens += (["|"] if i else []) + [key]
     return tuple(tokens + [")"])
 
 
@@ -52,26 +53,77 @@ class Matcher:
 
     def __init__(
         self, protocol: Protocol, structure_set: StructureSet, forced: dict[str, str],
-        overlap: Callable[[str, str], float] | None = None,
+        overlap: Callable[[str, str], float] | None = None, not_targets: tuple[str, ...] = (),
     ) -> None:
         self.protocol = protocol
         self.rois = [r for r in structure_set.rois if r.is_volume]
         self.forced = forced
         self.overlap = overlap
         self.cache: dict[str, Resolution] = {}
+        self.copies: set[int] = set()
+        self.notes: list[str] = []
+        self.not_targets: set[int] = set()
+        self.unknown_not_targets: list[str] = []
+        for text in not_targets:
+            found = self._named(text)
+            if found:
+                self.not_targets.update(r.number for r in found)
+            else:
+                self.unknown_not_targets.append(text)
+
+    def _named(self, text: str) -> list[RoiEntry]:
+        """ROIs called `text` (names compared as the protocol compares them), or numbered '#n'."""
+        text = text.strip()
+        if text.startswith("#") and text[1:].isdigit():  # by ROI number: tells apart 'PTV' and 'ptv'
+            return [r for r in self.rois if r.number == int(text[1:])]
+        wanted = normalize_name(text)
+        return [r for r in self.rois if normalize_name(r.name) == wanted]
 
     def _matches(self, spec: StructureSpec) -> tuple[list[RoiEntry], str]:
+        """The ROIs of a structure and how they were found; a --map naming nothing gives none.
+
+        A set (union or per-target structure) takes the ROIs of every pattern: with the first
+        pattern deciding, 'GTV' would hide 'GTV2' and a second lesion would go unchecked.
+        """
         if spec.name in self.forced:
-            forced = self.forced[spec.name].strip()
-            if forced.startswith("#") and forced[1:].isdigit():  # by ROI number: tells apart 'PTV' and 'ptv'
-                return [r for r in self.rois if r.number == int(forced[1:])], f"--map {spec.name}"
-            wanted = normalize_name(forced)
-            return [r for r in self.rois if normalize_name(r.name) == wanted], f"--map {spec.name}"
+            found: list[RoiEntry] = []
+            for item in self.forced[spec.name].split(","):
+                named = self._named(item)
+                if not named:
+                    return [], f"--map {spec.name}"
+                found += [r for r in named if r not in found]
+            return found, f"--map {spec.name}"
+        if spec.collects:
+            found = [r for r in self.rois if any(name_matches(p, r.name) for p in spec.match)]
+            if spec.per_target:
+                found = [r for r in found if r.number not in self.not_targets]
+            return found, f"match {', '.join(repr(p) for p in spec.match)}"
         for pattern in spec.match:
             found = [r for r in self.rois if name_matches(pattern, r.name)]
             if found:
                 return found, f"match '{pattern}'"
         return [], ""
+
+    def members(self, name: str) -> list[Resolution]:
+        """One single-ROI resolution per ROI of a structure (the lesions' PTVs), in ROI order."""
+        whole = self.resolve(name)
+        if not whole.ok:
+            return []
+        by_key = {roi_key(r): r for r in self.rois}
+        return [
+            Resolution(name, (key,), by_key[key].name, how=whole.how)
+            for key in whole.tokens if key.startswith("#")
+        ]
+
+    def roi_name(self, key: str) -> str:
+        return next((r.name for r in self.rois if roi_key(r) == key), key)
+
+    def claimed(self) -> set[int]:
+        """ROI numbers some protocol structure uses (or that were set aside as copies or not targets)."""
+        numbers = set(self.not_targets) | self.copies
+        for name in self.protocol.structures:
+            numbers.update(int(t[1:]) for t in self.resolve(name).tokens if t.startswith("#"))
+        return numbers
 
     def resolve(self, name: str) -> Resolution:
         if name not in self.cache:
@@ -82,7 +134,8 @@ class Matcher:
     def _resolve(self, spec: StructureSpec) -> Resolution:
         found, how = self._matches(spec)
         if spec.name in self.forced and not found:
-            return Resolution(spec.name, problem=f"--map: no ROI named or numbered '{self.forced[spec.name]}'")
+            missing = [i.strip() for i in self.forced[spec.name].split(",") if not self._named(i)]
+            return Resolution(spec.name, problem=f"--map: no ROI named or numbered '{', '.join(missing)}'")
         if found:
             return self._from_rois(spec, found, how)
         if spec.derive:
@@ -104,35 +157,65 @@ class Matcher:
             listed = ", ".join(f"'{r.name}'" for r in empty)
             return Resolution(spec.name, label=names, problem=f"ROI {listed} has no contours")
         if spec.distinct and len(found) > 1:
-            copies = self._overlapping(spec.name, found)
+            found, copies = self._distinct(spec, found)
             if copies:
                 return Resolution(spec.name, label=names, problem=copies)
-        tokens = (roi_key(found[0]),) if len(found) == 1 else _union(found)
+        tokens = (roi_key(found[0]),) if len(found) == 1 else union_tokens([roi_key(r) for r in found])
         label = found[0].name if len(found) == 1 else " | ".join(r.name for r in found)
         return Resolution(spec.name, tokens, label, how=how)
 
-    def _overlapping(self, name: str, found: list[RoiEntry]) -> str:
-        """Why ROIs meant as separate ones (lesions) are not: two of them overlap; '' when none do.
+    def _distinct(self, spec: StructureSpec, found: list[RoiEntry]) -> tuple[list[RoiEntry], str]:
+        """The separate ROIs of a set, and why they are not separate ('' when they are).
 
         Per-phase copies of one GTV (GTV_T0 ... GTV_T90) overlap almost entirely. Taken as a
         union they would count as ten lesions and, subtracted from the liver, remove the whole
         motion envelope from "normal liver", lowering its mean dose: never a silent union.
+        Where exactly one ROI of an overlapping group bears the structure's own name (a
+        pattern without wildcards: 'GTV' among 'GTV_T0' ... 'GTV_T90', 'PTV' and 'PTV_opt'),
+        it is the one taken, and the others are named in the notes as its copies.
         """
         if self.overlap is None:
-            return ""
-        for i, first in enumerate(found):
-            for second in found[i + 1 :]:
-                try:
-                    shared = self.overlap(roi_key(first), roi_key(second))
-                except CheckError as exc:
-                    return str(exc)
-                if shared > DISTINCT_OVERLAP:
-                    return (
-                        f"'{first.name}' and '{second.name}' overlap ({shared:.0%} of the smaller): copies of "
-                        "one lesion (respiratory phases?), not separate ones; pick the reference one with "
-                        f"--map {name}=ROI"
-                    )
-        return ""
+            return found, ""
+        groups: list[list[RoiEntry]] = []
+        shares: dict[tuple[int, int], float] = {}
+        for entry in found:
+            joined = []
+            for group in groups:
+                for other in group:
+                    try:
+                        shared = self.overlap(roi_key(other), roi_key(entry))
+                    except CheckError as exc:
+                        return found, str(exc)
+                    shares[(other.number, entry.number)] = shared
+                    if shared > DISTINCT_OVERLAP:
+                        joined.append(group)
+                        break
+            merged = [entry] + [r for group in joined for r in group]
+            groups = [g for g in groups if g not in joined] + [sorted(merged, key=found.index)]
+        exact = [p for p in spec.match if not any(c in p for c in "*?[")]
+        kept: list[RoiEntry] = []
+        for group in sorted(groups, key=lambda g: found.index(g[0])):
+            if len(group) == 1:
+                kept += group
+                continue
+            named = [r for r in group if any(normalize_name(r.name) == normalize_name(p) for p in exact)]
+            if len(named) == 1:
+                kept += named
+                others = [r for r in group if r is not named[0]]
+                self.copies.update(r.number for r in others)
+                self.notes.append(
+                    f"{spec.name}: {', '.join(repr(r.name) for r in others)} overlap '{named[0].name}' and are "
+                    f"taken as copies of it (respiratory phases, optimisation structures), not separate targets"
+                )
+                continue
+            first, second = group[0], group[1]
+            shared = shares.get((first.number, second.number), shares.get((second.number, first.number), 0.0))
+            return found, (
+                f"'{first.name}' and '{second.name}' overlap ({shared:.0%} of the smaller): copies of "
+                "one lesion (respiratory phases?), not separate ones; pick the reference one with "
+                f"--map {spec.name}=ROI, or set the others aside with --not-target ROI"
+            )
+        return sorted(kept, key=found.index), ""
 
     def _derived(self, spec: StructureSpec) -> Resolution:
         tokens: list[str] = []

@@ -162,6 +162,13 @@ class Result:
     details: dict = field(default_factory=dict)
     tps: float | None = None  # the same metric on the planning system's own DVH (RTDOSE DVHSequence)
     borderline: dict | None = None  # {"band", "limit", "distance", "parts"}: within the uncertainty of its limit
+    target: int | None = None  # lesion number (1, 2, ...) of a per-target row (PTV of lesion 2)
+    subject: str = ""  # what the row is about when not the structure alone: 'PTV (PTV2)'
+
+    @property
+    def key(self) -> str:
+        """The structure as reports name it: 'PTV', or 'PTV (PTV2)' for one of several lesions."""
+        return self.subject or self.structure
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_plans
 from .dicom.files import scan_files, scan_folder
-from .dicom.rtdose import combine_doses
+from .dicom.rtdose import check_beam_doses, combine_doses
 from .dicom.rtstruct import RoiEntry
 from .dvh import compute_dvh, dose_at_points, dose_axis
 from .errors import InputError
@@ -48,6 +48,7 @@ class PlanData:
     _rois: dict[str, Roi] = field(default_factory=dict)
     _shapes: dict[str, SlabShape] = field(default_factory=dict)
     _dvhs: dict[tuple[str, ...], Future] = field(default_factory=dict)
+    _volumes: dict[tuple[str, ...], float] = field(default_factory=dict)
     _axis: np.ndarray | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
     contour_model: str = "slab"
@@ -110,19 +111,36 @@ class PlanData:
         shapes = {key: self.shape(key) for key in leaves}
         return derive_region(list(tokens), shapes, self.max_spacing)
 
-    def overlap_fraction(self, first: str, second: str) -> float:
-        """Volume two ROIs share, as a fraction of the smaller one (0 when their boxes are apart)."""
+    def _apart(self, first: str, second: str) -> bool:
+        """True when two ROIs' bounding boxes do not meet (they share no volume)."""
         a, b = self.shape(first), self.shape(second)
         (ax0, ax1, ay0, ay1), (bx0, bx1, by0, by1) = a.bounds, b.bounds
-        apart = (
+        return (
             ax1 < bx0 or bx1 < ax0 or ay1 < by0 or by1 < ay0
             or a.z_hi.max() <= b.z_lo.min() or b.z_hi.max() <= a.z_lo.min()
         )
-        if apart:
+
+    def volume_cc(self, tokens: tuple[str, ...]) -> float:
+        """Volume of an ROI or an expression over ROIs (cached: pairing and rules ask again)."""
+        with self._lock:
+            if tokens not in self._volumes:
+                self._volumes[tokens] = self.region(tokens).volume_cc
+            return self._volumes[tokens]
+
+    def overlap_fraction(self, first: str, second: str) -> float:
+        """Volume two ROIs share, as a fraction of the smaller one (0 when their boxes are apart)."""
+        if self._apart(first, second):
             return 0.0
-        shared = self.region((first, "&", second)).volume_cc
-        smaller = min(self.region((first,)).volume_cc, self.region((second,)).volume_cc)
+        shared = self.volume_cc((first, "&", second))
+        smaller = min(self.volume_cc((first,)), self.volume_cc((second,)))
         return shared / smaller if smaller > 0 else 0.0
+
+    def inside_fraction(self, inner: str, outer: str) -> float:
+        """Share of ROI `inner`'s volume inside ROI `outer` (0 when their boxes are apart)."""
+        if self._apart(inner, outer):
+            return 0.0
+        whole = self.volume_cc((inner,))
+        return self.volume_cc((inner, "&", outer)) / whole if whole > 0 else 0.0
 
     def prefetch(self, token_sets: Sequence[tuple[str, ...]], threads: int) -> None:
         """Start computing these DVHs on `threads` worker threads; `dvh` then waits for each.
@@ -201,6 +219,8 @@ def _load(
     contour_model: str = "slab",
 ) -> PlanData:
     fractions = fractions_override or (inputs.plan.fractions if inputs.plan else None)
+    if inputs.plan:
+        check_beam_doses(inputs.dose_files, inputs.plan.treatment_beams, inputs.plan.path)
     dose, notes = combine_doses(inputs.dose_files, fractions, fraction_as_stored)
     if fractions_override and not dose.summation_type.startswith("FRACTION"):
         notes.append(f"--fractions {fractions_override:g} not applied: the dose is {dose.summation_type}, not FRACTION")

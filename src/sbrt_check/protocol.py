@@ -10,6 +10,7 @@ drops a rule is a false PASS waiting to happen.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,9 @@ TOP_KEYS = {
 }
 DVH_KEYS = {"contour_model"}
 DOSE_KEYS = {"statistical_uncertainty_percent"}
-STRUCTURE_KEYS = {"match", "derive", "required", "union", "distinct", "description", "source"}
+STRUCTURE_KEYS = {
+    "match", "derive", "required", "union", "distinct", "per_target", "within", "description", "source",
+}
 CONSTRAINT_KEYS = {
     "structure", "metric", "pass", "variation", "note", "source", "optional", "id",
     "alpha_beta", "convert",
@@ -67,6 +70,13 @@ class StructureSpec:
     required: bool = True
     union: bool = False
     distinct: bool = False  # the ROIs of a union must not overlap (separate lesions, not phase copies)
+    per_target: bool = False  # one ROI per lesion (PTV1, PTV2): constraints give a row per lesion
+    within: str | None = None  # the per-target structure each of its ROIs lies in (GTV within ITV)
+
+    @property
+    def collects(self) -> bool:
+        """Takes the ROIs of every pattern of `match`, not only the first pattern's."""
+        return self.union or self.per_target
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,18 @@ class Protocol:
     structures: dict[str, StructureSpec]
     constraints: tuple[Constraint, ...]
     rules: tuple[dict, ...] = ()
+    sha256: str = ""  # of the file's bytes: which protocol text produced a result (provenance)
     contour_model: str | None = None  # `dvh: {contour_model: ...}`; None: the command line's (slab)
     statistical_uncertainty_percent: float = 0.0  # `dose: {statistical_uncertainty_percent: ...}`
+
+    def target_levels(self) -> tuple[str, ...]:
+        """The per-target structures from the outermost in (PTV, ITV, GTV), following `within`."""
+        inner_of = {s.within: s.name for s in self.structures.values() if s.per_target and s.within}
+        outermost = [s.name for s in self.structures.values() if s.per_target and s.within is None]
+        levels: list[str] = outermost[:1]
+        while levels and levels[-1] in inner_of and inner_of[levels[-1]] not in levels:
+            levels.append(inner_of[levels[-1]])
+        return tuple(levels)
 
     def needed_structures(self) -> list[str]:
         """Protocol structures the constraints use, with what their derivations use."""
@@ -233,21 +253,55 @@ def _structures(data: Any, problems: _Problems) -> dict[str, StructureSpec]:
                 problems.add(entry, str(exc))
         if not match and not derive:
             problems.add(entry, "needs match or derive")
-        for key in ("required", "union", "distinct"):
+        for key in ("required", "union", "distinct", "per_target"):
             if key in spec and not isinstance(spec[key], bool):
                 problems.add(entry, f"{key} must be true or false")
-        if spec.get("distinct") is True and spec.get("union") is not True:
+        per_target = spec.get("per_target") is True
+        if spec.get("distinct") is True and spec.get("union") is not True and not per_target:
             problems.add(entry, "distinct applies to the ROIs of a union: needs union: true")
+        if per_target and derive:
+            problems.add(entry, "per_target structures are matched ROIs, not derived")
+        within = spec.get("within")
+        if within is not None and (not per_target or not isinstance(within, str)):
+            problems.add(entry, "within names the per_target structure this one lies in (needs per_target: true)")
+            within = None
         specs[str(name)] = StructureSpec(
             str(name), tuple(match), tuple(derive),
-            bool(spec.get("required", True)), bool(spec.get("union", False)), bool(spec.get("distinct", False)),
+            bool(spec.get("required", True)), bool(spec.get("union", False)) or per_target,
+            bool(spec.get("distinct", False)) or per_target, per_target, within,
         )
     for spec in specs.values():
         for operand in expression_names(list(spec.derive)):
             if operand not in specs:
                 problems.add(f"structures.{spec.name}", f"derive uses undefined structure '{operand}'")
+        if spec.within is not None and not (spec.within in specs and specs[spec.within].per_target):
+            problems.add(f"structures.{spec.name}", f"within '{spec.within}' is not a per_target structure")
+    _find_nesting_problems(specs, problems)
     _find_cycles(specs, problems)
     return specs
+
+
+def _find_nesting_problems(specs: dict[str, StructureSpec], problems: _Problems) -> None:
+    """Per-target structures nest in one chain (GTV within ITV within PTV): no cycle, no fork."""
+    per_target = [s for s in specs.values() if s.per_target]
+    roots = [s.name for s in per_target if s.within is None]
+    if per_target and len(roots) != 1:
+        problems.add("structures", f"per_target structures need exactly one outermost (no 'within'); found {roots}")
+    inner_of: dict[str, str] = {}
+    for spec in per_target:
+        if spec.within in inner_of:
+            problems.add(f"structures.{spec.name}",
+                         f"'{spec.within}' already holds '{inner_of[spec.within]}': per-target nesting is one chain")
+        elif spec.within:
+            inner_of[spec.within] = spec.name
+    for spec in per_target:
+        seen, name = set(), spec.name
+        while name is not None and name in specs:
+            if name in seen:
+                problems.add(f"structures.{spec.name}", "within forms a cycle")
+                break
+            seen.add(name)
+            name = specs[name].within
 
 
 def _find_cycles(specs: dict[str, StructureSpec], problems: _Problems) -> None:
@@ -373,7 +427,8 @@ def _dose_settings(data: Any, problems: _Problems) -> float:
 def load_protocol(path: Path | str | None = None) -> Protocol:
     path = Path(path) if path else DEFAULT_PROTOCOL
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProtocolError(path, [f"cannot read protocol ({exc})"]) from None
     try:
@@ -403,5 +458,5 @@ def load_protocol(path: Path | str | None = None) -> Protocol:
         raise ProtocolError(path, problems.items)
     return Protocol(
         str(path), str(data["name"]), str(data["version"]), prescription, structures,
-        tuple(constraints), tuple(rules), contour_model, uncertainty,
+        tuple(constraints), tuple(rules), hashlib.sha256(raw).hexdigest(), contour_model, uncertainty,
     )

@@ -61,8 +61,8 @@ def _dose_limited(results: Iterable[Result], lower: bool) -> list[str]:
     names: list[str] = []
     for result in results:
         bound_is_lower = result.pass_limit.lstrip().startswith(">")
-        if result.group == "dose" and bound_is_lower == lower and result.structure not in names:
-            names.append(result.structure)
+        if result.group == "dose" and bound_is_lower == lower and result.key not in names:
+            names.append(result.key)  # 'PTV (PTV2)': each lesion's target has its own slices
     return names
 
 

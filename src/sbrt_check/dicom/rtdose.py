@@ -163,18 +163,26 @@ def read_dose_file(path: Path, dataset: Dataset) -> DoseFile:
         raise InputError(path, "GridFrameOffsetVector repeats a plane or is not monotonic")
     summation = el.text(dataset, "DoseSummationType", path).upper()
     plan_refs = el.sequence(dataset, "ReferencedRTPlanSequence", path)
+    if len(plan_refs) > 1:
+        raise InputError(path, f"the dose references {len(plan_refs)} plans: a dose of several plans is not "
+                               "supported (export each plan's dose)")
     plan_uid = str(plan_refs[0].get("ReferencedSOPInstanceUID", "")) if plan_refs else None
-    beams = tuple(
+    beams = referenced_beams(plan_refs)
+    grid = DoseGrid(x, y, z, np.ascontiguousarray(dose), summation, (str(path),))
+    frame_uid = el.text(dataset, "FrameOfReferenceUID", path)
+    tps_dvhs, tps_notes = read_tps_dvhs(dataset, path)
+    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid, tps_dvhs, tuple(tps_notes))
+
+
+def referenced_beams(plan_refs) -> tuple[int, ...]:
+    """Beam numbers an RTDOSE's ReferencedRTPlanSequence names (a BEAM dose names its one beam)."""
+    return tuple(
         int(beam.get("ReferencedBeamNumber"))
         for ref in plan_refs
         for group in ref.get("ReferencedFractionGroupSequence", [])
         for beam in group.get("ReferencedBeamSequence", [])
         if beam.get("ReferencedBeamNumber") is not None
     )
-    grid = DoseGrid(x, y, z, np.ascontiguousarray(dose), summation, (str(path),))
-    frame_uid = el.text(dataset, "FrameOfReferenceUID", path)
-    tps_dvhs, tps_notes = read_tps_dvhs(dataset, path)
-    return DoseFile(path, grid, summation, plan_uid or None, beams, frame_uid, tps_dvhs, tuple(tps_notes))
 
 
 def _same_geometry(a: DoseGrid, b: DoseGrid) -> bool:
@@ -182,6 +190,39 @@ def _same_geometry(a: DoseGrid, b: DoseGrid) -> bool:
         u.shape == v.shape and np.allclose(u, v, atol=SPACING_TOLERANCE_MM)
         for u, v in ((a.x, b.x), (a.y, b.y), (a.z, b.z))
     )
+
+
+def check_beam_doses(doses: list[DoseFile], treatment_beams: dict[int, str], plan_path: Path | None) -> None:
+    """BEAM doses must cover each treatment beam of the plan exactly once.
+
+    A missing beam under-states every organ's dose (a false PASS); a doubled one overstates
+    it. Doses that do not say which beam they are cannot be checked, so they are refused too.
+    """
+    beam_doses = [d for d in doses if (d.summation_type or "PLAN") == "BEAM"]
+    if not beam_doses or not treatment_beams:
+        return
+
+    def named(number: int) -> str:
+        name = treatment_beams.get(number, "")
+        return f"{number} ('{name}')" if name else str(number)
+
+    seen: dict[int, Path] = {}
+    for dose in beam_doses:
+        if len(dose.referenced_beams) != 1:
+            raise InputError(dose.path, "BEAM dose names no single beam (ReferencedBeamNumber): cannot tell "
+                                        "whether the beam doses cover the plan")
+        beam = dose.referenced_beams[0]
+        if beam in seen:
+            raise InputError(dose.path, f"beam {named(beam)} has two BEAM doses (also {seen[beam].name}): "
+                                        "keep one")
+        if beam not in treatment_beams:
+            raise InputError(dose.path, f"BEAM dose of beam {beam}, which the plan does not deliver")
+        seen[beam] = dose.path
+    missing = [b for b in treatment_beams if b not in seen]
+    if missing:
+        listed = ", ".join(named(b) for b in missing)
+        raise InputError(plan_path, f"no BEAM dose for beam {listed} of the plan: a partial sum under-states "
+                                    "every dose")
 
 
 def combine_doses(

@@ -25,6 +25,16 @@ class PlanFile:
     prescription_source: str
     fractions: int | None
     beams: tuple[Beam, ...]
+    delivered_beams: tuple[int, ...] = ()  # beam numbers the fraction group delivers
+    target_doses: tuple[tuple[int, float], ...] = ()  # (ROI number, TargetPrescriptionDose) per target
+
+    @property
+    def treatment_beams(self) -> dict[int, str]:
+        """The beams a BEAM dose must cover (number -> name): the fraction group's, else the TREATMENT ones."""
+        names = {b.number: b.name for b in self.beams}
+        if self.delivered_beams:
+            return {number: names.get(number, "") for number in self.delivered_beams}
+        return {b.number: b.name for b in self.beams if b.treatment_delivery_type in ("TREATMENT", "")}
 
 
 def _float_or_none(value: object) -> float | None:
@@ -51,6 +61,19 @@ def _prescription(dataset: Dataset, path: Path) -> tuple[float | None, str]:
     return max(doses), source
 
 
+def _target_doses(dataset: Dataset, path: Path) -> tuple[tuple[int, float], ...]:
+    """TargetPrescriptionDose of each TARGET dose reference that names its ROI (ReferencedROINumber)."""
+    doses = []
+    for reference in el.sequence(dataset, "DoseReferenceSequence", path):
+        if str(reference.get("DoseReferenceType", "")).upper() != "TARGET":
+            continue
+        dose = _float_or_none(reference.get("TargetPrescriptionDose"))
+        roi = reference.get("ReferencedROINumber")
+        if dose is not None and dose > 0 and roi not in (None, ""):
+            doses.append((int(roi), dose))
+    return tuple(doses)
+
+
 def _beam(item: Dataset, meterset: dict[int, float], path: Path) -> Beam:
     number = int(el.required(item, "BeamNumber", path))
     points = list(item.get("ControlPointSequence", []) or [])
@@ -75,13 +98,18 @@ def _beam(item: Dataset, meterset: dict[int, float], path: Path) -> Beam:
 
 def read_plan(path: Path, dataset: Dataset) -> PlanFile:
     groups = el.sequence(dataset, "FractionGroupSequence", path)
+    if len(groups) > 1:
+        raise InputError(path, f"{len(groups)} fraction groups: plans with several fraction groups are not "
+                               "supported (the dose of each would have to be judged separately)")
     fractions = None
     meterset: dict[int, float] = {}
+    delivered: list[int] = []
     if groups:
         planned = groups[0].get("NumberOfFractionsPlanned")
         fractions = int(planned) if planned not in (None, "") else None
         for ref in groups[0].get("ReferencedBeamSequence", []) or []:
             if ref.get("ReferencedBeamNumber") is not None:
+                delivered.append(int(ref.ReferencedBeamNumber))
                 value = _float_or_none(ref.get("BeamMeterset"))
                 if value is not None:
                     meterset[int(ref.ReferencedBeamNumber)] = value
@@ -108,4 +136,6 @@ def read_plan(path: Path, dataset: Dataset) -> PlanFile:
         prescription_source=rx_source,
         fractions=fractions,
         beams=beams,
+        delivered_beams=tuple(delivered),
+        target_doses=_target_doses(dataset, path),
     )

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..models import Dvh
+from .escaping import csv_cell
 
 EXPORT_STEP_GY = 0.01
 
@@ -69,13 +70,13 @@ def render_dvh_csv(items: list[StructureDvh]) -> str:
         dose, volume = resampled(item.dvh)
         total = item.dvh.volume_cc or 1.0
         for d, v in zip(dose, volume, strict=True):
-            writer.writerow([item.name, f"{d:.4f}", f"{v:.5f}", f"{100 * v / total:.4f}"])
+            writer.writerow([csv_cell(item.name), f"{d:.4f}", f"{v:.5f}", f"{100 * v / total:.4f}"])
     writer.writerow([])
     writer.writerow(["structure", "metric", "value"])
     for item in items:
-        writer.writerow([item.name, "Volume[cc]", f"{item.dvh.volume_cc:.4f}"])
+        writer.writerow([csv_cell(item.name), "Volume[cc]", f"{item.dvh.volume_cc:.4f}"])
         for metric, value in item.metrics.items():
-            writer.writerow([item.name, metric, "" if value is None else f"{value:.4f}"])
+            writer.writerow([csv_cell(item.name), csv_cell(metric), "" if value is None else f"{value:.4f}"])
     return out.getvalue()
 
 

@@ -46,3 +46,22 @@ def markdown_cell(value: object) -> str:
     text = " ".join(plain_text(value).split())
     text = html.escape(text, quote=False)  # & < > first: the backslashes below are not HTML
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("@", "@\u200b")
+
+
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a formula-like string gets a leading quote.
+
+    Every CSV the tool writes (audit rows, DVH exports, the per-patient list) passes its cells
+    through here. Numbers, and text that is a number ('-1.5'), are left as they are.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value

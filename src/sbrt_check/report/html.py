@@ -23,7 +23,8 @@ import numpy as np
 
 from ..metrics import MetricError, compute, parse_metric
 from ..models import Dvh, Report, Result, Status
-from ..slices import DoseSlice, SliceSet, target_structures
+from ..provenance import provenance_items
+from ..slices import DoseSlice, SliceSet, report_slices, target_structures
 from .dvh_export import resampled
 from .escaping import html_text, plain_text
 from .table import VERDICT_STYLE, _sourced, verdict_line
@@ -40,6 +41,9 @@ TARGET_STATS = ("Volume[cc]", "Min[Gy]", "D98%[Gy]", "D95%[Gy]", "D50%[Gy]", "Me
 ROI_COLORS = ("#ff00ff", "#00e5ff", "#ff8c00", "#b388ff", "#c5e1a5", "#ff80ab", "#a1887f", "#18ffff",
               "#ea80fc", "#ffcc80", "#80cbc4", "#f48fb1")
 _LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)")
+# No script, nothing remote: even a mistake in escaping could not run code (shared with the dashboard).
+CSP_META = ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'\">")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1150px}
@@ -223,6 +227,7 @@ def _header(report: Report) -> str:
         ("Dose summation", plan.get("dose_summation", "")),
         ("Contour model", plan.get("contour_model", "slab")),
         ("Protocol", f"{report.protocol.get('name', '')} v{report.protocol.get('version', '')}"),
+        *provenance_items(report.protocol, plan, name_and_version=False),
     ]
     body = "".join(f"<tr><td>{html_text(k)}</td><td>{html_text(v)}</td></tr>" for k, v in rows)
     return f'<table class="header">{body}</table>'
@@ -238,7 +243,7 @@ def _results_table(report: Report) -> str:
         color = "#aaa" if optional_gap else "#2c7fb8" if is_report_only(r) else STATUS_COLOR[r.status]
         margin = f"{r.margin:+.2f}" if r.margin is not None and math.isfinite(r.margin) else ""
         value = value_text(r)
-        cells = [html_text(r.structure), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
+        cells = [html_text(r.key), html_text(r.roi or ""), html_text(r.metric), html_text(limit_text(r))]
         rows.append(
             f'<tr class="{r.status.value}"><td>{cells[0]}</td><td>{cells[1]}</td><td>{cells[2]}</td>'
             f'<td>{cells[3]}</td><td class="num">{html_text(value)}</td><td class="num">{margin}</td>'
@@ -248,14 +253,20 @@ def _results_table(report: Report) -> str:
     return f'<table class="results"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
+def _prescription_of(report: Report, name: str) -> float | None:
+    """A lesion's own prescription (per-target rows carry it), else the plan's."""
+    own = (r.details.get("prescription_gy") for r in report.results if r.key == name and r.details)
+    return next((rx for rx in own if rx), report.plan.get("prescription_gy"))
+
+
 def _target_stats(report: Report, targets: list[str]) -> str:
-    rx = report.plan.get("prescription_gy")
     head = "<tr><th>Structure</th>" + "".join(f"<th>{html_text(m)}</th>" for m in TARGET_STATS) + "</tr>"
     rows = []
     for name in targets:
         dvh = report.dvhs.get(name)
         if dvh is None:
             continue
+        rx = _prescription_of(report, name)
         cells = []
         for text in TARGET_STATS:
             try:
@@ -267,12 +278,12 @@ def _target_stats(report: Report, targets: list[str]) -> str:
 
 
 def _dvh_figures(report: Report) -> str:
-    rx = report.plan.get("prescription_gy")
     figures = []
     for name, dvh in report.dvhs.items():
         if not dvh.volume_cc > 0:
             continue
-        results = [r for r in report.results if r.structure == name]
+        rx = _prescription_of(report, name)
+        results = [r for r in report.results if r.key == name]
         markers = [m for m in (limit_marker(r, dvh, rx) for r in results) if m is not None]
         roi = next((r.roi for r in results if r.roi), "")
         shown = f"{name} ({roi})" if roi and roi != name else name
@@ -308,8 +319,7 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-        "style-src 'unsafe-inline'\">",
+        CSP_META,
         f"<title>{html_text(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html_text(title)}</h1>",
         f'<div class="verdict" style="background:{VERDICT_COLOR[report.verdict.value]}">'
@@ -341,3 +351,9 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
                   _slice_figures(hot_items, rx, colors)]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def render_checked_plan(evaluator, report: Report) -> str:
+    """The HTML report of a finished check: the slices come from the plan, the rest from the report."""
+    slices = report_slices(evaluator.plan, report, evaluator.tokens_of)
+    return render_html(report, slices)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..models import Report, Result
+from ..models import Report, Result, Status, Verdict
 
 SCHEMA_VERSION = 1
 
@@ -31,6 +31,7 @@ def result_dict(result: Result) -> dict:
         "group": result.group,
         "margin": _number(result.margin),
         "source": result.source,
+        **({"target": result.target} if result.target is not None else {}),
         **({"details": result.details} if result.details else {}),
         **({"tps": {"value": _number(result.tps)}} if result.tps is not None else {}),
         **({"borderline": result.borderline} if result.borderline else {}),
@@ -56,3 +57,15 @@ def _default(value: object) -> object:
     if hasattr(value, "item"):
         return value.item()  # numpy scalars
     return str(value)
+
+
+def report_from_dict(document: dict) -> Report:
+    """A Report back from its JSON form (no DVHs), to render a stored check in another format."""
+    results = tuple(Result(
+        structure=r["structure"], roi=r.get("roi"), metric=r["metric"], value=r.get("value"), unit=r.get("unit", ""),
+        pass_limit=r.get("pass", ""), variation_limit=r.get("variation"), status=Status(r["status"]),
+        reason=r.get("reason", ""), required=bool(r.get("required", True)), group=r.get("group", "dose"),
+        margin=r.get("margin"), source=r.get("source", ""), details=r.get("details") or {},
+    ) for r in document.get("results", []))
+    return Report(verdict=Verdict(document["verdict"]), plan=dict(document.get("plan") or {}), results=results,
+                  messages=tuple(document.get("messages") or ()), protocol=dict(document.get("protocol") or {}))

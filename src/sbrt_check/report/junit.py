@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from ..models import Report, Result, Status
+from ..provenance import provenance_of
 from .escaping import xml_text
 from .text import borderline_text, limit_text, tps_text, value_text
 
@@ -98,8 +99,10 @@ def _testsuite(parent: ET.Element, report: Report, strict: bool) -> dict[str, in
     _element(properties, "property", name="verdict", value=report.verdict.value)
     _element(properties, "property", name="protocol",
              value=f"{report.protocol.get('name', '')} v{report.protocol.get('version', '')}")
+    for key, value in provenance_of(report.protocol, report.plan).items():
+        _element(properties, "property", name=key, value=value)
     for result, outcome in zip(report.results, outcomes, strict=True):
-        case = _element(suite, "testcase", classname=result.structure, name=result.metric, time="0")
+        case = _element(suite, "testcase", classname=result.key, name=result.metric, time="0")
         if outcome:
             tag, kind = outcome
             _element(case, tag, _details(result), type=kind, message=_message(result))

@@ -84,25 +84,26 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
     table.add_column("Status")
     notes: list[str] = []
     previous = None
-    for result in sorted(results, key=lambda r: (_group_rank(r.group), _order(_same_group(results, r), r))):
+    for result in sorted(results, key=lambda r: (_group_rank(r.group), _order(_same_group(results, r), r),
+                                                 r.target or 0)):
         limit = result.pass_limit + (f" (var {result.variation_limit})" if result.variation_limit else "")
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
         name = ""
-        if result.structure != previous:
+        if (result.structure, result.target) != previous:
             name = escape(result.structure)
             if result.roi and normalize_name(result.roi) != normalize_name(result.structure):
                 name += f" [dim]({escape(result.roi)})[/dim]"
         status = _status_text(result)
         note = "; ".join(t for t in (result.reason, borderline_text(result)) if t)
         if note:
-            notes.append(f"{result.structure} {result.metric}: {note}")
+            notes.append(f"{result.key} {result.metric}: {note}")
             status.append(f" [{len(notes)}]", style="dim")
         tps = [Text(tps_text(result).removeprefix("TPS "), style="dim")] if with_tps else []
         table.add_row(
             name, escape(result.metric), escape(limit), value_text(result),
             Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), *tps, status,
         )
-        previous = result.structure
+        previous = (result.structure, result.target)
     return table, notes
 
 

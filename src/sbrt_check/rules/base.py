@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..matching import Matcher, Resolution
+from ..matching import Matcher, Resolution, union_tokens
 from ..models import Dvh, Result, Sourced, Status
 from ..plandata import PlanData
 from ..protocol import Limit, Protocol, parse_limit
+from ..targets import TargetSet
 
 # Keys any rule entry may carry, whatever its kind.
 COMMON_KEYS = {"rule": None, "id": "", "source": "", "note": "", "optional": False}
@@ -50,10 +51,57 @@ class RuleContext:
     dvh_of: Callable[[Resolution], Dvh]
     header: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    targets: TargetSet = field(default_factory=TargetSet)
 
     def roi_keys(self, resolution: Resolution) -> list[str]:
         """The ROI keys ("#n") an expression uses, in order."""
         return [t for t in resolution.tokens if t.startswith("#")]
+
+    def subject(self, structure: str, resolution: Resolution | None) -> str:
+        """'PTV (PTV2)' for one lesion's ROI when the plan has several lesions, else ''."""
+        if resolution is None or not self.targets.several or len(resolution.tokens) != 1:
+            return ""
+        return f"{structure} ({resolution.label})"
+
+    def pairs(
+        self, inner: str, outer: str, grouped: bool = False
+    ) -> list[tuple[Resolution, Resolution | None, int | None]]:
+        """What a rule on `inner` inside `outer` measures: each lesion's own pair (ITV2 in PTV2)
+        when both are per-target structures, else the two structures whole. `grouped` joins the
+        inner ROIs that lie in one outer ROI (three GTVs in one ITV: one row). An inner ROI that
+        lies in no outer one comes with None (the rule reports it, never skips it)."""
+        inner_whole, outer_whole = self.matcher.resolve(inner), self.matcher.resolve(outer)
+        whole: list[tuple[Resolution, Resolution | None, int | None]] = [(inner_whole, outer_whole, None)]
+        if not (self.targets.is_per_target(inner) and self.targets.is_per_target(outer)):
+            return whole
+        found = self.targets.pairs(inner, outer)
+        if not found or not (inner_whole.ok and outer_whole.ok):
+            return whole  # nothing to pair, or a structure unresolved: its own problem says why
+        if not grouped:
+            return [(m.resolution, p.resolution if p else None, m.target) for m, p in found]
+        groups: dict[str | None, list] = {}
+        for member, parent in found:
+            groups.setdefault(parent.resolution.tokens[0] if parent else None, []).append((member, parent))
+        measured = []
+        for key, group in groups.items():
+            if key is None:
+                measured += [(m.resolution, None, m.target) for m, _ in group]
+                continue
+            inners = [m.resolution for m, _ in group]
+            joined = inners[0] if len(inners) == 1 else Resolution(
+                inner, union_tokens([r.tokens[0] for r in inners]),
+                " | ".join(r.label for r in inners),
+            )
+            measured.append((joined, group[0][1].resolution, group[0][0].target))
+        return measured
+
+    def each_target(self, structure: str) -> list[tuple[Resolution, int | None, Sourced]]:
+        """Each lesion's ROI of a per-target structure with its prescription; else the structure whole."""
+        if self.targets.is_per_target(structure):
+            members = self.targets.members.get(structure, ())
+            if members:
+                return [(m.resolution, m.target, self.targets.prescription(m, self.rx)) for m in members]
+        return [(self.matcher.resolve(structure), None, self.rx)]
 
 
 Check = Callable[[RuleContext, dict], list[Result]]
@@ -146,6 +194,8 @@ class Measured:
     margin: float | None = None
     variation_limit: str | None = None
     details: dict = field(default_factory=dict)
+    target: int | None = None  # the lesion a per-target measurement is of
+    subject: str = ""  # 'PTV (PTV2)' when the plan has several lesions
 
 
 def result(conf: dict, group: str, measured: Measured) -> Result:
@@ -168,6 +218,8 @@ def result(conf: dict, group: str, measured: Measured) -> Result:
         margin=measured.margin,
         source=str(conf.get("source") or conf.get("note") or ""),
         details=measured.details,
+        target=measured.target,
+        subject=measured.subject,
     )
 
 

@@ -28,6 +28,7 @@ ct_slice_thickness, ct_phase
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 
@@ -105,17 +106,36 @@ def measure_margins(inner: SlabShape, outer: SlabShape, centroid: np.ndarray, sp
 
 
 def check_margin(ctx: RuleContext, conf: dict) -> list[Result]:
-    inner, outer = _resolve(ctx, conf["inner"]), _resolve(ctx, conf["outer"])
+    """One row per lesion (ITV1 -> PTV1, ITV2 -> PTV2), or one for the structures whole."""
+    pairs = ctx.pairs(conf["inner"], conf["outer"])
+    return [_margin(ctx, conf, inner, outer, lesion) for inner, outer, lesion in pairs]
+
+
+def _unpaired(ctx: RuleContext, conf: dict, inner: Resolution, outer: Resolution | None, metric: str,
+              unit: str, lesion: int | None) -> Result | None:
+    """The NOT EVALUATED row when a pair cannot be measured (unresolved, or in no outer ROI)."""
+    problem = next((r.problem for r in (inner, outer) if r is not None and not r.ok), "")
+    if outer is None:
+        problem = f"{conf['inner']} '{inner.label}' lies in no {conf['outer']}"
+    if not problem:
+        return None
+    row = not_evaluated(conf, GROUP, conf["outer"], metric, problem, unit)
+    return replace(row, target=lesion, roi=inner.label or None)
+
+
+def _margin(
+    ctx: RuleContext, conf: dict, inner: Resolution, outer: Resolution | None, lesion: int | None
+) -> Result:
     metric = f"Margin {conf['inner']}->{conf['outer']}"
-    for resolution in (inner, outer):
-        if not resolution.ok:
-            return [not_evaluated(conf, GROUP, conf["outer"], metric, resolution.problem, "mm")]
+    unpaired = _unpaired(ctx, conf, inner, outer, metric, "mm", lesion)
+    if unpaired is not None or outer is None:
+        return unpaired  # type: ignore[return-value]
     try:
         inner_shape, outer_shape = _single_shape(ctx, inner), _single_shape(ctx, outer)
         outside = _outside_cc(ctx, inner, outer)
         margins = measure_margins(inner_shape, outer_shape, _centroid(ctx, inner), float(conf["spacing_mm"]))
     except CheckError as exc:
-        return [not_evaluated(conf, GROUP, conf["outer"], metric, str(exc), "mm")]
+        return replace(not_evaluated(conf, GROUP, conf["outer"], metric, str(exc), "mm"), target=lesion)
     wanted, tolerance = float(conf["margin_mm"]), float(conf["tolerance_mm"])
     loose = conf.get("variation_tolerance_mm")
     details = {k: round(v, 2) if np.isfinite(v) else None for k, v in margins.items()}
@@ -133,17 +153,18 @@ def check_margin(ctx: RuleContext, conf: dict) -> list[Result]:
     wrong = off(tolerance)
     if outside > float(conf["outside_tolerance_cc"]):
         status = Status.FAIL
-        reason = f"{conf['outer']} does not contain {conf['inner']}: {outside:.2f} cc of {conf['inner']} outside"
+        reason = f"{outer.label} does not contain {inner.label}: {outside:.2f} cc of {inner.label} outside"
     elif not wrong:
         status, reason = Status.PASS, f"mm: {shown}"
     else:
         status = Status.VARIATION if loose is not None and not off(float(loose)) else Status.FAIL
         reason = f"margin not {limit}: {', '.join(wrong)} mm"
-    return [result(conf, GROUP, Measured(
+    return result(conf, GROUP, Measured(
         conf["outer"], metric, margins["median"], "mm", status, limit, reason,
         roi=f"{inner.label} -> {outer.label}", margin=tolerance - abs(margins["median"] - wanted),
         variation_limit=f"+-{float(loose):g} mm" if loose is not None else None, details=details,
-    ))]
+        target=lesion, subject=ctx.subject(conf["outer"], outer),
+    ))
 
 
 def _farthest_pair(points: np.ndarray) -> float:
@@ -233,22 +254,30 @@ def validate_lesions(conf: dict) -> list[str]:
 
 
 def check_contains(ctx: RuleContext, conf: dict) -> list[Result]:
-    inner, outer = _resolve(ctx, conf["inner"]), _resolve(ctx, conf["outer"])
+    """One row per lesion's outer ROI (GTV1 in ITV1; GTV1 | GTV2 in one ITV), or one for the whole."""
+    pairs = ctx.pairs(conf["inner"], conf["outer"], grouped=True)
+    return [_contains(ctx, conf, inner, outer, lesion) for inner, outer, lesion in pairs]
+
+
+def _contains(
+    ctx: RuleContext, conf: dict, inner: Resolution, outer: Resolution | None, lesion: int | None
+) -> Result:
     metric = f"{conf['inner']} outside {conf['outer']}"
     tolerance = float(conf["tolerance_cc"])
-    for resolution in (inner, outer):
-        if not resolution.ok:
-            return [not_evaluated(conf, GROUP, conf["outer"], metric, resolution.problem, "cc")]
+    unpaired = _unpaired(ctx, conf, inner, outer, metric, "cc", lesion)
+    if unpaired is not None or outer is None:
+        return unpaired  # type: ignore[return-value]
     try:
         outside = _outside_cc(ctx, inner, outer)
     except CheckError as exc:
-        return [not_evaluated(conf, GROUP, conf["outer"], metric, str(exc), "cc")]
+        return replace(not_evaluated(conf, GROUP, conf["outer"], metric, str(exc), "cc"), target=lesion)
     ok = outside <= tolerance
-    return [result(conf, GROUP, Measured(
+    return result(conf, GROUP, Measured(
         conf["outer"], metric, outside, "cc", Status.PASS if ok else Status.FAIL, f"<= {tolerance:g}",
-        "" if ok else f"{conf['outer']} leaves {outside:.2f} cc of {conf['inner']} out",
+        "" if ok else f"{outer.label} leaves {outside:.2f} cc of {inner.label} out",
         roi=f"{inner.label} in {outer.label}", margin=tolerance - outside,
-    ))]
+        target=lesion, subject=ctx.subject(conf["outer"], outer),
+    ))
 
 
 def check_contoured(ctx: RuleContext, conf: dict) -> list[Result]:

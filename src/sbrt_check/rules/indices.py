@@ -20,21 +20,25 @@ A sphere in a spherically symmetric dose has closed forms for all of them (tests
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from ..dvh import compute_dvh, dose_at_volume, trilinear, volume_at_dose
 from ..errors import CheckError
 from ..geometry import (
+    Region,
     at_least_apart,
     box_shape,
     contains_points,
     derive_region,
     grid_distances,
+    nearest_distances,
     surface_points,
 )
+from ..matching import Resolution
 from ..metrics import MetricError
-from ..models import Result
+from ..models import Result, Sourced
 from .base import RuleContext, RuleKind, judged, limit_problems, not_evaluated, number_problems
 
 GROUP = "indices"
@@ -50,23 +54,27 @@ SURFACE_SPACING_MM = 2.0  # ~0.1 mm distance error at 2 cm; finer costs time for
 CANDIDATE_CHUNK = 1024
 
 
-def isodose_volumes(ctx: RuleContext, body: str | None) -> dict:
-    """PIV and PIV50% in cc (cached): the DVH of the box around the 50 % isodose, within the body.
+def _isodose_dvhs(ctx: RuleContext, body: str | None) -> dict:
+    """DVHs of the box around the 50 % isodose, within the body (cached), one per target's share.
 
     Trilinear dose in a cell never exceeds its corners, so every point at >= 50 % Rx lies in
     the box of grid nodes at >= 50 % Rx widened by one node: sampling that box (clipped to
     the body) gives both volumes at the DVH engine's accuracy without sampling the body.
+    With several targets, each sample of the box goes to the target whose surface is
+    nearest (inside a target: that target), so each lesion's PIV is the part of the
+    prescription isodose volume nearer to it than to the others.
     """
     key = ("isodose", body)
     if key in ctx.cache:
         return ctx.cache[key]
-    grid, rx = ctx.plan.dose, ctx.rx.value
-    assert rx
-    hot = np.argwhere(grid.dose_gy >= 0.5 * rx)
+    grid = ctx.plan.dose
+    doses = [t.prescription.value for t in ctx.targets.targets if t.prescription.value] or [ctx.rx.value]
+    lowest_rx = min(d for d in doses if d)
+    hot = np.argwhere(grid.dose_gy >= 0.5 * lowest_rx)
     if not hot.size:
-        volumes = {"piv_cc": 0.0, "piv50_cc": 0.0, "at_edge": False, "over": "whole dose grid"}
-        ctx.cache[key] = volumes
-        return volumes
+        found = {"dvhs": {}, "at_edge": False, "over": "whole dose grid"}
+        ctx.cache[key] = found
+        return found
     shape = np.array(grid.dose_gy.shape)
     low, high = np.maximum(hot.min(axis=0) - 1, 0), np.minimum(hot.max(axis=0) + 1, shape - 1)
     at_edge = bool((hot.min(axis=0) == 0).any() or (hot.max(axis=0) == shape - 1).any())
@@ -89,12 +97,45 @@ def isodose_volumes(ctx: RuleContext, body: str | None) -> dict:
             over = f"whole dose grid ({body}: {resolution.problem})"
     # Twice the dose spacing: the cells' dose spread keeps PIV within ~0.5 % at a quarter of the samples.
     region = derive_region(tokens, shapes, 2 * ctx.plan.max_spacing, within="box")
-    dvh = compute_dvh(region, grid, ctx.plan.axis)
-    volumes = {
-        "piv_cc": volume_at_dose(dvh, rx), "piv50_cc": volume_at_dose(dvh, 0.5 * rx), "at_edge": at_edge, "over": over,
-    }
-    ctx.cache[key] = volumes
-    return volumes
+    owners = [t.keys[0] for t in ctx.targets.targets]
+    if len(owners) > 1:
+        dvhs = {owner: compute_dvh(part, grid, ctx.plan.axis) for owner, part in _split_by_nearest(ctx, region, owners)}
+    else:
+        dvhs = {None: compute_dvh(region, grid, ctx.plan.axis)}
+    found = {"dvhs": dvhs, "at_edge": at_edge, "over": over}
+    ctx.cache[key] = found
+    return found
+
+
+def _split_by_nearest(ctx: RuleContext, region: Region, owners: list[str]) -> list[tuple[str, Region]]:
+    """The region's samples shared out to the nearest target surface (0 inside a target)."""
+    slab, row, column = np.nonzero(region.masks)
+    points = np.column_stack([region.x[column], region.y[row], (region.z_lo[slab] + region.z_hi[slab]) / 2])
+    distances = []
+    for owner in owners:
+        shape = ctx.plan.shape(owner)
+        distance = nearest_distances(points, surface_points(shape, SURFACE_SPACING_MM))
+        distances.append(np.where(contains_points(shape, points), 0.0, distance))
+    nearest = np.argmin(np.array(distances), axis=0)
+    parts = []
+    for index, owner in enumerate(owners):
+        masks = np.zeros_like(region.masks)
+        chosen = nearest == index
+        masks[slab[chosen], row[chosen], column[chosen]] = True
+        parts.append((owner, replace(region, masks=masks)))
+    return parts
+
+
+def isodose_volumes(ctx: RuleContext, body: str | None, rx: float, owner: str | None) -> dict:
+    """PIV and PIV50% in cc for prescription `rx`: of the whole box, or of one target's share."""
+    found = _isodose_dvhs(ctx, body)
+    dvh = found["dvhs"].get(owner) if found["dvhs"] else None
+    if dvh is None and found["dvhs"]:
+        dvh = found["dvhs"].get(None)
+    if dvh is None:
+        return {"piv_cc": 0.0, "piv50_cc": 0.0, "at_edge": found["at_edge"], "over": found["over"]}
+    return {"piv_cc": volume_at_dose(dvh, rx), "piv50_cc": volume_at_dose(dvh, 0.5 * rx),
+            "at_edge": found["at_edge"], "over": found["over"]}
 
 
 def max_dose_beyond(ctx: RuleContext, target_keys: list[str], distance_mm: float) -> float:
@@ -157,21 +198,34 @@ def max_dose_beyond(ctx: RuleContext, target_keys: list[str], distance_mm: float
 
 
 def check_index(ctx: RuleContext, conf: dict) -> list[Result]:
-    which = conf["index"]
-    label, unit = INDICES[which]
+    """One row per lesion (PTV1, PTV2), each with its own prescription; D2cm one row, from all targets."""
     if conf.get("pass") is None:
         conf = {**conf, "optional": True}  # reported only: what cannot be computed cannot gate the plan
-    target = ctx.matcher.resolve(conf["target"])
+    if conf["index"] == "d2cm":
+        return [_index(ctx, conf, ctx.matcher.resolve(conf["target"]), None, ctx.rx)]
+    return [_index(ctx, conf, target, lesion, rx) for target, lesion, rx in ctx.each_target(conf["target"])]
+
+
+def _index(ctx: RuleContext, conf: dict, target: Resolution, lesion: int | None, prescription: Sourced) -> Result:
+    which = conf["index"]
+    label, unit = INDICES[which]
     structure = conf["target"]
+    shown = {"roi": target.label or None, "target": lesion, "subject": ctx.subject(structure, target)}
+
+    def missing(reason: str) -> Result:
+        return replace(not_evaluated(conf, GROUP, structure, label, reason, unit), **shown)
+
     if not target.ok:
-        return [not_evaluated(conf, GROUP, structure, label, target.problem, unit)]
-    rx = ctx.rx.value
+        return missing(target.problem)
+    rx = prescription.value
     if not rx:
-        return [not_evaluated(conf, GROUP, structure, label, "prescription dose unknown: give --rx", unit)]
+        return missing("prescription dose unknown: give --rx")
     try:
         dvh = ctx.dvh_of(target)
         tv = dvh.volume_cc
         details: dict = {"tv_cc": round(tv, 3)}
+        if ctx.targets.several:
+            details.update(prescription_gy=rx, prescription_source=prescription.source)
         if which == "hi":
             d2, d98, d50 = (dose_at_volume(dvh, tv * f) for f in (0.02, 0.98, 0.50))
             value = (d2 - d98) / d50
@@ -180,13 +234,15 @@ def check_index(ctx: RuleContext, conf: dict) -> list[Result]:
             value = 100.0 * max_dose_beyond(ctx, ctx.roi_keys(target), float(conf["distance_mm"])) / rx
             details["distance_mm"] = float(conf["distance_mm"])
         else:
-            volumes = isodose_volumes(ctx, conf["body"])
+            owner = ctx.targets.targets[lesion - 1].keys[0] if lesion and ctx.targets.several else None
+            volumes = isodose_volumes(ctx, conf["body"], rx, owner)
             piv, piv50 = volumes["piv_cc"], volumes["piv50_cc"]
             tv_piv = volume_at_dose(dvh, rx)
             details.update({"piv_cc": piv, "piv50_cc": piv50, "tv_piv_cc": tv_piv, "over": volumes["over"]})
+            if owner:
+                details["piv_share"] = "nearest target"
             if which == "gradient_index" and piv <= 0:
-                reason = "no volume receives the prescription dose (PIV = 0)"
-                return [not_evaluated(conf, GROUP, structure, label, reason, unit)]
+                return missing("no volume receives the prescription dose (PIV = 0)")
             value = {
                 "paddick_ci": tv_piv**2 / (tv * piv) if piv > 0 else 0.0,  # nothing covered: 0
                 "rtog_ci": piv / tv,
@@ -194,15 +250,14 @@ def check_index(ctx: RuleContext, conf: dict) -> list[Result]:
                 "r50": piv50 / tv,
             }[which]
             if volumes["at_edge"] and which in ("gradient_index", "r50"):
-                reason = "the 50 % isodose reaches the edge of the dose grid: PIV50% is not all in it"
-                return [not_evaluated(conf, GROUP, structure, label, reason, unit)]
+                return missing("the 50 % isodose reaches the edge of the dose grid: PIV50% is not all in it")
         if dvh.uncovered_cc > 0:
-            return [not_evaluated(conf, GROUP, structure, label,
-                                  f"{dvh.uncovered_cc:.2f} cc of {structure} lies outside the dose grid", unit)]
+            return missing(f"{dvh.uncovered_cc:.2f} cc of {structure} lies outside the dose grid")
     except (CheckError, MetricError) as exc:
-        return [not_evaluated(conf, GROUP, structure, label, str(exc), unit)]
+        return missing(str(exc))
     details = {k: round(v, 4) if isinstance(v, float) else v for k, v in details.items()}
-    return [judged(conf, GROUP, structure, label, value, unit, roi=target.label, details=details)]
+    return judged(conf, GROUP, structure, label, value, unit, roi=target.label, details=details,
+                  target=lesion, subject=shown["subject"])
 
 
 def validate_index(conf: dict) -> list[str]:

@@ -1,0 +1,135 @@
+"""Checking one received plan in a worker process, and writing its reports.
+
+Runs in a process pool started with the node, whose processes import the checker once
+(forkserver preload, then `warm`): a plan costs its reading and DVHs, not the half second
+of start-up a cold `sbrt-check check` pays. The check is exactly `check`'s: `load_plan` on
+the plan's files, the Evaluator, the same renderers; every report file is written
+atomically, so a reader (or a crash) never sees half a report.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from ..audit import write_atomic
+from ..errors import CheckError
+from ..report.escaping import plain_text
+from .assembly import ReadyPlan
+from .store import safe_name
+
+FORMATS = ("json", "html", "junit")
+SUFFIX = {"json": ".json", "html": ".html", "junit": ".xml"}
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """What every check needs besides its plan; small and picklable."""
+
+    protocol_path: str | None = None
+    structure_map: tuple[tuple[str, str], ...] = ()
+    not_targets: tuple[str, ...] = ()
+    formats: tuple[str, ...] = ("json",)
+
+
+@dataclass(frozen=True)
+class CheckSummary:
+    """What the node prints for one check: the verdict line's parts and where the reports are."""
+
+    plan: ReadyPlan
+    verdict: str
+    counts: dict[str, int]
+    seconds: float
+    reports: tuple[str, ...]
+    error: str = ""
+
+    def line(self) -> str:
+        """`PASS  PAT01 LIVER_SBRT  31 pass, 0 fail  0.31 s` (fields from DICOM without control characters)."""
+        who = f"{plain_text(self.plan.patient_id) or '-'} {plain_text(self.plan.plan_label) or '-'}"
+        if self.error:
+            return f"ERROR  {who}  {plain_text(self.error)}"
+        count = {status: self.counts.get(status, 0) + self.counts.get(status + "_optional", 0)
+                 for status in ("pass", "fail", "variation")}
+        counts = f"{count['pass']} pass, {count['fail']} fail"
+        for status, label in (("variation", "variation"), ("not_evaluated", "not evaluated")):
+            number = count.get(status, self.counts.get(status, 0))
+            if number:
+                counts += f", {number} {label}"
+        return f"{self.verdict.upper()}  {who}  {counts}  {self.seconds:.2f} s"
+
+
+def warm(protocol_path: str | None) -> bool:
+    """Run in each worker at start: pay imports and the protocol's parsing before any plan."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the parent's to handle:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it lets running checks finish, then stops us.
+    import numpy.ma  # noqa: F401  (imported lazily by the first check otherwise)
+
+    from ..audit import _protocol
+    from ..evaluate import Evaluator  # noqa: F401
+    from ..plandata import load_plan  # noqa: F401
+    from ..report.json_report import render_json  # noqa: F401
+
+    _protocol(protocol_path)
+    return True
+
+
+def report_stem(plan: ReadyPlan, when: datetime) -> str:
+    """<time>_<plan label>_<fingerprint>: sorts by time; a re-check never overwrites a report."""
+    return f"{when:%Y%m%dT%H%M%S}_{safe_name(plan.plan_label, 'plan')}_{plan.fingerprint[:8]}"
+
+
+def check_plan(plan: ReadyPlan, settings: CheckSettings, report_dir: str) -> CheckSummary:
+    """Check one plan as `check` does and write its reports; an error becomes an error report."""
+    from ..audit import _json_default, _protocol
+
+    started = time.perf_counter()
+    folder = Path(report_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / report_stem(plan, datetime.now())
+    try:
+        from ..evaluate import Evaluator, Options
+        from ..plandata import load_plan
+        from ..report.json_report import render_json
+
+        loaded = load_plan([Path(f) for f in plan.files], plan.plan_uid)
+        evaluator = Evaluator(loaded, _protocol(settings.protocol_path), Options(structure_map=settings.structure_map,
+                                                                                  not_targets=settings.not_targets))
+        report = evaluator.report()
+        written = []
+        for kind in settings.formats:
+            path = stem.with_name(stem.name + SUFFIX[kind])
+            write_atomic(path, _render(kind, report, evaluator, render_json))
+            written.append(str(path))
+        counts: dict[str, int] = {}
+        for result in report.results:
+            key = result.status.value + ("" if result.required else "_optional")
+            counts[key] = counts.get(key, 0) + 1
+        return CheckSummary(plan, report.verdict.value, counts, time.perf_counter() - started, tuple(written))
+    except CheckError as exc:
+        error = str(exc)
+    except MemoryError:
+        error = "out of memory while checking this plan"
+    except Exception as exc:  # one plan's surprise must not stop the node
+        error = f"internal error: {type(exc).__name__}: {exc}"
+    document = {"schema": 1, "verdict": "error", "error": error,
+                "plan": {"patient_id": plan.patient_id, "plan_label": plan.plan_label, "plan_uid": plan.plan_uid,
+                         "files": list(plan.files)}}
+    path = stem.with_name(stem.name + ".json")
+    write_atomic(path, json.dumps(document, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    return CheckSummary(plan, "error", {}, time.perf_counter() - started, (str(path),), error)
+
+
+def _render(kind: str, report, evaluator, render_json) -> str:
+    if kind == "junit":
+        from ..report.junit import render_junit
+
+        return render_junit(report)
+    if kind == "html":
+        from ..report.html import render_checked_plan
+
+        return render_checked_plan(evaluator, report)
+    return render_json(report) + "\n"
