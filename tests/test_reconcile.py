@@ -86,8 +86,8 @@ version: "1"
 structures:
   PTV: {{match: [PTV]}}
   Liver: {{match: [Liver]}}
-  ITV: {{match: [ITV], required: false}}  # declared, so not taken for an unforeseen target
-  GTV: {{match: [GTV], required: false}}
+  GTV: {{match: [GTV]}}  # the plan's other targets are taken, or the target safety net says so
+  ITV: {{match: [ITV]}}
 constraints:
   - {{structure: PTV, metric: "Max[Gy]", pass: "< {limit}"}}
   - {{structure: Liver, metric: "Mean[Gy]", pass: "< 100"}}
@@ -174,8 +174,9 @@ rules:
 def test_tps_agreement_turns_a_disagreement_into_a_variation_naming_both_values(tmp_path, dicompyler_example):
     protocol = tmp_path / "example.yaml"
     protocol.write_text(EXAMPLE_PROTOCOL)
-    # The breast targets are typed PTV/CTV; this protocol checks organs only, so it sets them aside.
-    report = _check_json(dicompyler_example, protocol, "--rx", "14", "--not-target", "Breast,Tumor Bed,Tumor Bed Block")
+    # The example's targets (Breast, Tumor Bed, ...) are not this protocol's concern.
+    report = _check_json(dicompyler_example, protocol, "--rx", "14",
+                         "--not-target", "Breast,Tumor Bed,Tumor Bed Block")
     rows = {(r["structure"], r["metric"]): r for r in report["results"] if r["group"] == "crosscheck"}
     # Heart: 439.7 cc (slab) against the TPS's 437.5 cc, within 3 %; Borders (2 planes):
     # 1.29 cc against 0.74 cc, far beyond.

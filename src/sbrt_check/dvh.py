@@ -242,6 +242,20 @@ def _boundary_extremes(points: np.ndarray, grid: DoseGrid) -> tuple[float, float
     return float(values.max()), float(values.min())
 
 
+def dose_at_points(points: np.ndarray, grid: DoseGrid) -> np.ndarray:
+    """trilinear(), with points exactly on grid nodes read directly (most peak candidates are)."""
+    on_node = np.ones(len(points), dtype=bool)
+    index = []
+    for column, axis in enumerate((grid.x, grid.y, grid.z)):
+        position = np.clip(np.searchsorted(axis, points[:, column]), 0, len(axis) - 1)
+        on_node &= axis[position] == points[:, column]
+        index.append(position)
+    values = np.empty(len(points))
+    values[on_node] = grid.dose_gy[index[2][on_node], index[1][on_node], index[0][on_node]]
+    values[~on_node] = trilinear(points[~on_node], grid)
+    return values
+
+
 def trilinear(points: np.ndarray, grid: DoseGrid) -> np.ndarray:
     """Dose at (x, y, z) points; NaN outside the grid (beyond half a voxel)."""
     result = np.ones(len(points))

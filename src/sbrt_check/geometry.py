@@ -420,6 +420,17 @@ def derived_probes(
         blocks.append(nodes)
         owners.append(np.full(len(nodes), -1))  # a grid node: no operand's contour passes through it
     points, owner = np.concatenate(blocks), np.concatenate(owners)
+    if len(tokens) == 3 and tokens[1] == "-" and tokens[0] != tokens[2]:
+        # `A - B`, the usual derived structure: grid nodes inside B on both sides of their
+        # plane are not in its closure; dropping them first spares testing B's interior
+        # (the hottest nodes of Liver - GTV) against A's large contours.
+        subtracted = shapes[tokens[2]]
+        node = owner < 0
+        buried = contains_points(subtracted, points[node] + [0.0, 0.0, FACE_STEP_MM])
+        buried &= contains_points(subtracted, points[node] - [0.0, 0.0, FACE_STEP_MM])
+        keep = np.ones(len(points), dtype=bool)
+        keep[np.flatnonzero(node)[buried]] = False
+        points, owner = points[keep], owner[keep]
     values = dose_at(points)
     order = np.argsort(np.where(np.isfinite(values), values, np.nan))  # NaN last
     order = order[: int(np.isfinite(values).sum())]

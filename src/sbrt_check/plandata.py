@@ -22,7 +22,7 @@ from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_p
 from .dicom.files import scan_files, scan_folder
 from .dicom.rtdose import check_beam_doses, combine_doses
 from .dicom.rtstruct import RoiEntry
-from .dvh import compute_dvh, dose_axis, trilinear
+from .dvh import compute_dvh, dose_at_points, dose_axis
 from .errors import InputError
 from .geometry import (
     CONTOUR_MODELS,
@@ -209,7 +209,7 @@ class PlanData:
         else:
             shapes = {key: self.shape(key) for key in tokens if key.startswith("#")}
             probes = derived_probes(
-                list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2, lambda p: trilinear(p, grid)
+                list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2, lambda p: dose_at_points(p, grid)
             )
         return compute_dvh(self.region(tokens), self.dose, self.axis, probes)
 
