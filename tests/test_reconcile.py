@@ -195,7 +195,7 @@ def test_tps_agreement_turns_a_disagreement_into_a_variation_naming_both_values(
 def test_every_report_names_the_contour_model(tmp_path, compliant, model):
     protocol = _protocol(tmp_path)
     report = _check_json(compliant, protocol, "--contour-model", model)
-    assert report["plan"]["contour_model"] == model
+    assert report["plan"]["contour_model"] == report["protocol"]["contour_model"] == model  # provenance too
     table = runner.invoke(app, ["check", str(compliant), "--protocol", str(protocol), "--contour-model", model])
     assert f"Contour model  {model}" in table.output
     junit = runner.invoke(app, ["check", str(compliant), "--protocol", str(protocol), "--contour-model", model,

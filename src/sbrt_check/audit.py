@@ -580,11 +580,11 @@ class AuditStore:
     """The results store (`store`) as an audit uses it: which plans it holds a check of, and
     recording each row as it finishes, with this run's protocol as the provenance of error rows."""
 
-    def __init__(self, connection: Any, protocol: Any) -> None:
+    def __init__(self, connection: Any, protocol: Any, contour_model: str | None = None) -> None:
         from .provenance import protocol_record, provenance_of
 
         self.connection = connection
-        self.protocol = protocol_record(protocol)
+        self.protocol = protocol_record(protocol, contour_model)
         self.provenance = provenance_of(self.protocol)
 
     def add(self, rows: Iterable[AuditRow]) -> None:

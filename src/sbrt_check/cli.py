@@ -323,7 +323,7 @@ def audit(
     if not found.jobs:
         raise InputError(root, "no RTPLAN found in the tree")
     kept = [scrub.row(r) if scrub else r for r in kept]
-    results_store = _open_audit_store(db, html, patients_csv, loaded_protocol)
+    results_store = _open_audit_store(db, html, patients_csv, loaded_protocol, settings.contour_model)
     if results_store is not None:
         results_store.add(kept)  # rows resumed from a CSV/JSON go into the store too
         if db is not None:  # plans the database already holds a check of are not checked again
@@ -411,14 +411,14 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save, re
             progress.stop()
 
 
-def _open_audit_store(db: str | None, html: Path | None, patients_csv: Path | None, protocol):
+def _open_audit_store(db: str | None, html: Path | None, patients_csv: Path | None, protocol, contour_model: str):
     """The --db store; an in-memory one when only a dashboard or patient list needs one; else None."""
     if db is None and html is None and patients_csv is None:
         return None
     from . import audit as au
     from . import store
 
-    return au.AuditStore(store.connect(db if db is not None else ":memory:"), protocol)
+    return au.AuditStore(store.connect(db if db is not None else ":memory:"), protocol, contour_model)
 
 
 def _write_store_outputs(connection, html: Path | None, patients_csv: Path | None) -> None:

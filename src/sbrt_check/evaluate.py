@@ -219,7 +219,7 @@ class Evaluator:
                 self.plan.notes + self._choice_messages() + self.matcher.notes + self.messages
                 + self._prescription_messages()
             ),
-            protocol=protocol_record(self.protocol),
+            protocol=protocol_record(self.protocol, self.plan.contour_model),
             dvhs=dict(self.dvhs),
         )
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 
-DEFAULT_CONTOUR_MODEL = "slab"  # the only model today: each contour a slab of its slice spacing
+DEFAULT_CONTOUR_MODEL = "slab"  # each contour a slab of its slice spacing (see --contour-model)
 # (key in the provenance dict, label shown by human-readable formats)
 FIELDS = (
     ("sbrt_check_version", "sbrt-check"),
