@@ -207,6 +207,7 @@ class Evaluator:
         resolutions = [self.matcher.resolve(c.structure) for c in self.protocol.constraints]
         token_sets = [r.tokens for r in resolutions if r.ok and not self.targets.is_per_target(r.name)]
         token_sets += [m.resolution.tokens for level in self.targets.members.values() for m in level]
+        self.plan.coarse_extremes.update(self._no_extremes_needed(resolutions))
         self.plan.prefetch(token_sets, self.options.threads)
         rules = self.evaluate_rules()  # on this thread while the DVHs are computed
         results = [r for c in self.protocol.constraints for r in self.evaluate_constraint(c)] + rules
@@ -222,6 +223,12 @@ class Evaluator:
             protocol=protocol_record(self.protocol, self.plan.contour_model),
             dvhs=dict(self.dvhs),
         )
+
+    def _no_extremes_needed(self, resolutions: list[Resolution]) -> set[tuple[str, ...]]:
+        """Derived structures no constraint reads a dose extreme of (Max, Min, or a D/DC clamped to them)."""
+        needed = {r.tokens for r, c in zip(resolutions, self.protocol.constraints, strict=True)
+                  if c.metric.kind in ("Max", "Min", "D", "DC")}
+        return {r.tokens for r in resolutions if r.ok and len(r.tokens) > 1 and r.tokens not in needed}
 
     def _choice_messages(self) -> list[str]:
         """The user's own choices, echoed so a report always shows what was forced."""
