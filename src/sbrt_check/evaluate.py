@@ -134,7 +134,7 @@ class Evaluator:
             variation_limit=str(constraint.variation_limit) if constraint.variation_limit else None,
             required=required,
             source=constraint.source,
-            target=member.target if member else None,
+            target=(member.target or None) if member else None,  # 0: in no target
             subject=self.key_of(resolution) if member and resolution else "",
             **fields,
         )

@@ -78,21 +78,21 @@ class RuleContext:
         if not found or not (inner_whole.ok and outer_whole.ok):
             return whole  # nothing to pair, or a structure unresolved: its own problem says why
         if not grouped:
-            return [(m.resolution, p.resolution if p else None, m.target) for m, p in found]
+            return [(m.resolution, p.resolution if p else None, m.target or None) for m, p in found]
         groups: dict[str | None, list] = {}
         for member, parent in found:
             groups.setdefault(parent.resolution.tokens[0] if parent else None, []).append((member, parent))
         measured = []
         for key, group in groups.items():
             if key is None:
-                measured += [(m.resolution, None, m.target) for m, _ in group]
+                measured += [(m.resolution, None, m.target or None) for m, _ in group]
                 continue
             inners = [m.resolution for m, _ in group]
             joined = inners[0] if len(inners) == 1 else Resolution(
                 inner, union_tokens([r.tokens[0] for r in inners]),
                 " | ".join(r.label for r in inners),
             )
-            measured.append((joined, group[0][1].resolution, group[0][0].target))
+            measured.append((joined, group[0][1].resolution, group[0][0].target or None))
         return measured
 
     def each_target(self, structure: str) -> list[tuple[Resolution, int | None, Sourced]]:
@@ -100,7 +100,7 @@ class RuleContext:
         if self.targets.is_per_target(structure):
             members = self.targets.members.get(structure, ())
             if members:
-                return [(m.resolution, m.target, self.targets.prescription(m, self.rx)) for m in members]
+                return [(m.resolution, m.target or None, self.targets.prescription(m, self.rx)) for m in members]
         return [(self.matcher.resolve(structure), None, self.rx)]
 
 
