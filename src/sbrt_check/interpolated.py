@@ -110,44 +110,52 @@ def _run_behind(k: int, step: int, joined: np.ndarray) -> np.ndarray | None:
     return np.array(behind)
 
 
-def closing(distances: np.ndarray, areas: np.ndarray, spacing: float) -> tuple[float, Callable[[float], float]]:
-    """How far an end reaches beyond its plane, and its section area at distance u beyond it.
+def section_size(polygons: list[np.ndarray], area: float) -> float:
+    """A section's thickness, area over perimeter: proportional to a disc's radius and to a long
+    strip's half-width, so its square is quadratic along z for the quadrics (sphere, ellipsoid,
+    cone, a cylinder lying across the planes)."""
+    perimeter = sum(float(np.sum(np.hypot(*(np.roll(p, -1, axis=0) - p).T))) for p in polygons)
+    return area / perimeter if perimeter > 0 else 0.0
 
-    `distances` are the planes' distances behind the end (0 first), `areas` their section areas.
-    The trend: area quadratic in z through the last three planes (exact for the quadrics: a
-    sphere's or ellipsoid's cap, a cone's apex, a cylinder), sqrt(area) linear through two. When
-    it closes the section before the next, empty plane (one spacing on), the end is there;
-    otherwise the structure is cut off somewhere before that plane, taken half-way (as a slab's
-    end), its section following the trend meanwhile. A section never grows beyond the end contour.
+
+def closing(distances: np.ndarray, sizes: np.ndarray, spacing: float) -> tuple[float, Callable[[float], float]]:
+    """How far an end reaches beyond its plane, and its section's size at u beyond it, relative
+    to the end section's (1 at the end plane, 0 where it closes).
+
+    `distances` are the planes' distances behind the end (0 first), `sizes` their section_size.
+    The trend: size squared quadratic in z through the last three planes (exact for the quadrics:
+    a sphere's cap, a cone's apex, a cylinder across the planes), size linear through two. When it
+    closes the section before the next, empty plane (one spacing on), the end is there; otherwise
+    the structure is cut off somewhere before that plane, taken half-way (as a slab's end), its
+    section following the trend meanwhile. A section never grows beyond the end contour.
     """
-    end_area = float(areas[0])
-    if len(areas) == 1:
-        return spacing / 2, lambda u: end_area
+    end_size = float(sizes[0])
+    if len(sizes) == 1 or end_size <= 0:
+        return spacing / 2, lambda u: 1.0
     u = -np.asarray(distances, dtype=float)  # behind the end: negative
-    if len(areas) == 2:
-        root = np.sqrt(areas)
-        slope = (root[0] - root[1]) / (u[0] - u[1])
+    if len(sizes) == 2:
+        slope = (sizes[0] - sizes[1]) / (u[0] - u[1])
 
         def trend(at: float) -> float:
-            return max(root[0] + slope * at, 0.0) ** 2
+            return max(end_size + slope * at, 0.0) ** 2
 
-        closes_at = -root[0] / slope if slope < 0 else np.inf
+        closes_at = -end_size / slope if slope < 0 else np.inf
     else:
-        coefficients = np.polyfit(u, np.asarray(areas, dtype=float), 2)
+        coefficients = np.polyfit(u, np.asarray(sizes, dtype=float) ** 2, 2)
 
         def trend(at: float) -> float:
             return float(np.polyval(coefficients, at))
 
-        closes_at = _first_closing(coefficients, end_area)
+        closes_at = _first_closing(coefficients, end_size**2)
     length = closes_at if closes_at <= spacing * (1 + 1e-9) else spacing / 2
-    return float(length), lambda at: min(max(trend(at), 0.0), end_area)
+    return float(length), lambda at: min(np.sqrt(max(trend(at), 0.0)) / end_size, 1.0)
 
 
-def _first_closing(coefficients: np.ndarray, end_area: float) -> float:
-    """Where the quadratic area trend first reaches zero beyond the end (inf if it does not).
+def _first_closing(coefficients: np.ndarray, end_value: float) -> float:
+    """Where the quadratic trend of size squared first reaches zero beyond the end (inf if never).
 
-    A cone's area touches zero at its apex (a double root): rounding of the contour points can
-    lift that vertex a little above zero, so a vertex within 5 % of the end area counts too.
+    A cone's size squared touches zero at its apex (a double root): rounding of the contour points
+    can lift that vertex a little above zero, so a vertex within 5 % of the end value counts too.
     """
     roots = np.roots(coefficients)
     real = roots[np.isreal(roots)].real if roots.size else np.empty(0)
@@ -157,7 +165,7 @@ def _first_closing(coefficients: np.ndarray, end_area: float) -> float:
     a, b, _ = coefficients
     if a > 0:
         vertex = -b / (2 * a)
-        if vertex > 0 and np.polyval(coefficients, vertex) <= 0.05 * end_area:
+        if vertex > 0 and np.polyval(coefficients, vertex) <= 0.05 * end_value:
             return float(vertex)
     return float(np.inf)
 
@@ -213,14 +221,15 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
             if behind is None or not inside.size:
                 continue
             spacing = abs(z[behind[1]] - z[k]) if len(behind) > 1 else 2 * half
-            length, section_area = closing(np.abs(z[behind] - z[k]), areas[behind], spacing)
-            # Deepest samples first: the end contour eroded until its area is the trend's.
-            depth_order = inside[np.argsort(edge_distances(grid_points[inside], polygons[k]))[::-1]]
+            sizes = np.array([section_size(polygons[plane], areas[plane]) for plane in behind])
+            length, shrink = closing(np.abs(z[behind] - z[k]), sizes, spacing)
+            # The end contour eroded by its shrinking: a sample stays while it lies deeper than
+            # the erosion (its depth: distance to the contour; the deepest one is the section's core).
+            depth = edge_distances(grid_points[inside], polygons[k])
+            deepest = float(depth.max())
             for j, t in enumerate(fractions):
-                area = section_area(t * length)
-                count = min(depth_order.size, max(int(round(area / cell)), 1 if area > 0 else 0))
                 mask = np.zeros(masks[k].size, dtype=bool)
-                mask[depth_order[:count]] = True
+                mask[inside[depth >= deepest * (1 - shrink(t * length)) - 1e-9]] = True
                 near = z[k] + sign * j * length / SUBSLABS
                 far = z[k] + sign * (j + 1) * length / SUBSLABS
                 add(min(near, far), max(near, far), mask.reshape(masks[k].shape))
