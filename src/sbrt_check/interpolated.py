@@ -198,6 +198,18 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
             highs.append(high)
             layers.append(mask)
 
+    known: dict[int, np.ndarray] = {}  # plane -> signed distance per sample (NaN: not computed yet)
+
+    def signed(plane: int, samples: np.ndarray) -> np.ndarray:
+        """Signed distances to a plane's contours at these samples, each computed once per plane
+        (an interval asks for its planes and their neighbours: up to four intervals share one)."""
+        values = known.setdefault(plane, np.full(len(grid_points), np.nan))
+        missing = samples[np.isnan(values[samples])]
+        if missing.size:
+            sign = np.where(masks[plane].ravel()[missing], -1.0, 1.0)
+            values[missing] = edge_distances(grid_points[missing], polygons[plane]) * sign
+        return values[samples]
+
     for k in range(len(z) - 1):
         if not joined[k]:
             continue
@@ -207,12 +219,10 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
         changing = np.flatnonzero(below ^ above)
         if not changing.size:
             continue
-        def signed(plane: int, samples: np.ndarray = changing) -> np.ndarray:
-            inside = masks[plane].ravel()[samples]
-            return edge_distances(grid_points[samples], polygons[plane]) * np.where(inside, -1.0, 1.0)
-
-        distances = (signed(k - 1) if k > 0 and joined[k - 1] else None, signed(k), signed(k + 1),
-                     signed(k + 2) if k + 2 < len(z) and joined[k + 1] else None)
+        for plane in [p for p in known if p < k - 1]:
+            del known[plane]  # only planes k-1 .. k+2 are asked for from here on
+        distances = (signed(k - 1, changing) if k > 0 and joined[k - 1] else None, signed(k, changing),
+                     signed(k + 1, changing), signed(k + 2, changing) if k + 2 < len(z) and joined[k + 1] else None)
         for j, t in enumerate(fractions):
             inside = distance_between(*distances, t) <= 0
             mask = np.zeros(below.size, dtype=bool)
