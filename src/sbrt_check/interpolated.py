@@ -231,7 +231,7 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
     for k in range(len(z)):
         for sign in (-1.0, 1.0):
             # An end faces away from its run: downwards (sign -1) from a run's first plane,
-            # upwards from its last. The planes behind it, end first, feed the area trend.
+            # upwards from its last. The planes behind it, end first, give the thickness trend.
             behind = _run_behind(k, -int(sign), joined)
             inside = np.flatnonzero(masks[k].ravel())
             if behind is None or not inside.size:
