@@ -213,6 +213,22 @@ def test_resume_needs_the_same_protocol_name_and_version(tree, full):
     assert not kept and len(todo) == len(jobs)
 
 
+def test_resume_needs_the_same_contour_model(tree, full):
+    # Rows record the model they were computed with; a resume under another model checks again,
+    # and a row of an older audit without the column counts as slab (the only model it had).
+    jobs = au.discover(tree["root"]).jobs
+    previous = au.read_previous(full["csv"])
+    assert {row.cells["contour_model"] for row in previous} == {"slab"}
+    protocol = SimpleNamespace(name=previous[0].cells["protocol_name"], version="1.0-test")
+    todo, kept = au.split_resumed(jobs, previous, protocol, "slab")
+    assert len(kept) == len(PLANS) and len(todo) == len(BROKEN)
+    todo, kept = au.split_resumed(jobs, previous, protocol, "interpolated")
+    assert not kept and len(todo) == len(jobs)
+    older = [au.AuditRow({k: v for k, v in row.cells.items() if k != "contour_model"}) for row in previous]
+    assert len(au.split_resumed(jobs, older, protocol, "slab")[1]) == len(PLANS)
+    assert not au.split_resumed(jobs, older, protocol, "truncated")[1]
+
+
 def test_shards_partition_the_plans_exactly(tree, full):
     jobs = au.discover(tree["root"]).jobs
     keys = [j.key for j in jobs]

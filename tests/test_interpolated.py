@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sbrt_check.interpolated import edge_distances, interpolated_region
+from sbrt_check.interpolated import closing, edge_distances, interpolated_region
 from tests.fixtures import real_shapes as rs
 
 
@@ -75,12 +75,34 @@ def _passed(model: str) -> tuple[int, int]:
     return passed, total
 
 
+def test_the_interpolated_model_closes_a_sphere_cap_and_a_cone_apex_where_the_real_shape_does():
+    # Sphere r 6.3 centred at z 0.41 on 3 mm planes: the last plane (6) is 0.71 mm below the
+    # pole, the first (-3) 2.89 mm above the other pole (within one spacing: the trend closes it).
+    # Cone, apex at z -14.59, radius growing 0.5 mm per mm: its lowest 3 mm plane (-12) is
+    # 2.59 mm above the apex. Each section's thickness (area / perimeter) follows the real one.
+    def disc_size(radius: float) -> float:
+        return radius / 2
+
+    sphere = [disc_size(np.sqrt(6.3**2 - (z - 0.41) ** 2)) for z in (6.0, 3.0, 0.0)]
+    length, shrink = closing(np.array([0.0, 3.0, 6.0]), np.array(sphere), 3.0)
+    assert length == pytest.approx(6.71 - 6.0, abs=1e-6)
+    assert shrink(0.0) == pytest.approx(1.0) and shrink(length) == pytest.approx(0.0, abs=1e-3)
+    sphere = [disc_size(np.sqrt(6.3**2 - (z - 0.41) ** 2)) for z in (-3.0, 0.0, 3.0)]
+    assert closing(np.array([0.0, 3.0, 6.0]), np.array(sphere), 3.0)[0] == pytest.approx(-3.0 + 5.89, abs=1e-6)
+    cone = [disc_size(0.5 * (z + 14.59)) for z in (-12.0, -9.0, -6.0)]
+    assert closing(np.array([0.0, 3.0, 6.0]), np.array(cone), 3.0)[0] == pytest.approx(2.59, abs=1e-3)
+    # A cylinder's flat end: no closing in sight, so it is cut half-way to the next plane.
+    length, shrink = closing(np.array([0.0, 3.0, 6.0]), np.array([5.0, 5.0, 5.0]), 3.0)
+    assert length == pytest.approx(1.5) and shrink(1.0) == pytest.approx(1.0)
+
+
 def test_interpolated_model_against_the_real_shapes():
-    # The bar is 98 % of endpoints within 3 %; this subset measures 86 of 90 (95.6 %):
-    # the misses are where a structure ends between planes (Min of a z gradient, volume of the
-    # cone), which no contour model can know. Held here to what it achieves, and to beating
+    # The bar is 98 % of endpoints within 3 %; this subset measures 87 of 90 (96.7 %):
+    # the misses are the cone's flat base, 1.41 mm beyond its last 2 mm plane, taken half-way
+    # (volume in both gradients, Min across the planes), which no contour model can know.
+    # Held here to what it achieves, and to beating
     # the slab model on the same cases.
     interpolated, total = _passed("interpolated")
     slab, _ = _passed("slab")
-    assert interpolated >= 0.95 * total
+    assert interpolated >= 87
     assert interpolated >= slab

@@ -31,19 +31,21 @@ from typing import Any
 from .dicom.assemble import group_plans
 from .dicom.files import list_files, scan_files
 from .errors import CheckError, InputError
+from .provenance import DEFAULT_CONTOUR_MODEL, provenance_of
 from .report.escaping import FORMULA_START, csv_cell
 
 AUDIT_SCHEMA = 1
 FIXED_COLUMNS = (
     "patient_id", "patient_name", "plan_label", "plan_uid", "prescription_gy", "fractions", "verdict",
     "fail", "variation", "not_evaluated", "not_evaluated_optional", "worst", "error",
-    "protocol_name", "protocol_version", "input_hash", "files", "seconds",
+    "protocol_name", "protocol_version", "contour_model", "input_hash", "files", "seconds",
 )
 INT_COLUMNS = ("fail", "variation", "not_evaluated", "not_evaluated_optional")
 FLOAT_COLUMNS = ("prescription_gy", "fractions", "seconds")
 STATUS_SUFFIX = " status"
 # Never rewritten by --anonymize: identifiers of the plan and its inputs, not of the patient.
-STRUCTURAL = frozenset({"plan_uid", "input_hash", "protocol_name", "protocol_version", "verdict", "status"})
+STRUCTURAL = frozenset({"plan_uid", "input_hash", "protocol_name", "protocol_version", "contour_model", "verdict",
+                        "status"})
 MAX_BROKEN_POOLS_PER_PLAN = 2
 
 
@@ -470,13 +472,19 @@ def worst_constraint(results: list[dict]) -> str:
     return ""
 
 
-def make_row(outcome: Outcome, root: Path, protocol: Any) -> AuditRow:
-    """The flat row of one outcome (an error row when the plan could not be checked)."""
+def make_row(outcome: Outcome, root: Path, protocol: Any, contour_model: str = DEFAULT_CONTOUR_MODEL) -> AuditRow:
+    """The flat row of one outcome (an error row when the plan could not be checked).
+
+    `contour_model` is the run's; a report names the model it was actually computed with, which wins.
+    """
     job, report = outcome.job, outcome.report
+    if report is not None:
+        contour_model = provenance_of(report.get("protocol"), report.get("plan"))["contour_model"]
     cells: dict[str, Any] = dict.fromkeys(FIXED_COLUMNS, "")
     cells.update(
         patient_id=job.patient_id, patient_name=job.patient_name, plan_label=job.plan_label,
         plan_uid=job.plan_uid, protocol_name=protocol.name, protocol_version=protocol.version,
+        contour_model=contour_model,
         input_hash=outcome.input_hash, files=";".join(_relative(f, root) for f in job.files),
         seconds=round(outcome.seconds, 3),
     )
@@ -556,14 +564,16 @@ def _coerce(cells: dict[str, str]) -> dict[str, Any]:
 
 
 def split_resumed(
-    jobs: list[PlanJob], previous: list[AuditRow], protocol: Any
+    jobs: list[PlanJob], previous: list[AuditRow], protocol: Any, contour_model: str = DEFAULT_CONTOUR_MODEL
 ) -> tuple[list[PlanJob], list[AuditRow]]:
     """(plans still to check, rows kept): a row is kept when it was evaluated without error
-    under the same protocol name and version and the plan's files still hash the same."""
+    under the same protocol name and version and contour model, and the plan's files still hash
+    the same. A row without a contour model (an audit of an older version) was made with slab."""
     done = {
         row.key: row for row in previous
         if row.key and not row.is_error
         and row.cells.get("protocol_version") == protocol.version and row.cells.get("protocol_name") == protocol.name
+        and (row.cells.get("contour_model") or DEFAULT_CONTOUR_MODEL) == contour_model
     }
     todo: list[PlanJob] = []
     kept: list[AuditRow] = []
@@ -581,7 +591,7 @@ class AuditStore:
     recording each row as it finishes, with this run's protocol as the provenance of error rows."""
 
     def __init__(self, connection: Any, protocol: Any, contour_model: str | None = None) -> None:
-        from .provenance import protocol_record, provenance_of
+        from .provenance import protocol_record
 
         self.connection = connection
         self.protocol = protocol_record(protocol, contour_model)

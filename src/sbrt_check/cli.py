@@ -319,7 +319,7 @@ def audit(
     scrub = au.Anonymizer(salt or os.environ.get("SBRT_CHECK_SALT", ""), found.identities) if anonymize else None
     kept: list = []
     if resume:
-        todo, kept = au.split_resumed(todo, au.read_previous(resume), loaded_protocol)
+        todo, kept = au.split_resumed(todo, au.read_previous(resume), loaded_protocol, settings.contour_model)
     if not found.jobs:
         raise InputError(root, "no RTPLAN found in the tree")
     kept = [scrub.row(r) if scrub else r for r in kept]
@@ -396,7 +396,7 @@ def _run_audit(au, todo, settings, n_jobs, root, protocol, scrub, rows, save, re
         progress.start()
     try:
         for done, outcome in enumerate(au.run_jobs(todo, settings, n_jobs), start=1):
-            row = au.make_row(outcome, root, protocol)
+            row = au.make_row(outcome, root, protocol, settings.contour_model)
             rows.append(scrub.row(row) if scrub else row)
             if record is not None:
                 record(outcome.job, rows[-1])
