@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from typer.testing import CliRunner
@@ -40,17 +41,33 @@ def _read(*items: Dataset):
     return read_tps_dvhs(dataset, Path("rtdose.dcm"))
 
 
-def test_cumulative_cgy_curve_is_read_at_bin_starts_in_gy():
-    # 10 cc uniform from 0 to 20 Gy: 100 bins of 20 cGy; volume >= bin start falls linearly.
+def test_cumulative_cgy_curve_is_read_at_bin_middles_in_gy():
+    # 10 cc uniform from 0 to 20 Gy: 100 bins of 20 cGy, each volume the volume receiving at
+    # least the bin's middle dose (as the dicompyler-core example's planning system writes them).
     widths = [20.0] * 100
-    volumes = [10.0 * (1 - k / 100) for k in range(100)]
+    volumes = [10.0 * (1 - (k + 0.5) / 100) for k in range(100)]
     data = [v for pair in zip(widths, volumes, strict=True) for v in pair]
     found, notes = _read(_item("CUMULATIVE", data, units="CGY", DVHMaximumDose=2000.0, DVHMeanDose=1000.0))
     dvh = found[3].as_dvh()
-    assert dvh.volume_cc == pytest.approx(10.0)
     assert dvh.max_gy == pytest.approx(20.0) and dvh.mean_gy == pytest.approx(10.0)
-    assert np.interp(5.0, dvh.dose_gy, dvh.cumulative_cc) == pytest.approx(7.5)
+    for dose in (0.1, 5.0, 12.3, 19.9):  # the real curve, 10 (1 - d / 20), between the middles
+        assert np.interp(dose, dvh.dose_gy, dvh.cumulative_cc) == pytest.approx(10 * (1 - dose / 20), abs=0.03)
     assert notes == []
+
+
+def test_example_plan_curves_read_at_bin_middles_reproduce_the_stated_mean_doses(dicompyler_example):
+    # The planning system states each DVH's mean (in % of the 14 Gy prescription there). The
+    # area under its curve equals it to 1e-4 read at bin middles, half a bin off at bin starts.
+    dataset = pydicom.dcmread(dicompyler_example / "rtdose.dcm")
+    found, _ = read_tps_dvhs(dataset, Path("rtdose.dcm"))
+    stated = {int(item.DVHReferencedROISequence[0].ReferencedROINumber): float(item.DVHMeanDose) * 0.14
+              for item in dataset.DVHSequence}
+    agreeing = [roi for roi, tps in found.items() if abs(tps.curve_mean_gy - stated[roi]) < 0.0005]
+    assert len(agreeing) == len(found) - 1 and 1 not in agreeing  # all but the BODY (its curve leaves volume out)
+    at_starts = [roi for roi, tps in found.items() if abs(tps.curve_mean_gy - 0.005 - stated[roi]) < 0.0005]
+    assert at_starts == []
+    assert found[1].stated_volume_cc == pytest.approx(14741, abs=5)
+    assert found[9].max_gy == pytest.approx(104.066121885219 * 0.14, abs=0.002)  # the Tumor Bed's stated maximum
 
 
 def test_differential_percent_curve_with_scaling_becomes_cc_with_the_given_volume():
@@ -67,7 +84,7 @@ def test_differential_percent_curve_with_scaling_becomes_cc_with_the_given_volum
 def test_stated_doses_in_other_units_are_set_aside_with_a_note():
     data = [1.0, 5.0, 1.0, 5.0, 1.0, 2.0]  # 5 cc receive 1 Gy or more, 2 cc 2 Gy, none 3 Gy
     found, notes = _read(_item("CUMULATIVE", data, DVHMaximumDose=104.9, DVHMinimumDose=1.02))
-    assert found[3].max_gy == pytest.approx(3.0)  # the curve's (the end of the last bin with volume)
+    assert found[3].max_gy == pytest.approx(3.5)  # the curve's: 2 cc reach 2.5 Gy, none half a bin more
     assert found[3].min_gy == pytest.approx(1.02)  # stated and fitting the curve: kept
     assert len(notes) == 1 and "DVHMaximumDose 104.9" in notes[0]
 
@@ -102,40 +119,53 @@ def test_example_plan_volumes_agree_with_the_planning_system_under_the_truncated
     for name, s in large.items():
         difference = s["volume_cc"] / s["tps"]["volume_cc"] - 1
         if name == "BODY":
-            # Known and reported (docs/accuracy.md): the TPS's BODY is 5.7 % smaller than its
-            # contours, all of it in the far field below 0.1 Gy (0.7 % of the 14 Gy prescription):
-            # no contour convention explains it (the BODY lies inside the dose grid).
+            # The TPS's BODY curve is 5.7 % smaller than its contours, all of it below 0.1 Gy; the
+            # mean dose the TPS states for it implies the volume the contours give (0.02 %): the
+            # curve leaves some 800 cc at about 0 Gy out, and the notes say so.
             assert difference == pytest.approx(0.057, abs=0.01)
+            assert s["volume_cc"] == pytest.approx(s["tps"]["volume_cc_by_stated_mean"], rel=0.001)
+            assert any("DVH of ROI 1 holds 13944.4 cc" in note for note in example_dvh["notes"])
             continue
-        assert abs(difference) <= 0.01, name
+        assert abs(difference) <= 0.01 and "volume_cc_by_stated_mean" not in s["tps"], name
 
 
-def test_the_body_difference_to_the_planning_system_lies_below_a_tenth_of_a_gray(dicompyler_example):
+def test_the_body_difference_to_the_planning_system_is_the_volume_receiving_no_dose(dicompyler_example):
+    levels = ["V0.005Gy[cc]", "V0.01Gy[cc]", "V0.02Gy[cc]", "V0.1Gy[cc]", "V0.5Gy[cc]", "V1Gy[cc]", "V5Gy[cc]"]
     result = CliRunner().invoke(app, ["dvh", str(dicompyler_example), "--contour-model", "truncated",
-                                      "--structures", "BODY", "--metrics", "V0.02Gy[cc],V0.5Gy[cc],V1Gy[cc],V5Gy[cc]",
-                                      "-f", "json"])
+                                      "--structures", "BODY", "--metrics", ",".join(levels), "-f", "json"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)["structures"]["BODY"]
     ours, tps = body["metrics"], body["tps"]["metrics"]
-    assert ours["V0.02Gy[cc]"] / tps["V0.02Gy[cc]"] - 1 > 0.1  # 10658 vs 9517 cc
-    for metric in ("V0.5Gy[cc]", "V1Gy[cc]", "V5Gy[cc]"):
-        assert ours[metric] == pytest.approx(tps[metric], rel=0.005), metric
+    # From half a cGy up, the curves agree within 1 % (measured: at most 0.95 %, at 0.05 Gy) ...
+    for metric in levels:
+        assert ours[metric] == pytest.approx(tps[metric], rel=0.01), metric
+    # ... and the 5.7 % lies below it: some 800 cc of the BODY that its curve leaves out and
+    # its stated mean counts (the TPS's curve starts at 13944 cc; 14741 cc by its stated mean).
+    below = body["volume_cc"] - ours["V0.005Gy[cc]"]
+    left_out = body["tps"]["volume_cc_by_stated_mean"] - body["tps"]["volume_cc"]
+    assert below == pytest.approx(left_out, rel=0.02) and below > 0.05 * body["tps"]["volume_cc"]
 
 
 def test_example_plan_median_differences_to_the_planning_systems_dvh(example_dvh):
-    # Over the ROIs of 5 cc or more: volumes relative to the TPS's, doses in % of the 14 Gy
-    # prescription (relative differences of doses of a few cGy on the TPS's 1 cGy bins say
-    # nothing; docs/accuracy.md gives both).
+    # Over the ROIs of 5 cc or more, relative to the TPS's value: the median within 0.5 % for
+    # every metric (measured: volume 0.46 %, mean 0.03 %, D2cc 0.03 %, D50% 0.35 %, D2% 0.04 %).
+    # D95% of the low-dose ROIs is a few cGy on the TPS's 1 cGy bins: over all six its median
+    # is 0.58 %, pulled by the BODY (0.0046 vs 0.0086 Gy) whose curve is shown above to leave
+    # 800 cc out; without it 0.38 %. Every D95% lies within 0.05 % of the 14 Gy prescription.
     rx = example_dvh["prescription_gy"]
     large = [s for s in example_dvh["structures"].values() if s["tps"]["volume_cc"] >= 5]
     for metric in METRICS:
-        pairs = [(s["metrics"][metric], s["tps"]["metrics"][metric]) for s in large]
-        pairs = [(ours, tps) for ours, tps in pairs if ours is not None and tps is not None]
-        if metric == "Volume[cc]":
-            differences = [abs(ours / tps - 1) * 100 for ours, tps in pairs]
+        pairs = [(s["metrics"][metric], s["tps"]["metrics"][metric], "volume_cc_by_stated_mean" in s["tps"])
+                 for s in large]
+        pairs = [pair for pair in pairs if pair[0] is not None and pair[1] is not None]
+        relative = [abs(ours / tps - 1) * 100 for ours, tps, _ in pairs]
+        assert len(pairs) >= 5, metric
+        if metric == "D95%[Gy]":
+            consistent = [abs(ours / tps - 1) * 100 for ours, tps, partial in pairs if not partial]
+            assert statistics.median(consistent) <= 0.5 and statistics.median(relative) <= 0.6
+            assert max(abs(ours - tps) / rx * 100 for ours, tps, _ in pairs) <= 0.05
         else:
-            differences = [abs(ours - tps) / rx * 100 for ours, tps in pairs]
-        assert len(pairs) >= 5 and statistics.median(differences) <= 0.5, metric
+            assert statistics.median(relative) <= 0.5, metric
 
 
 def test_example_plan_table_shows_a_tps_row_under_each_structure(dicompyler_example):
@@ -143,5 +173,5 @@ def test_example_plan_table_shows_a_tps_row_under_each_structure(dicompyler_exam
                                       "--metrics", "Mean[Gy]"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if "Heart" in line or "TPS" in line]
-    assert "sbrt-check" in lines[0] and "TPS" in lines[1] and "0.643" in lines[1]
+    assert "sbrt-check" in lines[0] and "TPS" in lines[1] and "0.648" in lines[1]
     assert "contour model slab" in result.output

@@ -65,6 +65,9 @@ def compute_structure_dvhs(
         tps = None
         if tps_dvh is not None:
             tps = {"volume_cc": tps_dvh.volume_cc, "metrics": _metric_values(parsed, tps_dvh, rx)}
+            stated_volume = plan.tps_curve((f"#{roi.number}",)).stated_volume_cc
+            if stated_volume is not None:
+                tps["volume_cc_by_stated_mean"] = stated_volume
         items.append(StructureDvh(label, dvh, values, tps))
         if dvh.uncovered_cc > 1e-6:
             notes.append(f"{roi.name}: {dvh.uncovered_cc:.2f} cc outside the dose grid (0 Gy)")

@@ -22,6 +22,7 @@ from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_p
 from .dicom.files import scan_files, scan_folder
 from .dicom.rtdose import check_beam_doses, combine_doses
 from .dicom.rtstruct import RoiEntry
+from .dicom.tps_dvh import TpsDvh
 from .dvh import compute_dvh, dose_at_points, dose_axis
 from .errors import InputError
 from .geometry import (
@@ -188,13 +189,17 @@ class PlanData:
         Only a dose read from one file carries DVHs that describe it: summed BEAM doses do
         not. A PERCENT curve is put in cc with this tool's volume of the ROI.
         """
-        if len(tokens) != 1 or len(self.inputs.dose_files) != 1:
-            return None
-        tps = self.inputs.dose_files[0].tps_dvhs.get(int(tokens[0].lstrip("#")))
+        tps = self.tps_curve(tokens)
         if tps is None:
             return None
         volume = self.region(tokens).volume_cc if tps.volume_units == "PERCENT" else None
         return tps.as_dvh(volume, self.dose_scale)
+
+    def tps_curve(self, tokens: tuple[str, ...]) -> TpsDvh | None:
+        """The DVHSequence item of one ROI as read (see tps_dvh for when there is one)."""
+        if len(tokens) != 1 or len(self.inputs.dose_files) != 1:
+            return None
+        return self.inputs.dose_files[0].tps_dvhs.get(int(tokens[0].lstrip("#")))
 
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
         grid = self.dose

@@ -6,20 +6,27 @@ a note (the plan is still checked on its dose grid), never an error.
 Read per item: DVHType CUMULATIVE or DIFFERENTIAL; DVHData as pairs (bin width, volume);
 bin widths times DVHDoseScaling, in DoseUnits GY or CGY; DVHVolumeUnits CM3 or PERCENT
 (percent curves need a structure volume to become cc, which the caller supplies);
-DVHReferencedROISequence with exactly one INCLUDED ROI. The n-th volume of a cumulative
-DVH is read as the volume receiving at least the dose where bin n starts (the first one is
-then the structure volume, as the standard's cumulative definition requires).
+DVHReferencedROISequence with exactly one INCLUDED ROI.
+
+The n-th volume of a cumulative DVH is read as the volume receiving at least the dose at the
+middle of bin n (the first one is the structure volume, held from 0 Gy); a differential bin
+as the volume whose dose lies in it. Measured on the dicompyler-core example (a real
+planning-system export): read at bin starts, its curves lie half a bin (0.005 Gy) below an
+exact DVH of the same dose and contours at every level, from D95% of a few cGy to D2% of
+14.5 Gy; read at the middles they agree (Tumor Bed: mean, D50%, D95% within 0.0001 Gy), and
+the mean doses the system states (DVHMeanDose) equal the area under each curve to 0.0002 Gy
+read at the middles, half a bin off read at the starts.
 
 DVHMinimumDose, DVHMeanDose and DVHMaximumDose are compared with the curve: they are used
-when they agree with it (within two bins and 1 %); some systems write them in % of the
-prescription (the dicompyler-core example's "Dose Units GY" DVHs state a maximum of 104.86
-for a curve ending at 14.70 Gy), so disagreeing ones are set aside with a note and the
-curve's own values used.
+when they agree with it (within two bins and 1 %), read in the DVH's dose units or, when the
+stated means of at least three DVHs agree on another factor, with that factor (the example's
+"Dose Units GY" DVHs state their doses in % of the 14 Gy prescription); others are set aside
+with a note and the curve's own values used.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +37,33 @@ from ..models import Dvh
 DOSE_UNIT_GY = {"GY": 1.0, "CGY": 0.01}
 STATED_TOLERANCE_BINS = 2
 STATED_TOLERANCE_FRACTION = 0.01
+STATED_KEYWORDS = ("DVHMinimumDose", "DVHMeanDose", "DVHMaximumDose")
 
 
 @dataclass(frozen=True)
 class TpsDvh:
-    """One DVHSequence item: its ROI, the curve (dose in Gy at bin starts) and its units."""
+    """One DVHSequence item: its ROI, the cumulative curve in Gy and its units."""
 
     roi_number: int
-    dose_gy: np.ndarray  # ascending, from 0, one more than the bins (the last bin's end)
-    volume: np.ndarray  # cumulative, in `volume_units`, 0 at the end
+    dose_gy: np.ndarray  # ascending from 0: where each volume applies (see the module's docstring)
+    volume: np.ndarray  # cumulative, in `volume_units`: the whole volume at 0, 0 at the end
     volume_units: str  # CM3 or PERCENT
     min_gy: float
     mean_gy: float
     max_gy: float
+    stated: tuple[float | None, float | None, float | None] = (None, None, None)
+    """DVHMinimumDose, DVHMeanDose, DVHMaximumDose times the DoseUnits factor (maybe not in Gy)."""
+    bin_width_gy: float = 0.0
+    stated_volume_cc: float | None = None  # the volume its stated mean implies, where not the curve's
 
     @property
     def volume_cc(self) -> float | None:
         return float(self.volume[0]) if self.volume_units == "CM3" else None
+
+    @property
+    def curve_mean_gy(self) -> float:
+        """The area under the curve over its volume (linear between its points)."""
+        return float(np.trapezoid(self.volume, self.dose_gy) / self.volume[0])
 
     def as_dvh(self, structure_volume_cc: float | None = None, scale: float = 1.0) -> Dvh | None:
         """The curve as a Dvh in cc (PERCENT needs `structure_volume_cc`), dose times `scale`."""
@@ -70,25 +87,83 @@ def read_tps_dvhs(dataset: Dataset, path: Path) -> tuple[dict[int, TpsDvh], list
     except Exception as exc:  # a damaged sequence is no reason to refuse the dose
         return {}, [f"{path.name}: DVHSequence unreadable ({exc}); no planning-system DVHs"]
     found: dict[int, TpsDvh] = {}
-    set_aside: list[str] = []
     for index, item in enumerate(items, start=1):
         try:
-            tps, misfits = _read_item(item)
+            tps = _read_item(item)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             notes.append(f"{path.name}: DVHSequence item {index} skipped: {exc}")
             continue
-        set_aside += misfits
         found.setdefault(tps.roi_number, tps)
+    found, stated_notes = _use_stated_values(found)
+    return found, notes + [f"{path.name}: {note}" for note in stated_notes]
+
+
+def _stated_factor(found: dict[int, TpsDvh]) -> float:
+    """What turns the stated doses into Gy: 1, or the factor on which the stated means agree.
+
+    A system states each DVH's minimum, mean and maximum dose in the DVH's units or, as the
+    dicompyler-core example's does, in % of the prescription: then stated / curve mean is the
+    same for every DVH (100 / 14 Gy there, to 1e-4). When at least three curves agree on one
+    factor within 0.1 %, it is used; otherwise the DVH's own units are.
+    """
+    pairs = np.array([(tps.stated[1], tps.curve_mean_gy) for tps in found.values()
+                      if tps.stated[1] and tps.curve_mean_gy > 0]).reshape(-1, 2)
+    if len(pairs) < 3:
+        return 1.0
+    ratios = pairs[:, 0] / pairs[:, 1]
+    agreeing = pairs[np.abs(ratios / np.median(ratios) - 1) <= 1e-3]
+    if len(agreeing) < 3:
+        return 1.0
+    # Least squares through the origin: the largest means, the least rounded, weigh most.
+    return float(np.sum(agreeing[:, 0] * agreeing[:, 1]) / np.sum(agreeing[:, 1] ** 2))
+
+
+def _use_stated_values(found: dict[int, TpsDvh]) -> tuple[dict[int, TpsDvh], list[str]]:
+    """Each curve with the stated doses that fit it, and the volume a stated mean implies.
+
+    A stated dose is used where, read with the common factor, it lies within two bins and 1 %
+    of the curve's own value; others are set aside with a note. A curve whose stated mean does
+    not fit (beyond 1 %) while the others do was summed over another volume than the mean was:
+    its integral dose over the stated mean is the volume the system averaged over. On the
+    dicompyler-core example the BODY's curve holds 13944 cc while its stated mean implies
+    14739 cc (its contours give 14736 cc): the curve leaves some 800 cc at about 0 Gy out,
+    which explains the difference in volume that no contour model can.
+    """
+    factor = _stated_factor(found)
+    notes: list[str] = []
+    set_aside: list[str] = []
+    for roi, tps in found.items():
+        used = [tps.min_gy, tps.mean_gy, tps.max_gy]
+        for position, (keyword, stated) in enumerate(zip(STATED_KEYWORDS, tps.stated, strict=True)):
+            if stated is None:
+                continue
+            stated_gy = stated / factor
+            allowed = STATED_TOLERANCE_BINS * tps.bin_width_gy + STATED_TOLERANCE_FRACTION * abs(used[position])
+            if abs(stated_gy - used[position]) <= allowed:
+                used[position] = stated_gy
+            else:
+                set_aside.append(f"ROI {roi} {keyword} {stated_gy:.4g} Gy for {used[position]:.3f} Gy")
+        implied = None
+        mean = tps.stated[1]
+        if factor != 1.0 and mean and tps.volume_cc and abs(mean / factor / tps.curve_mean_gy - 1) > 0.01:
+            implied = tps.volume_cc * tps.curve_mean_gy / (mean / factor)
+            notes.append(
+                f"the planning system's DVH of ROI {roi} holds {tps.volume_cc:.1f} cc, but the curve's integral "
+                f"dose over the mean dose it states ({mean / factor:.4f} Gy, read as its other DVHs' stated "
+                f"means are) is {implied:.1f} cc: its curve leaves {implied - tps.volume_cc:.1f} cc out"
+            )
+        found[roi] = replace(tps, min_gy=used[0], mean_gy=used[1], max_gy=used[2], stated_volume_cc=implied)
+    if factor != 1.0:
+        notes.insert(0, f"the planning system's stated DVH doses are read as {100 / factor:.4g} Gy per 100 "
+                        "(in % of a prescription, not in the DVH's dose units): that factor fits its DVHs' means")
     if set_aside:
-        notes.append(
-            f"{path.name}: {len(set_aside)} stated DVH minimum/mean/maximum doses do not fit their curves "
-            f"(not in the DVH's dose units, e.g. {set_aside[0]}): the curves' values are used"
-        )
+        notes.insert(0, f"{len(set_aside)} stated DVH minimum/mean/maximum doses do not fit their curves "
+                        f"(e.g. {set_aside[0]}): the curves' values are used")
     return found, notes
 
 
-def _read_item(item: Dataset) -> tuple[TpsDvh, list[str]]:
-    """One item as a TpsDvh, and its stated extremes/mean that do not fit the curve."""
+def _read_item(item: Dataset) -> TpsDvh:
+    """One item as a TpsDvh with its curve's extremes and mean (stated ones are weighed later)."""
     references = list(item.get("DVHReferencedROISequence") or [])
     if len(references) != 1:
         raise ValueError(f"{len(references)} referenced ROIs (one is needed)")
@@ -113,36 +188,31 @@ def _read_item(item: Dataset) -> tuple[TpsDvh, list[str]]:
     volumes = np.maximum(data[1::2], 0.0)
     if np.any(widths <= 0) or not (scaling > 0):
         raise ValueError("DVHData has a bin width that is not positive")
-    dose = np.concatenate([[0.0], np.cumsum(widths)])
+    ends = np.cumsum(widths)
     if kind == "DIFFERENTIAL":
+        # A differential bin holds the volume whose dose lies in it: summed from the top, the
+        # volume receiving at least the dose where the bin starts.
+        dose = np.concatenate([[0.0], ends])
         cumulative = np.concatenate([np.cumsum(volumes[::-1])[::-1], [0.0]])
     else:
-        cumulative = np.concatenate([np.minimum.accumulate(volumes), [0.0]])
+        middles = ends - widths / 2
+        dose = np.concatenate([[0.0], middles, [ends[-1] + widths[-1] / 2]])
+        by_bin = np.minimum.accumulate(volumes)
+        cumulative = np.concatenate([by_bin[:1], by_bin, [0.0]])
     total = float(cumulative[0])
     if total <= 0:
         raise ValueError("the DVH has no volume")
     full = np.flatnonzero(cumulative >= total * (1 - 1e-6))
     curve_min = float(dose[full[-1]])
     curve_max = float(dose[np.flatnonzero(cumulative > 0)[-1] + 1])
-    # Cumulative volume linear between bin starts: the mean is the area under the curve.
-    curve_mean = float(np.sum((cumulative[:-1] + cumulative[1:]) / 2 * widths) / total)
-    notes: list[str] = []
-    values = {}
-    bin_width = float(widths.max())
-    for keyword, label, from_curve in (
-        ("DVHMinimumDose", "minimum", curve_min), ("DVHMeanDose", "mean", curve_mean),
-        ("DVHMaximumDose", "maximum", curve_max),
-    ):
-        stated = item.get(keyword)
-        values[label] = from_curve
-        if stated in (None, ""):
-            continue
-        stated_gy = float(stated) * DOSE_UNIT_GY[units]
-        allowed = STATED_TOLERANCE_BINS * bin_width + STATED_TOLERANCE_FRACTION * abs(from_curve)
-        if np.isfinite(stated_gy) and abs(stated_gy - from_curve) <= allowed:
-            values[label] = stated_gy
-        else:
-            notes.append(f"ROI {roi_number} {keyword} {float(stated):g} {units} for {from_curve:.3f} Gy")
+    # Cumulative volume linear between the points: the mean is the area under the curve.
+    curve_mean = float(np.sum((cumulative[:-1] + cumulative[1:]) / 2 * np.diff(dose)) / total)
+    stated = tuple(
+        float(item.get(keyword)) * DOSE_UNIT_GY[units] if item.get(keyword) not in (None, "") else None
+        for keyword in STATED_KEYWORDS
+    )
     return TpsDvh(
-        roi_number, dose, cumulative, volume_units, values["minimum"], values["mean"], values["maximum"],
-    ), notes
+        roi_number, dose, cumulative, volume_units, curve_min, curve_mean, curve_max,
+        tuple(value if value is not None and np.isfinite(value) else None for value in stated),
+        float(widths.max()),
+    )

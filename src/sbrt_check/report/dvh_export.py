@@ -51,6 +51,8 @@ def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
             "metrics": {k: _round(v) for k, v in item.metrics.items()},
             **({"tps": {
                 "volume_cc": _round(item.tps["volume_cc"]),
+                **({"volume_cc_by_stated_mean": _round(item.tps["volume_cc_by_stated_mean"])}
+                   if "volume_cc_by_stated_mean" in item.tps else {}),
                 "metrics": {k: _round(v) for k, v in item.tps["metrics"].items()},
             }} if item.tps else {}),
             "dvh": {
