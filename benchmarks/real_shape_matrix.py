@@ -2,11 +2,11 @@
 """Each contour model against the REAL shape (issue 11): the Nelms-style matrix and its worst errors.
 
 Cases: tests/fixtures/real_shapes.CASES (spheres of 5, 6.3, 10, 20 mm, a z cylinder, a cone, a
-cylinder lying along x, an ellipsoid tilted 35 deg out of the axial plane; gradients of 2 Gy/mm
-along z and x; contours on 1, 2, 3 mm planes; dose grids of 1, 2.5, 3 mm). Endpoints: Volume,
-Min, Max, Mean, D99%, D95%, D5%, D1%, D0.03cc; an endpoint passes within 3 % of the real
-shape's value. Prints markdown for
-docs/accuracy.md. Run from the repository root: `python benchmarks/real_shape_matrix.py`.
+cylinder lying along x, an ellipsoid tilted 35 deg out of the axial plane, the cone tilted 40 deg
+off z; gradients of 2 Gy/mm along z and x; contours on 1, 2, 3 mm planes; dose grids of 1, 2.5,
+3 mm). Endpoints: Volume, Min, Max, Mean, D99%, D95%, D5%, D1%, D0.03cc; an endpoint passes
+within 3 % of the real shape's value. Prints markdown for docs/accuracy.md. Run from the
+repository root: `python benchmarks/real_shape_matrix.py`.
 """
 
 from __future__ import annotations
