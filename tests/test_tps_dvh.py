@@ -42,16 +42,17 @@ def _read(*items: Dataset):
 
 
 def test_cumulative_cgy_curve_is_read_at_bin_middles_in_gy():
-    # 10 cc uniform from 0 to 20 Gy: 100 bins of 20 cGy, each volume the volume receiving at
+    # 10 cc uniform from 2 to 20 Gy: 100 bins of 20 cGy, each volume the volume receiving at
     # least the bin's middle dose (as the dicompyler-core example's planning system writes them).
     widths = [20.0] * 100
-    volumes = [10.0 * (1 - (k + 0.5) / 100) for k in range(100)]
+    volumes = [10.0 * min(1.0, (20 - (k + 0.5) * 0.2) / 18) for k in range(100)]
     data = [v for pair in zip(widths, volumes, strict=True) for v in pair]
-    found, notes = _read(_item("CUMULATIVE", data, units="CGY", DVHMaximumDose=2000.0, DVHMeanDose=1000.0))
+    found, notes = _read(_item("CUMULATIVE", data, units="CGY", DVHMaximumDose=2000.0, DVHMeanDose=1100.0))
     dvh = found[3].as_dvh()
-    assert dvh.max_gy == pytest.approx(20.0) and dvh.mean_gy == pytest.approx(10.0)
-    for dose in (0.1, 5.0, 12.3, 19.9):  # the real curve, 10 (1 - d / 20), between the middles
-        assert np.interp(dose, dvh.dose_gy, dvh.cumulative_cc) == pytest.approx(10 * (1 - dose / 20), abs=0.03)
+    assert found[3].reading == "middle"
+    assert dvh.max_gy == pytest.approx(20.0) and dvh.mean_gy == pytest.approx(11.0)
+    for dose in (2.1, 5.0, 12.3, 19.9):  # the real curve, 10 (20 - d) / 18, between the middles
+        assert np.interp(dose, dvh.dose_gy, dvh.cumulative_cc) == pytest.approx(10 * (20 - dose) / 18, abs=0.01)
     assert notes == []
 
 
@@ -68,6 +69,22 @@ def test_example_plan_curves_read_at_bin_middles_reproduce_the_stated_mean_doses
     assert at_starts == []
     assert found[1].stated_volume_cc == pytest.approx(14741, abs=5)
     assert found[9].max_gy == pytest.approx(104.066121885219 * 0.14, abs=0.002)  # the Tumor Bed's stated maximum
+
+
+def test_a_system_whose_volumes_apply_at_bin_starts_is_read_there_by_its_stated_means():
+    # Three ROIs, uniform from 0 to 10, 20 and 40 Gy in 1 Gy bins, each volume the volume
+    # receiving at least the bin's START dose; stated means in Gy (5, 10, 20).
+    items = []
+    for roi, top in ((1, 10), (2, 20), (3, 40)):
+        volumes = [8.0 * (1 - k / top) for k in range(top)]
+        data = [v for pair in zip([1.0] * top, volumes, strict=True) for v in pair]
+        items.append(_item("CUMULATIVE", data, roi=roi, DVHMeanDose=top / 2, DVHMaximumDose=float(top)))
+    found, notes = _read(*items)
+    assert all(tps.reading == "start" for tps in found.values())
+    assert any("bins' starts" in note for note in notes)
+    dvh = found[2].as_dvh()
+    assert np.interp(5.0, dvh.dose_gy, dvh.cumulative_cc) == pytest.approx(6.0)  # 8 (1 - 5 / 20)
+    assert dvh.mean_gy == pytest.approx(10.0) and dvh.max_gy == pytest.approx(20.0)
 
 
 def test_differential_percent_curve_with_scaling_becomes_cc_with_the_given_volume():

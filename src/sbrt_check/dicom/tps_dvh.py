@@ -8,9 +8,11 @@ bin widths times DVHDoseScaling, in DoseUnits GY or CGY; DVHVolumeUnits CM3 or P
 (percent curves need a structure volume to become cc, which the caller supplies);
 DVHReferencedROISequence with exactly one INCLUDED ROI.
 
-The n-th volume of a cumulative DVH is read as the volume receiving at least the dose at the
-middle of bin n (the first one is the structure volume, held from 0 Gy); a differential bin
-as the volume whose dose lies in it. Measured on the dicompyler-core example (a real
+The n-th volume of a cumulative DVH is the volume receiving at least the dose at the middle
+of bin n, or at its start: systems differ, and the standard does not say which dose of the bin
+it is. The stated mean doses decide (see _reading); without them, the middle. The first volume
+is the structure volume, held from 0 Gy. A differential bin holds the volume whose dose lies
+in it. Measured on the dicompyler-core example (a real
 planning-system export): read at bin starts, its curves lie half a bin (0.005 Gy) below an
 exact DVH of the same dose and contours at every level, from D95% of a few cGy to D2% of
 14.5 Gy; read at the middles they agree (Tumor Bed: mean, D50%, D95% within 0.0001 Gy), and
@@ -26,7 +28,7 @@ with a note and the curve's own values used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ DOSE_UNIT_GY = {"GY": 1.0, "CGY": 0.01}
 STATED_TOLERANCE_BINS = 2
 STATED_TOLERANCE_FRACTION = 0.01
 STATED_KEYWORDS = ("DVHMinimumDose", "DVHMeanDose", "DVHMaximumDose")
+MIDDLE, START, DIFFERENTIAL = "middle", "start", "differential"
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,14 @@ class TpsDvh:
     max_gy: float
     stated: tuple[float | None, float | None, float | None] = (None, None, None)
     """DVHMinimumDose, DVHMeanDose, DVHMaximumDose times the DoseUnits factor (maybe not in Gy)."""
-    bin_width_gy: float = 0.0
+    widths_gy: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the bins' widths
+    by_bin: np.ndarray = field(default_factory=lambda: np.zeros(0))  # cumulative volume per bin
+    reading: str = MIDDLE  # where in its bin a cumulative volume applies: MIDDLE or START
     stated_volume_cc: float | None = None  # the volume its stated mean implies, where not the curve's
+
+    @property
+    def bin_width_gy(self) -> float:
+        return float(self.widths_gy.max())
 
     @property
     def volume_cc(self) -> float | None:
@@ -94,8 +103,60 @@ def read_tps_dvhs(dataset: Dataset, path: Path) -> tuple[dict[int, TpsDvh], list
             notes.append(f"{path.name}: DVHSequence item {index} skipped: {exc}")
             continue
         found.setdefault(tps.roi_number, tps)
+    reading = _reading(found)
+    found = {roi: _reread(tps, reading) for roi, tps in found.items()}
     found, stated_notes = _use_stated_values(found)
+    if reading != MIDDLE:
+        stated_notes.insert(0, "cumulative DVH volumes read at their bins' starts, where the stated mean doses fit")
     return found, notes + [f"{path.name}: {note}" for note in stated_notes]
+
+
+def _curve(by_bin: np.ndarray, widths: np.ndarray, reading: str) -> tuple[np.ndarray, np.ndarray]:
+    """Dose (Gy) and cumulative volume points: each bin's volume at its start or its middle."""
+    ends = np.cumsum(widths)
+    if reading == START:
+        return np.concatenate([[0.0], ends]), np.concatenate([by_bin, [0.0]])
+    middles = ends - widths / 2
+    return (np.concatenate([[0.0], middles, [ends[-1] + widths[-1] / 2]]),
+            np.concatenate([by_bin[:1], by_bin, [0.0]]))
+
+
+def _reread(tps: TpsDvh, reading: str) -> TpsDvh:
+    """The item with its cumulative volumes read at `reading` (differential ones stay at starts)."""
+    if tps.reading == reading or tps.reading == DIFFERENTIAL:
+        return tps
+    dose, volume = _curve(tps.by_bin, tps.widths_gy, reading)
+    return replace(tps, dose_gy=dose, volume=volume, reading=reading, **_curve_values(dose, volume))
+
+
+def _curve_values(dose: np.ndarray, volume: np.ndarray) -> dict[str, float]:
+    """The curve's own minimum (where it leaves the whole volume), mean and maximum."""
+    total = float(volume[0])
+    full = np.flatnonzero(volume >= total * (1 - 1e-6))
+    return {
+        "min_gy": float(dose[full[-1]]),
+        "mean_gy": float(np.trapezoid(volume, dose) / total),  # linear between points: the area
+        "max_gy": float(dose[np.flatnonzero(volume > 0)[-1] + 1]),
+    }
+
+
+def _reading(found: dict[int, TpsDvh]) -> str:
+    """Where the system's cumulative volumes apply in their bins: what its stated means say.
+
+    Read at the right place, a curve's area is its stated mean dose: in the DVH's units (the
+    ratio is 1), or in some other unit the same for every DVH (the ratios agree; the example's
+    agree to 1e-4 read at the middles, and spread by half a bin over each mean read at the
+    starts). With no stated means, the middles, as measured on the dicompyler-core example.
+    """
+    cumulative = [tps for tps in found.values() if tps.reading != DIFFERENTIAL and tps.stated[1]]
+    if not cumulative:
+        return MIDDLE
+    spreads = {}
+    for reading in (MIDDLE, START):
+        ratios = np.array([tps.stated[1] / max(_reread(tps, reading).mean_gy, 1e-12) for tps in cumulative])
+        centre = float(np.median(ratios)) if len(ratios) >= 3 else 1.0
+        spreads[reading] = float(np.median(np.abs(ratios / centre - 1)))
+    return START if spreads[START] < spreads[MIDDLE] else MIDDLE
 
 
 def _stated_factor(found: dict[int, TpsDvh]) -> float:
@@ -188,31 +249,21 @@ def _read_item(item: Dataset) -> TpsDvh:
     volumes = np.maximum(data[1::2], 0.0)
     if np.any(widths <= 0) or not (scaling > 0):
         raise ValueError("DVHData has a bin width that is not positive")
-    ends = np.cumsum(widths)
     if kind == "DIFFERENTIAL":
         # A differential bin holds the volume whose dose lies in it: summed from the top, the
         # volume receiving at least the dose where the bin starts.
-        dose = np.concatenate([[0.0], ends])
-        cumulative = np.concatenate([np.cumsum(volumes[::-1])[::-1], [0.0]])
+        by_bin, reading = np.cumsum(volumes[::-1])[::-1], DIFFERENTIAL
     else:
-        middles = ends - widths / 2
-        dose = np.concatenate([[0.0], middles, [ends[-1] + widths[-1] / 2]])
-        by_bin = np.minimum.accumulate(volumes)
-        cumulative = np.concatenate([by_bin[:1], by_bin, [0.0]])
-    total = float(cumulative[0])
-    if total <= 0:
+        by_bin, reading = np.minimum.accumulate(volumes), MIDDLE
+    if by_bin[0] <= 0:
         raise ValueError("the DVH has no volume")
-    full = np.flatnonzero(cumulative >= total * (1 - 1e-6))
-    curve_min = float(dose[full[-1]])
-    curve_max = float(dose[np.flatnonzero(cumulative > 0)[-1] + 1])
-    # Cumulative volume linear between the points: the mean is the area under the curve.
-    curve_mean = float(np.sum((cumulative[:-1] + cumulative[1:]) / 2 * np.diff(dose)) / total)
+    dose, cumulative = _curve(by_bin, widths, START if reading == DIFFERENTIAL else reading)
     stated = tuple(
         float(item.get(keyword)) * DOSE_UNIT_GY[units] if item.get(keyword) not in (None, "") else None
         for keyword in STATED_KEYWORDS
     )
     return TpsDvh(
-        roi_number, dose, cumulative, volume_units, curve_min, curve_mean, curve_max,
-        tuple(value if value is not None and np.isfinite(value) else None for value in stated),
-        float(widths.max()),
+        roi_number, dose, cumulative, volume_units, **_curve_values(dose, cumulative),
+        stated=tuple(value if value is not None and np.isfinite(value) else None for value in stated),
+        widths_gy=widths, by_bin=by_bin, reading=reading,
     )

@@ -14,12 +14,14 @@ REPORT_ONLY = "report only"
 
 
 def value_text(result: Result, missing: str = "-") -> str:
-    """'24.31 Gy', '1 beams' for counts, EQD2/BED with the physical dose; `missing` when none."""
+    """'24.31 Gy', '2 beams' / '1 lesion' for counts, EQD2/BED with the physical dose; `missing` when none."""
     if result.value is None or not math.isfinite(result.value):
         return missing
     measured = result.unit in MEASURED_UNITS or result.group == "indices"
     if not measured and float(result.value).is_integer():
-        text = f"{int(result.value)} {result.unit}".rstrip()
+        count = int(result.value)
+        unit = result.unit[:-1] if count == 1 and result.unit.endswith("s") else result.unit
+        text = f"{count} {unit}".rstrip()
     else:
         text = f"{result.value:.2f} {result.unit}".rstrip()
     if "physical_gy" in result.details:
