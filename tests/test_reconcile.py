@@ -212,3 +212,18 @@ def test_the_protocol_chooses_the_model_and_the_option_overrides_it(tmp_path, co
     truncated = _check_json(compliant, protocol)
     volume = {r["structure"]: r for r in slab["results"]}
     assert next(r for r in truncated["results"] if r["structure"] == "Liver")["value"] != volume["Liver"]["value"]
+
+
+def test_tps_agreement_on_a_curve_that_leaves_volume_out_says_what_its_stated_mean_implies(
+        tmp_path, dicompyler_example):
+    protocol = tmp_path / "body.yaml"
+    protocol.write_text(EXAMPLE_PROTOCOL.replace("  Borders: {match: [Borders]}\n",
+                                                 "  Borders: {match: [Borders]}\n  BODY: {match: [BODY]}\n")
+                        .replace("rule: tps_agreement,", "rule: tps_agreement, structures: [BODY],"))
+    report = _check_json(dicompyler_example, protocol, "--rx", "14", "--contour-model", "truncated",
+                         "--not-target", "Breast,Tumor Bed,Tumor Bed Block")
+    body = next(r for r in report["results"] if r["group"] == "crosscheck" and r["metric"] == "Volume[cc]")
+    # 14736 cc from the contours, 13944 cc in the TPS's curve: a VARIATION, explained by the
+    # 14741 cc the TPS's own stated mean dose implies.
+    assert body["status"] == "variation"
+    assert "13944.4" in body["reason"] and "implies 14741" in body["reason"] and "leaves 796.8 cc out" in body["reason"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..dicom.tps_dvh import TpsDvh
 from ..metrics import MetricError, compute, parse_metric
 from ..models import Result, Status
 from .base import Measured, RuleContext, RuleKind, not_evaluated, number_problems, result
@@ -49,6 +50,7 @@ def _compare(ctx: RuleContext, conf: dict, structure: str) -> list[Result]:
         return [not_evaluated(conf, GROUP, structure, "TPS agreement", why)]
     ours_dvh = ctx.dvh_of(resolution)
     model = ctx.plan.contour_model
+    left_out = _left_out_note(ctx.plan.tps_curve(resolution.tokens))
     results = []
     for text in conf["metrics"]:
         metric = parse_metric(text)
@@ -67,7 +69,7 @@ def _compare(ctx: RuleContext, conf: dict, structure: str) -> list[Result]:
         reason = "" if agree else (
             f"sbrt-check {ours:.3f} {unit}, planning system {theirs:.3f} {unit}: they differ by "
             f"{difference:+.3f} {unit} ({100 * difference / theirs if theirs else math.inf:+.1f} %), "
-            f"beyond {allowed:.3f} {unit} (contour model {model})"
+            f"beyond {allowed:.3f} {unit} (contour model {model}){left_out}"
         )
         status = Status.PASS if agree or conf["report_only"] else Status.VARIATION
         measured = Measured(
@@ -77,6 +79,14 @@ def _compare(ctx: RuleContext, conf: dict, structure: str) -> list[Result]:
         )
         results.append(dataclasses.replace(result(conf, GROUP, measured), tps=theirs))
     return results
+
+
+def _left_out_note(curve: TpsDvh | None) -> str:
+    """What explains a difference in volume when the system's curve is not over its whole ROI."""
+    if curve is None or curve.stated_volume_cc is None or curve.volume_cc is None:
+        return ""
+    return (f"; the mean dose the planning system states for this ROI implies {curve.stated_volume_cc:.1f} cc: "
+            f"its curve leaves {curve.stated_volume_cc - curve.volume_cc:.1f} cc out")
 
 
 def check_tps_agreement(ctx: RuleContext, conf: dict) -> list[Result]:
