@@ -58,7 +58,7 @@ class TpsDvh:
     """DVHMinimumDose, DVHMeanDose, DVHMaximumDose times the DoseUnits factor (maybe not in Gy)."""
     widths_gy: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the bins' widths
     by_bin: np.ndarray = field(default_factory=lambda: np.zeros(0))  # cumulative volume per bin
-    reading: str = MIDDLE  # where in its bin a cumulative volume applies: MIDDLE or START
+    reading: str = MIDDLE  # where in its bin a cumulative volume applies (MIDDLE, START), or DIFFERENTIAL
     stated_volume_cc: float | None = None  # the volume its stated mean implies, where not the curve's
 
     @property
