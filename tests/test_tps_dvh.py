@@ -117,6 +117,45 @@ def test_unusable_items_are_skipped_with_their_reason(change, reason):
     assert found == {} and reason in notes[0] and "skipped" in notes[0]
 
 
+@pytest.mark.parametrize("item_arguments, reason", [
+    ({"data": [1.0, 5.0, 1.0, 2.0], "scaling": 0.0}, "DVHDoseScaling 0.0 is not a positive number"),
+    ({"data": [1.0, 5.0, 1.0, 2.0], "scaling": float("inf")}, "DVHDoseScaling inf is not a positive number"),
+    ({"data": [1e308, 5.0, 1e308, 2.0]}, "not a positive finite dose"),
+    ({"data": [1.0, 1.0, 1.0, 5.0, 1.0, 38.0]}, "volume rises with dose"),
+    ({"data": [1.0, 5.0, 1.0, -0.5]}, "negative volume"),
+    ({"data": []}, "not (width, volume) pairs"),
+])
+def test_items_that_are_no_dvh_are_skipped_with_their_reason(item_arguments, reason):
+    found, notes = _read(_item("CUMULATIVE", **item_arguments))
+    assert found == {} and len(notes) == 1 and reason in notes[0], notes
+
+
+def test_rounding_in_a_written_curve_is_not_refused():
+    # Real exports end curves at -3e-13 cc and carry last-digit wobbles.
+    found, notes = _read(_item("CUMULATIVE", [1.0, 5.0, 1.0, 5.0000000001, 1.0, -3e-13]))
+    assert notes == [] and found[3].volume_cc == pytest.approx(5.0) and found[3].max_gy == pytest.approx(2.5)
+
+
+def test_a_second_dvh_of_one_roi_is_skipped_with_a_note():
+    found, notes = _read(_item("CUMULATIVE", [1.0, 5.0]), _item("CUMULATIVE", [1.0, 7.0]))
+    assert found[3].volume_cc == pytest.approx(5.0)
+    assert notes == ["rtdose.dcm: DVHSequence item 2 skipped: a second DVH of ROI 3 (the first is used)"]
+
+
+def test_stated_means_in_gy_rounded_are_read_in_gy():
+    # Means stated in Gy but rounded (0.03 % off the curves'): the factor is 1, no "% of a
+    # prescription" reading, and the stated values are used.
+    items = []
+    for roi, top in ((1, 10), (2, 20), (3, 40)):
+        volumes = [8.0 * (1 - (k + 0.5) / top) for k in range(top)]
+        data = [v for pair in zip([1.0] * top, volumes, strict=True) for v in pair]
+        curve_mean = _read(_item("CUMULATIVE", data, roi=roi))[0][roi].mean_gy
+        items.append(_item("CUMULATIVE", data, roi=roi, DVHMeanDose=round(curve_mean * 1.0003, 6)))
+    found, notes = _read(*items)
+    assert not any("per 100" in note for note in notes), notes
+    assert found[3].mean_gy == pytest.approx(found[3].curve_mean_gy * 1.0003)
+
+
 @pytest.fixture(scope="module")
 def example_dvh(dicompyler_example: Path) -> dict:
     runner = CliRunner()

@@ -237,6 +237,12 @@ def _load(
         notes.append(f"--fractions {fractions_override:g} not applied: the dose is {dose.summation_type}, not FRACTION")
     scale = float(fractions) if dose.summation_type == "FRACTION x n" and fractions else 1.0
     notes += [note for dose_file in inputs.dose_files for note in dose_file.tps_notes]
+    known = {entry.number for entry in inputs.structure_set.rois}
+    notes += [
+        f"{dose_file.path.name}: the planning system's DVH of ROI {number} is not used: the structure set has no "
+        "ROI of that number"
+        for dose_file in inputs.dose_files for number in sorted(dose_file.tps_dvhs) if number not in known
+    ]
     return PlanData(inputs, dose, list(inputs.notes) + notes, contour_model=contour_model, dose_scale=scale)
 
 

@@ -41,6 +41,8 @@ STATED_TOLERANCE_BINS = 2
 STATED_TOLERANCE_FRACTION = 0.01
 STATED_KEYWORDS = ("DVHMinimumDose", "DVHMeanDose", "DVHMaximumDose")
 MIDDLE, START, DIFFERENTIAL = "middle", "start", "differential"
+ROUNDING_OF_TOTAL = 1e-6  # of the largest volume: rounding in a written curve (not a rise, not negative)
+STATED_FACTOR_SNAP = 1e-3  # a common factor this close to 1 is the DVH's own units, rounded
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,11 @@ def read_tps_dvhs(dataset: Dataset, path: Path) -> tuple[dict[int, TpsDvh], list
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             notes.append(f"{path.name}: DVHSequence item {index} skipped: {exc}")
             continue
-        found.setdefault(tps.roi_number, tps)
+        if tps.roi_number in found:
+            notes.append(f"{path.name}: DVHSequence item {index} skipped: a second DVH of ROI {tps.roi_number} "
+                         "(the first is used)")
+            continue
+        found[tps.roi_number] = tps
     reading = _reading(found)
     found = {roi: _reread(tps, reading) for roi, tps in found.items()}
     found, stated_notes = _use_stated_values(found)
@@ -176,7 +182,8 @@ def _stated_factor(found: dict[int, TpsDvh]) -> float:
     if len(agreeing) < 3:
         return 1.0
     # Least squares through the origin: the largest means, the least rounded, weigh most.
-    return float(np.sum(agreeing[:, 0] * agreeing[:, 1]) / np.sum(agreeing[:, 1] ** 2))
+    factor = float(np.sum(agreeing[:, 0] * agreeing[:, 1]) / np.sum(agreeing[:, 1] ** 2))
+    return 1.0 if abs(factor - 1) <= STATED_FACTOR_SNAP else factor
 
 
 def _use_stated_values(found: dict[int, TpsDvh]) -> tuple[dict[int, TpsDvh], list[str]]:
@@ -241,19 +248,30 @@ def _read_item(item: Dataset) -> TpsDvh:
     kind = str(item.get("DVHType", "")).upper()
     if kind not in ("CUMULATIVE", "DIFFERENTIAL"):
         raise ValueError(f"DVHType {kind or '(empty)'}")
-    scaling = float(item.get("DVHDoseScaling", 1.0) or 1.0)
-    data = np.asarray([float(v) for v in item.DVHData], dtype=float)
+    given_scaling = item.get("DVHDoseScaling")
+    scaling = 1.0 if given_scaling in (None, "") else float(given_scaling)
+    if not (np.isfinite(scaling) and scaling > 0):
+        raise ValueError(f"DVHDoseScaling {given_scaling} is not a positive number")
+    data = np.asarray([float(v) for v in (item.get("DVHData") or [])], dtype=float)
     if data.size < 2 or data.size % 2 or not np.all(np.isfinite(data)):
-        raise ValueError("DVHData is not finite (width, volume) pairs")
+        raise ValueError("DVHData is not (width, volume) pairs of finite numbers")
     widths = data[0::2] * scaling * DOSE_UNIT_GY[units]
-    volumes = np.maximum(data[1::2], 0.0)
-    if np.any(widths <= 0) or not (scaling > 0):
-        raise ValueError("DVHData has a bin width that is not positive")
+    volumes = data[1::2]
+    with np.errstate(over="ignore"):
+        reach = np.cumsum(widths)
+    if np.any(widths <= 0) or not np.all(np.isfinite(reach)):
+        raise ValueError("DVHData has a bin width that is not a positive finite dose")
+    rounding = ROUNDING_OF_TOTAL * max(float(np.abs(volumes).max()), 1e-12)
+    if np.any(volumes < -rounding):
+        raise ValueError("DVHData has a negative volume")
+    volumes = np.maximum(volumes, 0.0)  # -3e-13 cc in real exports: rounding
     if kind == "DIFFERENTIAL":
         # A differential bin holds the volume whose dose lies in it: summed from the top, the
         # volume receiving at least the dose where the bin starts.
         by_bin, reading = np.cumsum(volumes[::-1])[::-1], DIFFERENTIAL
     else:
+        if np.any(np.diff(volumes) > rounding):
+            raise ValueError("a CUMULATIVE DVH whose volume rises with dose")
         by_bin, reading = np.minimum.accumulate(volumes), MIDDLE
     if by_bin[0] <= 0:
         raise ValueError("the DVH has no volume")
@@ -264,6 +282,6 @@ def _read_item(item: Dataset) -> TpsDvh:
     )
     return TpsDvh(
         roi_number, dose, cumulative, volume_units, **_curve_values(dose, cumulative),
-        stated=tuple(value if value is not None and np.isfinite(value) else None for value in stated),
+        stated=tuple(value if value is not None and np.isfinite(value) and value >= 0 else None for value in stated),
         widths_gy=widths, by_bin=by_bin, reading=reading,
     )
