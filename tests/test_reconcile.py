@@ -4,6 +4,7 @@ and the protocol keys `dvh.contour_model` and `dose.statistical_uncertainty_perc
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,12 @@ def test_check_flags_a_value_at_its_limit_as_borderline_without_changing_its_sta
     markdown = runner.invoke(app, ["check", str(compliant), "--protocol",
                                    str(_protocol(tmp_path, limit=round(ptv_max["value"] + 0.05, 4))), "-f", "markdown"])
     assert "PASS (borderline)" in markdown.output
+    junit = runner.invoke(app, ["check", str(compliant), "--protocol",
+                                str(_protocol(tmp_path, limit=round(ptv_max["value"] + 0.05, 4))), "-f", "junit"])
+    case = ET.fromstring(junit.output).find(".//testcase[@name='Max[Gy]']")
+    assert case.find("failure") is None and case.find("error") is None  # still a pass in CI
+    assert case.find("system-out").text.startswith("borderline pass\n") and "borderline: 0.05 from" in case.find(
+        "system-out").text
 
 
 def test_protocol_uncertainty_widens_the_band_of_a_maximum(tmp_path, compliant):

@@ -108,6 +108,8 @@ def _testsuite(parent: ET.Element, report: Report, strict: bool) -> dict[str, in
             _element(case, tag, _details(result), type=kind, message=_message(result))
         elif result.status is Status.VARIATION:
             _element(case, "system-out", f"acceptable variation\n{_details(result)}")
+        elif result.borderline or result.tps is not None:  # a pass worth a look: close, or beside the TPS's
+            _element(case, "system-out", ("borderline pass\n" if result.borderline else "") + _details(result))
     if report.messages:
         _element(suite, "system-out", "\n".join(report.messages))
     return counts
