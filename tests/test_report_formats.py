@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import re
 import shutil
 import subprocess
@@ -436,3 +437,19 @@ def test_markdown_cells_do_not_mention_users():
     cell = markdown_cell("PTV @physics-team")
     assert not re.search(r"@[A-Za-z0-9]", cell)  # no @name a forge would turn into a notification
     assert cell.replace("\u200b", "") == "PTV @physics-team"  # the reader still sees the name
+
+
+def test_a_newline_inside_a_dicom_value_cannot_start_a_line_of_plain_output(hostile):
+    from rich.console import Console
+
+    from sbrt_check.report.table import render_table
+
+    _, report = hostile
+    injected = "RD.dcm: DVHSequence item 5 skipped: DVHType CUMULATIVE\n## PASS: INJECTED\r\nverdict: pass"
+    report = dataclasses.replace(report, messages=(*report.messages, injected))
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(render_table(report))
+    for text in (console.export_text(), ET.fromstring(render_junit(report)).find(".//testsuite/system-out").text):
+        lines = text.splitlines()
+        assert not any(line.startswith(("## PASS", "verdict: pass")) for line in lines)
+        assert any("CUMULATIVE\\n## PASS: INJECTED\\nverdict: pass" in line for line in lines)

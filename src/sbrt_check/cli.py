@@ -247,6 +247,7 @@ def dvh(
         folder, structures, metrics, engine.value, rx, fractions=fractions, contour_model=contour_model.value
     )
     from .report import dvh_export
+    from .report.escaping import line_text
 
     if format_ is DvhFormat.json:
         _write(dvh_export.render_dvh_json(items, header), output)
@@ -258,7 +259,7 @@ def dvh(
                    f"contour model {header['contour_model']}")
         _console(160).print(dvh_export.dvh_table(items, metric_names))
         for note in header.get("notes", []):
-            typer.echo(f"note: {note}")
+            typer.echo(f"note: {line_text(note)}")
 
 
 @app.command()

@@ -31,6 +31,15 @@ def plain_text(value: object) -> str:
     return _CONTROL.sub("", xml_text(value))
 
 
+def line_text(value: object) -> str:
+    """Text for one line of plain output (console notes, JUnit details): line breaks shown as \\n.
+
+    A DICOM value holding a newline would otherwise start a line of its own, one that could
+    pass for a heading or a verdict.
+    """
+    return plain_text(value).replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
+
+
 def html_text(value: object) -> str:
     """Text for HTML element content and quoted attribute values."""
     return html.escape(plain_text(value), quote=True)

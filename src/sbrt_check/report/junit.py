@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from ..models import Report, Result, Status
 from ..provenance import provenance_of
-from .escaping import xml_text
+from .escaping import line_text, xml_text
 from .text import borderline_text, limit_text, tps_text, value_text
 
 # Plan fields shown as testsuite properties (not the patient name: CI logs are widely readable).
@@ -71,7 +71,7 @@ def _details(result: Result) -> str:
             lines.append(extra)
     if result.source:
         lines.append(f"protocol: {result.source}")
-    return "\n".join(lines)
+    return "\n".join(line_text(line) for line in lines)
 
 
 def _message(result: Result) -> str:
@@ -111,7 +111,7 @@ def _testsuite(parent: ET.Element, report: Report, strict: bool) -> dict[str, in
         elif result.borderline or result.tps is not None:  # a pass worth a look: close, or beside the TPS's
             _element(case, "system-out", ("borderline pass\n" if result.borderline else "") + _details(result))
     if report.messages:
-        _element(suite, "system-out", "\n".join(report.messages))
+        _element(suite, "system-out", "\n".join(line_text(message) for message in report.messages))
     return counts
 
 

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from ..models import Report, Result, Status, Verdict
 from ..protocol import normalize_name
+from .escaping import line_text
 from .text import borderline_text, is_report_only, status_label, tps_text, value_text
 
 STATUS_STYLE = {
@@ -129,9 +130,9 @@ def render_table(report: Report) -> Group:
     table, notes = results_table(report.results)
     parts: list = [header_text(report), table]
     for number, note in enumerate(notes, start=1):
-        parts.append(Text(f"[{number}] {note}", style="dim"))
+        parts.append(Text(f"[{number}] {line_text(note)}", style="dim"))
     for message in report.messages:
-        parts.append(Text(f"note: {message}", style="yellow"))
+        parts.append(Text(f"note: {line_text(message)}", style="yellow"))
     parts.append(Text(f" {text} ", style=style))
     return Group(*parts)
 
