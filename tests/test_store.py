@@ -357,8 +357,9 @@ def test_dashboard_renders_in_chromium_with_every_patient_and_no_script(trial, t
     text = page.read_text(encoding="utf-8")
     assert "<script" not in text.lower() and "Content-Security-Policy" in text and "src=\"http" not in text
     dom = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile")
-    assert "sbrt-check QA dashboard" in dom
+    assert "sbrt-check QA dashboard" in dom and "contour model slab;" in dom  # what every check used
     plans_table = dom[dom.index('<table class="plans">'):]
+    assert "<th>Contour model</th>" in plans_table and '<td class="small">slab</td>' in plans_table
     for patient in [*PATIENTS, BROKEN]:
         assert f'<td class="patient">{patient}</td>' in plans_table, patient
     assert "<img" not in dom and "<script" not in dom  # the markup stayed text

@@ -271,10 +271,19 @@ def _plans_table(states: list[PlanState], links: dict[str, str]) -> str:
             f"<td>{html_text(check['plan_label'])}</td><td>{html_text(check['institution'])}</td>"
             f"<td>{html_text(check['stratum'])}</td><td>{html_text(check['verdict'])}</td>"
             f"<td>{html_text(state.category)}</td><td class=\"small\">{html_text(_review_text(state))}</td>"
+            f"<td class=\"small\">{html_text(check['contour_model'])}</td>"
             f"<td class=\"small\">{html_text(state.submitted_at[:10])}</td><td>{_link(state, links)}</td></tr>")
     head = "".join(f"<th>{c}</th>" for c in ("Patient", "Plan", "Institution", "Stratum", "Verdict", "Trial category",
-                                              "Review", "Submitted", ""))
+                                              "Review", "Contour model", "Submitted", ""))
     return f'<table class="plans"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _models_text(states: list[PlanState]) -> str:
+    """'slab', or 'slab (40 plans), interpolated (2 plans)' when the checks were made under several."""
+    models = Counter(s.check["contour_model"] for s in states)
+    if len(models) <= 1:
+        return next(iter(models), "-")
+    return ", ".join(f"{model} ({count} plans)" for model, count in models.most_common())
 
 
 # --- pages -------------------------------------------------------------------------------------
@@ -325,7 +334,7 @@ def render_dashboard(states: list[PlanState], results: dict[str, list[dict]], pa
         f"<title>sbrt-check QA dashboard</title><style>{CSS}{EXTRA_CSS}</style></head><body>",
         "<h1>sbrt-check QA dashboard</h1>",
         f'<p class="small">{len(plans)} plans of {len(patients)} patients (each plan\'s latest check); '
-        f"generated {html_text(generated_at or now_utc())}.</p>",
+        f"contour model {html_text(_models_text(plans))}; generated {html_text(generated_at or now_utc())}.</p>",
         f'<p>Overall compliance: <span class="rate" id="overall">{_rate(compliant, len(plans))}</span> '
         f"{_stacked_bar(counts, CATEGORIES, CATEGORY_COLOR, 320)}</p>",
         f'<div class="cards">{cards}</div>',
