@@ -241,6 +241,25 @@ def test_every_encoding_gives_the_reference_numbers(tmp_path, reference, small_p
         assert f"multiplied by {FRACTIONS} planned fractions" in messages
 
 
+def test_dvh_without_a_plan_says_a_beam_sum_cannot_be_checked_for_completeness(tmp_path):
+    """Only the RTPLAN says which beams there are: without it the sum of the BEAM files present
+    (here one of two, a partial dose) is exported with a note saying so, in JSON and table alike."""
+    paths = dw.write_plan_folder(tmp_path, small_spec(dw.WriteOptions(summation="BEAM"), beams=2))
+    args = ("dvh", tmp_path, "--structures", "PTV", "--metrics", "Mean[Gy]")
+    whole = json.loads(run_cli(*args, "--format", "json").out)
+    assert whole["notes"] == ["summed 2 BEAM dose files"]  # the RTPLAN's beams were all there
+    paths["rtplan"].unlink()
+    paths["rtdose_beam2"].unlink()
+    run = run_cli(*args, "--format", "json")
+    assert run.code == 0, run.err
+    partial = json.loads(run.out)
+    assert partial["structures"]["PTV"]["metrics"]["Mean[Gy]"] < 0.6 * whole["structures"]["PTV"]["metrics"]["Mean[Gy]"]
+    note = ("no RTPLAN ties these doses to a plan: the sum is of the 1 BEAM dose file present, and whether every "
+            "beam of the plan is among them cannot be checked (a missing beam lowers every value)")
+    assert partial["notes"] == ["summed 1 BEAM dose file", note]
+    assert f"note: {note}" in run_cli(*args).out
+
+
 def _rewrite(path: Path, *, meta: bool, implicit: bool) -> None:
     ds = pydicom.dcmread(path, force=True)
     if meta:

@@ -214,3 +214,40 @@ def test_v120_percent_of_volume_at_least_95_is_a_legal_limit(plan_copy, tmp_path
     run = check_json(plan_copy, protocol)
     assert run.err == "" and run.code == 1  # evaluated (and failed: the small plan is not that hot)
     assert run.statuses()[("PTV", "V120%[%]")] == "fail"
+
+
+# --------------------------------------------------------------------------- numbers at the CLI
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        ("check", "--rx", "-5"), ("check", "--rx", "0"), ("check", "--rx", "nan"), ("check", "--rx", "inf"),
+        ("check", "--rx", "1e400"),
+        ("dvh", "--rx", "-5"), ("dvh", "--rx", "0"), ("dvh", "--rx", "nan"), ("dvh", "--rx", "1e400"),
+        ("dvh", "--fractions", "-2"), ("dvh", "--fractions", "0"), ("dvh", "--fractions", "nan"),
+        ("dvh", "--fractions", "inf"), ("dvh", "--fractions", "1e400"),
+    ],
+)
+def test_a_dose_or_fraction_count_must_be_a_positive_finite_number(plan_copy, command, option, value):
+    """click reads '-5', 'nan', 'inf' and '1e400' (inf) as floats: each is one error line, never a result."""
+    run = run_cli(command, plan_copy, option, value)
+    assert_one_error_line(run, f"{option} must be a positive finite number")
+    assert run.out == ""
+    if value in ("inf", "1e400"):
+        assert "infinite or too large" in run.err
+
+
+@pytest.mark.parametrize(("option", "value", "words"), [
+    ("--max-object-mb", "inf", "a positive finite number"), ("--max-object-mb", "0", "a positive finite number"),
+    ("--min-free-mb", "-1", "a finite number >= 0"), ("--min-free-mb", "nan", "a finite number >= 0"),
+])
+def test_the_node_size_limits_are_finite_numbers(tmp_path, option, value, words):
+    """Refused before the node starts (the bad port would stop it too, so a miss fails rather than hangs)."""
+    run = run_cli("listen", "--out", tmp_path / "node", "--port", "70000", option, value)
+    assert_one_error_line(run, f"{option} must be {words}")
+
+
+def test_a_valid_rx_and_fraction_count_are_used(plan_copy, small_protocol):
+    assert check_json(plan_copy, small_protocol, "--rx", "40").code == 0
+    run = run_cli("dvh", plan_copy, "--structures", "PTV", "--rx", "40", "--fractions", "5", "--format", "json",
+                  "--metrics", "D95%[%]")
+    assert run.code == 0, run.err

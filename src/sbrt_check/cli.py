@@ -7,6 +7,7 @@ stderr naming the file and the problem; SBRT_CHECK_DEBUG=1 shows the traceback i
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from enum import Enum
@@ -79,6 +80,17 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_ERROR)
 
 
+def _number(option: str, value: float | None, *, zero: bool = False) -> float | None:
+    """A number given on the command line (a dose, a count, a size): finite and positive (or zero
+    when `zero`), else one error line. Every float option goes through here: click takes '-5',
+    'nan', 'inf' and '1e400' (inf) as floats, and a dose of -5 Gy or inf fractions must not be used."""
+    if value is not None and not (math.isfinite(value) and (value > 0 or (zero and value == 0))):
+        kind = "a finite number >= 0" if zero else "a positive finite number"
+        got = f"{value:g}: infinite or too large" if math.isinf(value) else f"{value:g}"
+        raise InputError(None, f"{option} must be {kind} (got {got})")
+    return value
+
+
 def _parse_map(values: list[str] | None) -> tuple[tuple[str, str], ...]:
     pairs = []
     for value in values or []:
@@ -134,8 +146,7 @@ def check(
     from .plandata import load_plan
     from .protocol import load_protocol
 
-    if rx is not None and not (rx > 0):
-        raise InputError(None, f"--rx {rx} is not a positive dose")
+    _number("--rx", rx)
     loaded_protocol = load_protocol(protocol)
     plan_data = load_plan(folder, plan, _contour_model(contour_model, loaded_protocol))
     options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
@@ -243,6 +254,8 @@ def dvh(
     """
     from .dvh_command import compute_structure_dvhs
 
+    _number("--rx", rx)
+    _number("--fractions", fractions)
     header, items, metric_names = compute_structure_dvhs(
         folder, structures, metrics, engine.value, rx, fractions=fractions, contour_model=contour_model.value
     )
@@ -543,6 +556,8 @@ def listen(
     from .protocol import load_protocol
 
     load_protocol(protocol)  # a bad protocol is refused now, not at the first plan
+    _number("--max-object-mb", max_object_mb)
+    _number("--min-free-mb", min_free_mb, zero=True)
     if not 0 <= port < 65536:  # 0: any free port (tests)
         raise InputError(None, f"--port {port} is not a TCP port")
     if not ae_title.strip() or len(ae_title.strip()) > 16:

@@ -233,6 +233,13 @@ def _load(
     if inputs.plan:
         check_beam_doses(inputs.dose_files, inputs.plan.treatment_beams, inputs.plan.path)
     dose, notes = combine_doses(inputs.dose_files, fractions, fraction_as_stored)
+    if inputs.plan is None and dose.summation_type == "BEAM (summed)":
+        # Only the RTPLAN says which beams there are (check_beam_doses): `dvh` without one sums what is here.
+        notes.append(
+            f"no RTPLAN ties these doses to a plan: the sum is of the {len(dose.files)} BEAM dose "
+            f"file{'s' if len(dose.files) != 1 else ''} present, and whether every beam of the plan is among them "
+            "cannot be checked (a missing beam lowers every value)"
+        )
     if fractions_override and not dose.summation_type.startswith("FRACTION"):
         notes.append(f"--fractions {fractions_override:g} not applied: the dose is {dose.summation_type}, not FRACTION")
     scale = float(fractions) if dose.summation_type == "FRACTION x n" and fractions else 1.0

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from ..errors import InputError
-from .files import FolderContents, RtFile
+from .files import FolderContents, RtFile, same_object
 from .rtdose import DoseFile, read_dose_file
 from .rtplan import PlanFile, read_plan
 from .rtstruct import StructureSet, read_structure_set, referenced_series_uid
@@ -86,23 +86,64 @@ class PlanGroup:
     notes: tuple[str, ...] = ()
     problem: InputError | None = None
     images: tuple[Path, ...] = ()  # the planning CT the structures were drawn on, when present
+    # Other files of the plan's objects (same SOP Instance UID): identical copies, or the
+    # differing versions its `problem` names. They are part of the plan's input (its hash).
+    copies: tuple[Path, ...] = ()
 
     @property
     def files(self) -> list[Path]:
         others = ([self.structure_set] if self.structure_set else []) + list(self.doses)
-        return [self.plan.path] + [f.path for f in others] + list(self.images)
+        return [self.plan.path] + [f.path for f in others] + list(self.copies) + list(self.images)
 
 
-def _unique(files: list[RtFile], notes: list[str]) -> dict[str, RtFile]:
-    """By SOP Instance UID; a second copy of one object is the same object, never added twice."""
-    by_uid: dict[str, RtFile] = {}
+@dataclass
+class _Objects:
+    """The objects of one modality by SOP Instance UID: the file read for each, and its other files.
+
+    An archive often holds one plan twice (an export and a PACS copy, a folder copied for a
+    re-plan). A second file of one UID whose content is the same (`same_object`) is the same
+    object: read once, with a note. One whose content differs is a second version of the
+    object: which one a plan means cannot be told, so every plan that uses it is refused
+    (`conflict`), whichever file a folder walk happens to meet first.
+    """
+
+    modality: str
+    first: dict[str, RtFile] = field(default_factory=dict)
+    others: dict[str, list[RtFile]] = field(default_factory=dict)
+    differing: set[str] = field(default_factory=set)
+
+    def files(self, uid: str) -> list[RtFile]:
+        return [self.first[uid], *self.others.get(uid, [])]
+
+    def notes(self, uid: str) -> list[str]:
+        """'a copy ... read once' for each identical copy; nothing for a conflict (it is refused)."""
+        if uid in self.differing:
+            return []
+        first = self.first[uid]
+        return [f"{rt.path}: an identical copy of {self.modality} {first.path} (same SOP Instance UID and content), "
+                "read once" for rt in self.others.get(uid, [])]
+
+    def conflict(self, uid: str) -> str | None:
+        """Why the object of this UID cannot be used (its files differ), else None."""
+        if uid not in self.differing:
+            return None
+        names = [str(rt.path) for rt in self.files(uid)]
+        return (f"{self.modality} in {len(names)} versions, {', '.join(names)} (one SOP Instance UID {uid}, "
+                "different contents): which one the plan means cannot be told; keep one")
+
+
+def _by_uid(files: list[RtFile], modality: str) -> _Objects:
+    """The objects of `files` by SOP Instance UID (a file without one is an object of its own)."""
+    objects = _Objects(modality)
     for rt in files:
         uid = _uid(rt, "SOPInstanceUID") or str(rt.path)
-        if uid in by_uid:
-            notes.append(f"{rt.path}: a copy of {rt.modality} {by_uid[uid].path} (same SOP Instance UID), ignored")
+        if uid not in objects.first:
+            objects.first[uid] = rt
             continue
-        by_uid[uid] = rt
-    return by_uid
+        objects.others.setdefault(uid, []).append(rt)
+        if uid not in objects.differing and not same_object(objects.first[uid].path, rt.path):
+            objects.differing.add(uid)
+    return objects
 
 
 def _some(items: list[str], shown: int = 3) -> str:
@@ -124,19 +165,21 @@ def group_plans(folder: Path, contents: FolderContents) -> tuple[list[PlanGroup]
     problems no plan owns (an RTDOSE whose RTPLAN is absent), and notes. An RTDOSE without a
     plan reference goes to the only plan there is, else to the only plan in its frame of
     reference; an RTPLAN without a structure set reference to the only RTSTRUCT in its frame.
+    Files sharing one SOP Instance UID are one object when their contents are the same, a
+    problem of every plan using that object when they differ (`_Objects`).
     """
-    notes: list[str] = []
-    plans = _unique(contents.of("RTPLAN"), notes)
-    structs = _unique(contents.of("RTSTRUCT"), notes)
+    plans = _by_uid(contents.of("RTPLAN"), "RTPLAN")
+    structs = _by_uid(contents.of("RTSTRUCT"), "RTSTRUCT")
+    doses = _by_uid(contents.of("RTDOSE"), "RTDOSE")
     stray: list[InputError] = []
-    doses_by_plan: dict[str, list[RtFile]] = {}
+    doses_by_plan: dict[str, list[str]] = {}
     dose_notes: dict[str, list[str]] = {}
-    for dose in _unique(contents.of("RTDOSE"), notes).values():
+    for dose_uid, dose in doses.first.items():
         plan_uid = _dose_plan_uid(dose)
         if plan_uid is None:
-            same_frame = [uid for uid, p in plans.items() if _frame_of(p) and _frame_of(p) == _frame_of(dose)]
-            if len(plans) == 1:
-                plan_uid = next(iter(plans))
+            same_frame = [uid for uid, p in plans.first.items() if _frame_of(p) and _frame_of(p) == _frame_of(dose)]
+            if len(plans.first) == 1:
+                plan_uid = next(iter(plans.first))
             elif len(same_frame) == 1:
                 plan_uid = same_frame[0]
                 dose_notes.setdefault(plan_uid, []).append(
@@ -145,39 +188,58 @@ def group_plans(folder: Path, contents: FolderContents) -> tuple[list[PlanGroup]
             else:
                 stray.append(InputError(dose.path, "RTDOSE references no RTPLAN and the folder holds several plans"))
                 continue
-        if plan_uid not in plans:
+        if plan_uid not in plans.first:
             stray.append(InputError(
                 dose.path,
                 f"RTDOSE references RTPLAN {plan_uid}, which is not in the folder "
-                f"(RTPLAN here: {_some(list(plans))}){_other_patient(dose, list(plans.values()))}",
+                f"(RTPLAN here: {_some(list(plans.first))}){_other_patient(dose, list(plans.first.values()))}",
             ))
             continue
-        doses_by_plan.setdefault(plan_uid, []).append(dose)
+        doses_by_plan.setdefault(plan_uid, []).append(dose_uid)
+    # A differing version of a dose may reference another plan than the version grouped: that
+    # plan is touched by the conflict too.
+    conflicting_doses: dict[str, set[str]] = {}
+    for dose_uid in doses.differing:
+        for version in doses.files(dose_uid):
+            conflicting_doses.setdefault(_dose_plan_uid(version) or "", set()).add(dose_uid)
     groups: list[PlanGroup] = []
-    for plan_uid, plan in plans.items():
+    used: set[tuple[str, str]] = set()
+    for plan_uid, plan in plans.first.items():
         plan_notes = list(dose_notes.get(plan_uid, []))
         problem: InputError | None = None
-        struct_rt: RtFile | None = None
         struct_uid = _structure_set_uid(plan)
         if struct_uid is None:
-            same_frame = [s for s in structs.values() if _frame_of(s) == _frame_of(plan)]
+            same_frame = [uid for uid, s in structs.first.items() if _frame_of(s) == _frame_of(plan)]
             if len(same_frame) == 1:
-                struct_rt = same_frame[0]
+                struct_uid = same_frame[0]
                 plan_notes.append("RTPLAN references no RTSTRUCT; matched by frame of reference")
             else:
                 problem = InputError(
                     plan.path, "RTPLAN references no RTSTRUCT and none can be matched by frame of reference"
                 )
-        elif struct_uid in structs:
-            struct_rt = structs[struct_uid]
-        else:
+        elif struct_uid not in structs.first:
             problem = InputError(plan.path, f"RTPLAN references RTSTRUCT {struct_uid}, which is not in the folder")
-        plan_doses = doses_by_plan.get(plan_uid, [])
-        if problem is None and not plan_doses:
+        struct_rt = structs.first.get(struct_uid) if problem is None and struct_uid else None
+        dose_uids = doses_by_plan.get(plan_uid, [])
+        if problem is None and not dose_uids:
             label = str(plan.dataset.get("RTPlanLabel", "") or "")
             problem = InputError(plan.path, f"no RTDOSE in the folder references this RTPLAN ({label})")
+        objects = [(plans, plan_uid)] + ([(structs, struct_uid)] if struct_rt and struct_uid else [])
+        objects += [(doses, uid) for uid in dict.fromkeys([*dose_uids, *sorted(conflicting_doses.get(plan_uid, ()))])]
+        used.update((kind.modality, uid) for kind, uid in objects)
+        conflicts = [text for kind, uid in objects if (text := kind.conflict(uid))]
+        if conflicts:
+            problem = InputError(None, "; ".join(conflicts + ([str(problem)] if problem else [])))
+        plan_notes += [note for kind, uid in objects for note in kind.notes(uid)]
+        own = {plan.path, *([struct_rt.path] if struct_rt else []), *(doses.first[uid].path for uid in dose_uids)}
+        copies = [rt.path for kind, uid in objects for rt in kind.files(uid) if rt.path not in own]
         images = _images_of(struct_rt, plan, contents.other_dicom)
-        groups.append(PlanGroup(plan_uid, plan, struct_rt, tuple(plan_doses), tuple(plan_notes), problem, images))
+        groups.append(PlanGroup(
+            plan_uid, plan, struct_rt, tuple(doses.first[uid] for uid in dose_uids), tuple(plan_notes), problem,
+            images, tuple(dict.fromkeys(copies)),
+        ))
+    notes = [note for kind in (plans, structs, doses) for uid in kind.first if (kind.modality, uid) not in used
+             for note in kind.notes(uid)]
     return groups, stray, notes
 
 
@@ -239,12 +301,14 @@ def _frame_of(rt: RtFile) -> str:
 
 
 def assemble_dose_and_structures(folder: Path, contents: FolderContents) -> PlanInputs:
-    """For `dvh`: one RTSTRUCT and its RTDOSE(s); an RTPLAN only supplies the prescription."""
-    structs = contents.of("RTSTRUCT")
-    doses = contents.of("RTDOSE")
-    if not structs:
+    """For `dvh`: one RTSTRUCT and its RTDOSE(s); an RTPLAN only supplies the prescription.
+
+    Without a plan that fits, files of one SOP Instance UID are still one object (`_Objects`):
+    an identical copy of a BEAM dose is not summed twice, two versions of one are refused.
+    """
+    if not contents.of("RTSTRUCT"):
         raise _missing("RTSTRUCT", folder, contents)
-    if not doses:
+    if not contents.of("RTDOSE"):
         raise _missing("RTDOSE", folder, contents)
     if contents.of("RTPLAN"):
         try:
@@ -253,6 +317,12 @@ def assemble_dose_and_structures(folder: Path, contents: FolderContents) -> Plan
             plans = []
         if len(plans) == 1:
             return plans[0]
+    objects = [_by_uid(contents.of(kind), kind) for kind in ("RTSTRUCT", "RTDOSE")]
+    conflicts = [text for kind in objects for uid in kind.first if (text := kind.conflict(uid))]
+    if conflicts:
+        raise InputError(None, "; ".join(conflicts))
+    notes = [note for kind in objects for uid in kind.first for note in kind.notes(uid)]
+    structs, doses = (list(kind.first.values()) for kind in objects)
     if len(structs) > 1:
         names = ", ".join(s.path.name for s in structs)
         raise InputError(folder, f"several RTSTRUCT files ({names}) and no RTPLAN tying one to the dose")
@@ -268,4 +338,4 @@ def assemble_dose_and_structures(folder: Path, contents: FolderContents) -> Plan
             )
     dose_files = [read_dose_file(d.path, d.dataset) for d in doses]
     _check_frames(structure_set, dose_files, None)
-    return PlanInputs(None, structure_set, dose_files, list(contents.other_dicom), [])
+    return PlanInputs(None, structure_set, dose_files, list(contents.other_dicom), notes)

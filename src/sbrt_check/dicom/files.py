@@ -8,6 +8,7 @@ naming the file, anything that is not DICOM at all is skipped with a note.
 
 from __future__ import annotations
 
+import filecmp
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -118,6 +119,24 @@ def read_dataset(path: Path, header_only: bool = False) -> Dataset | None:
     if len(dataset) == 0:
         raise InputError(path, "DICOM file holds no elements")
     return dataset
+
+
+def same_object(first: Path, second: Path) -> bool:
+    """True when two files hold one DICOM object alike: the same bytes, or the same data elements
+    with the preamble, file meta and encoding aside (an export and an archive's copy of it).
+
+    Anything else is not the same, including a file that cannot be read in full: two files of
+    one SOP Instance UID that differ are two versions of one object, and which one a plan
+    means cannot be told.
+    """
+    try:
+        if filecmp.cmp(first, second, shallow=False):
+            return True
+        datasets = [pydicom.dcmread(path, force=True) for path in (first, second)]
+        elements = [{e.tag: e for e in dataset if e.tag.group != 0x0002} for dataset in datasets]
+        return elements[0] == elements[1]
+    except Exception:  # pydicom raises many kinds on a damaged file; a copy that cannot be read is no copy
+        return False
 
 
 def list_files(folder: Path) -> list[Path]:

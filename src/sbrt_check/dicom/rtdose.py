@@ -254,7 +254,7 @@ def combine_doses(
                 raise InputError(other.path, "BEAM dose grid differs from the other beams' grid")
             total += other.grid.dose_gy
         files = tuple(str(d.path) for d in beam_doses)
-        notes.append(f"summed {len(beam_doses)} BEAM dose files")
+        notes.append(f"summed {len(beam_doses)} BEAM dose file{'s' if len(beam_doses) != 1 else ''}")
         return DoseGrid(first.x, first.y, first.z, total, "BEAM (summed)", files), notes
     if "FRACTION" in by_type:
         fraction_doses = by_type["FRACTION"]
