@@ -297,6 +297,20 @@ def test_a_missing_beam_dose_is_refused_naming_the_beam(monkeypatch, capsys, tmp
     assert code == 2 and "no BEAM dose for beam 2 ('Arc2')" in err and len(err.strip().splitlines()) == 1
 
 
+def test_beam_doses_of_a_plan_that_lists_no_treatment_beam_are_refused(monkeypatch, capsys, tmp_path, beam_doses):
+    folder = copy_folder(beam_doses, tmp_path / "no_beams")
+    plan_path = next(folder.glob("RP.*.dcm"))
+    plan = pydicom.dcmread(plan_path)
+    for beam in plan.BeamSequence:
+        beam.TreatmentDeliveryType = "SETUP"
+    for group in plan.FractionGroupSequence:
+        group.ReferencedBeamSequence = []
+        group.NumberOfBeams = 0
+    plan.save_as(plan_path)
+    code, _, err = run(monkeypatch, capsys, "check", str(folder))
+    assert code == 2 and "lists no treatment beam" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_doubled_beam_dose_is_refused(monkeypatch, capsys, tmp_path, beam_doses):
     folder = copy_folder(beam_doses, tmp_path / "doubled")
     first = sorted(folder.glob("RD.*beam1*.dcm"))[0]

@@ -199,8 +199,11 @@ def check_beam_doses(doses: list[DoseFile], treatment_beams: dict[int, str], pla
     it. Doses that do not say which beam they are cannot be checked, so they are refused too.
     """
     beam_doses = [d for d in doses if (d.summation_type or "PLAN") == "BEAM"]
-    if not beam_doses or not treatment_beams:
+    if not beam_doses:
         return
+    if not treatment_beams:
+        raise InputError(plan_path, "the plan lists no treatment beam: whether its BEAM doses cover it cannot be "
+                                    "checked (a missing beam under-states every dose)")
 
     def named(number: int) -> str:
         name = treatment_beams.get(number, "")
