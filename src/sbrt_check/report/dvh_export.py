@@ -23,7 +23,9 @@ class StructureDvh:
     name: str
     dvh: Dvh
     metrics: dict[str, float | None]
-    tps: dict | None = None  # the planning system's {"volume_cc", "metrics"} from the RTDOSE's DVHSequence
+    # The planning system's {"volume_cc", "volume_units", "metrics"} from the RTDOSE's DVHSequence:
+    # None where a value does not apply or cannot be compared (cc values of a curve in %).
+    tps: dict | None = None
 
 
 def resampled(dvh: Dvh, step: float = EXPORT_STEP_GY) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +53,7 @@ def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
             "metrics": {k: _round(v) for k, v in item.metrics.items()},
             **({"tps": {
                 "volume_cc": _round(item.tps["volume_cc"]),
+                **({"volume_units": item.tps["volume_units"]} if "volume_units" in item.tps else {}),
                 **({"volume_cc_by_stated_mean": _round(item.tps["volume_cc_by_stated_mean"])}
                    if "volume_cc_by_stated_mean" in item.tps else {}),
                 "metrics": {k: _round(v) for k, v in item.tps["metrics"].items()},

@@ -7,7 +7,9 @@ tps_agreement
     system's value, or `tolerance_gy` for doses where that is larger, is a VARIATION whose
     reason gives both numbers and the contour model. `report_only: true` shows the figures
     without judging (how the shipped protocol uses it). No planning-system DVH for a
-    structure: NOT EVALUATED (make the entry `optional: true` when exports may lack them).
+    structure: NOT EVALUATED (make the entry `optional: true` when exports may lack them); so
+    is a metric that uses the volume in cc (Volume[cc], D0.5cc, V15Gy[cc]) on a curve in %
+    (it states no volume).
     Example: `{rule: tps_agreement, metrics: ["Volume[cc]", "Mean[Gy]"], tolerance_percent: 2,
     tolerance_gy: 0.2, optional: true}`.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ..crosscheck import tps_incomparable
 from ..dicom.tps_dvh import TpsDvh
 from ..metrics import MetricError, compute, parse_metric
 from ..models import Result, Status
@@ -50,10 +53,15 @@ def _compare(ctx: RuleContext, conf: dict, structure: str) -> list[Result]:
         return [not_evaluated(conf, GROUP, structure, "TPS agreement", why)]
     ours_dvh = ctx.dvh_of(resolution)
     model = ctx.plan.contour_model
-    left_out = _left_out_note(ctx.plan.tps_curve(resolution.tokens))
+    curve = ctx.plan.tps_curve(resolution.tokens)
+    left_out = _left_out_note(curve)
     results = []
     for text in conf["metrics"]:
         metric = parse_metric(text)
+        why = tps_incomparable(metric, curve)
+        if why:
+            results.append(not_evaluated(conf, GROUP, structure, metric.text, why, metric.result_unit))
+            continue
         try:
             ours = compute(metric, ours_dvh, ctx.rx.value)
             theirs = compute(metric, tps_dvh, ctx.rx.value)
