@@ -17,6 +17,7 @@ from sbrt_check.metrics import parse_metric
 from sbrt_check.protocol import Limit, load_protocol
 from tests.conftest import write_variant
 from tests.fixtures.dicom_writer import WriteOptions
+from tests.test_inputs_read import run_cli
 
 runner = CliRunner()
 
@@ -356,3 +357,23 @@ def test_dvh_shows_no_tps_volume_for_a_percent_curve(percent_tps):
     table = runner.invoke(app, ["dvh", str(percent_tps), "--structures", "PTV", "--metrics", metrics])
     tps_row = next(line for line in table.output.splitlines() if "TPS" in line)
     assert [cell.strip() for cell in tps_row.split("│")][1:-1] == ["", "TPS", "-", "40.500", "-", "-", "50.000"]
+
+
+@pytest.mark.parametrize("options, problem", [
+    ("tolerance_percent: .nan", "tolerance_percent must be a finite number, not nan"),
+    ("tolerance_gy: .inf", "tolerance_gy must be a finite number, not inf"),
+    ("tolerance_percent: -.inf", "tolerance_percent must be a finite number, not -inf"),
+    ("structures: []", "structures is empty: give at least one structure or leave it out"),
+])
+def test_tps_agreement_refuses_tolerances_that_are_not_finite_and_an_empty_structure_list(
+        tmp_path, compliant, options, problem):
+    protocol = tmp_path / "bad.yaml"
+    protocol.write_text(PROTOCOL.format(extra="", limit=100).replace(
+        "{rule: tps_agreement, structures: [PTV], optional: true}", f"{{rule: tps_agreement, {options}}}"))
+    with pytest.raises(ProtocolError) as error:
+        load_protocol(protocol)
+    assert error.value.problems == [f"rules[0] (tps_agreement): {problem}" + (
+        " (every structure the constraints use)" if "structures" in options else "")]
+    run = run_cli("check", compliant, "--protocol", protocol)
+    assert run.code not in (0, 1) and problem in run.err and not run.out
+    assert len(run.err.strip().splitlines()) == 1  # one line, no traceback

@@ -141,8 +141,12 @@ def check_tps_agreement(ctx: RuleContext, conf: dict) -> list[Result]:
 def validate_tps_agreement(conf: dict) -> list[str]:
     problems = number_problems(conf, ("tolerance_percent", "tolerance_gy"))
     for key in ("tolerance_percent", "tolerance_gy"):
-        if isinstance(conf.get(key), int | float) and conf[key] < 0:
-            problems.append(f"{key} must not be negative")
+        value = conf.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                problems.append(f"{key} must be a finite number, not {value}")
+            elif value < 0:
+                problems.append(f"{key} must not be negative")
     if not isinstance(conf.get("report_only"), bool):
         problems.append("report_only must be true or false")
     metrics = conf.get("metrics")
@@ -156,6 +160,9 @@ def validate_tps_agreement(conf: dict) -> list[str]:
     structures = conf.get("structures")
     if structures is not None and not (isinstance(structures, list) and all(isinstance(s, str) for s in structures)):
         problems.append("structures must be a list of structure names")
+    elif structures is not None and not structures:
+        problems.append("structures is empty: give at least one structure or leave it out "
+                        "(every structure the constraints use)")
     return problems
 
 
