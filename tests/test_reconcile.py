@@ -3,9 +3,12 @@ and the protocol keys `dvh.contour_model` and `dose.statistical_uncertainty_perc
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from typer.testing import CliRunner
@@ -377,3 +380,40 @@ def test_tps_agreement_refuses_tolerances_that_are_not_finite_and_an_empty_struc
     run = run_cli("check", compliant, "--protocol", protocol)
     assert run.code not in (0, 1) and problem in run.err and not run.out
     assert len(run.err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_dvh_csv_names_engine_model_and_summation_and_carries_the_tps_rows(percent_tps):
+    result = runner.invoke(app, ["dvh", str(percent_tps), "--structures", "PTV,Stomach", "-f", "csv",
+                                 "--metrics", "Mean[Gy],D0.5cc[Gy]", "--contour-model", "truncated"])
+    assert result.exit_code == 0, result.output
+    curve_block, metric_block = result.output.strip().split("\n\n")
+    curve = list(csv.DictReader(io.StringIO(curve_block)))
+    assert list(curve[0]) == ["structure", "dose_gy", "volume_cc", "volume_pct", "source", "engine",
+                              "contour_model", "dose_summation_type"]  # the first four as before
+    assert {(r["source"], r["engine"], r["contour_model"], r["dose_summation_type"]) for r in curve} == {
+        ("sbrt-check", "sbrt", "truncated", "PLAN")}
+    metrics = list(csv.DictReader(io.StringIO(metric_block)))
+    assert list(metrics[0])[:3] == ["structure", "metric", "value"]
+    table = {(r["structure"], r["source"], r["metric"]): r for r in metrics}
+    assert len(table) == len(metrics) == 2 * 2 * 3  # 2 ROIs x (ours, TPS) x (Volume, Mean, D0.5cc)
+    assert float(table[("PTV", "sbrt-check", "Volume[cc]")]["value"]) > 30
+    # The TPS's PTV curve is in %: no volume, no cc metric; its shape's mean is there.
+    assert table[("PTV", "TPS", "Volume[cc]")]["value"] == table[("PTV", "TPS", "D0.5cc[Gy]")]["value"] == ""
+    assert float(table[("PTV", "TPS", "Mean[Gy]")]["value"]) == pytest.approx(40.5)
+    assert float(table[("Stomach", "TPS", "Volume[cc]")]["value"]) == pytest.approx(STEP_CC)
+    assert float(table[("Stomach", "TPS", "D0.5cc[Gy]")]["value"]) == pytest.approx(40.99)
+    tps = table[("Stomach", "TPS", "Mean[Gy]")]
+    assert (tps["engine"], tps["contour_model"], tps["dose_summation_type"]) == ("", "", "PLAN")
+
+
+def test_dvh_csv_guards_every_text_cell_against_formulas():
+    from sbrt_check.models import Dvh
+    from sbrt_check.report.dvh_export import StructureDvh, render_dvh_csv
+
+    dvh = Dvh(np.array([0.0, 1.0, 2.0]), np.array([10.0, 10.0, 0.0]), 10.0, 1.5, 1.0, 2.0)
+    item = StructureDvh("@SUM(A1)", dvh, {"Mean[Gy]": 1.5}, {"volume_cc": None, "metrics": {"Mean[Gy]": -1.25}})
+    text = render_dvh_csv([item], {"engine": "sbrt", "contour_model": "+slab", "dose_summation_type": "=cmd()"})
+    cells = [cell for row in csv.reader(io.StringIO(text)) for cell in row]
+    assert "'@SUM(A1)" in cells and "'+slab" in cells and "'=cmd()" in cells and "-1.2500" in cells
+    assert not any(cell.startswith(("=", "+", "@")) for cell in cells)
+    assert not any(cell.startswith("-") and cell != "-1.2500" for cell in cells)
