@@ -3,10 +3,14 @@ and the protocol keys `dvh.contour_model` and `dose.statistical_uncertainty_perc
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -17,6 +21,7 @@ from sbrt_check.metrics import parse_metric
 from sbrt_check.protocol import Limit, load_protocol
 from tests.conftest import write_variant
 from tests.fixtures.dicom_writer import WriteOptions
+from tests.test_inputs_read import run_cli
 
 runner = CliRunner()
 
@@ -234,3 +239,188 @@ def test_tps_agreement_on_a_curve_that_leaves_volume_out_says_what_its_stated_me
     # 14741 cc the TPS's own stated mean dose implies.
     assert body["status"] == "variation"
     assert "13944.4" in body["reason"] and "implies 14741" in body["reason"] and "leaves 796.8 cc out" in body["reason"]
+
+
+# --- The planning system's DVH in % states no volume ------------------------------------------
+# One curve, exact by hand: all the volume between 40 and 41 Gy (a differential DVH of 41 bins of
+# 1 Gy, everything in the last): the cumulative curve is the whole volume up to 40 Gy, falling
+# linearly to 0 at 41 Gy. Mean 40.5 Gy, D95% 40.05 Gy, V40.5Gy 50 %, Max 41 Gy; in cc (50 cc)
+# D0.5cc is 41 - 0.01 = 40.99 Gy. The PTV's curve is given in PERCENT, the Stomach's in CM3.
+STEP_BINS = [value for k in range(41) for value in (1.0, 100.0 if k == 40 else 0.0)]
+STEP_CC = 50.0
+
+
+def _tps_item(roi: int, volume_units: str, scale: float) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.DVHType, item.DoseUnits, item.DVHVolumeUnits, item.DVHDoseScaling = "DIFFERENTIAL", "GY", volume_units, 1.0
+    item.DVHData = [value * (scale if index % 2 else 1.0) for index, value in enumerate(STEP_BINS)]
+    item.DVHNumberOfBins = len(STEP_BINS) // 2
+    reference = pydicom.Dataset()
+    reference.ReferencedROINumber, reference.DVHROIContributionType = roi, "INCLUDED"
+    item.DVHReferencedROISequence = [reference]
+    return item
+
+
+@pytest.fixture(scope="module")
+def percent_tps(tmp_path_factory, compliant) -> Path:
+    """The compliant plan whose RTDOSE holds the step curve: PTV's in %, Stomach's in cc (50 cc)."""
+    folder = tmp_path_factory.mktemp("percent_tps")
+    for path in compliant.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    modality = {p: pydicom.dcmread(p, stop_before_pixels=True).Modality for p in folder.iterdir()}
+    structures = next(p for p, m in modality.items() if m == "RTSTRUCT")
+    numbers = {r.ROIName: int(r.ROINumber) for r in pydicom.dcmread(structures).StructureSetROISequence}
+    dose_path = next(p for p, m in modality.items() if m == "RTDOSE")
+    dose = pydicom.dcmread(dose_path)
+    dose.DVHSequence = [_tps_item(numbers["PTV"], "PERCENT", 1.0),
+                        _tps_item(numbers["Stomach"], "CM3", STEP_CC / 100)]
+    dose.save_as(dose_path)
+    return folder
+
+
+PERCENT_PROTOCOL = """
+name: percent
+version: "1"
+structures:
+  PTV: {match: [PTV]}
+  GTV: {match: [GTV]}
+  ITV: {match: [ITV]}
+  Stomach: {match: [Stomach]}
+constraints:
+  - {structure: PTV, metric: "D0.5cc[Gy]", pass: "< 100"}
+  - {structure: PTV, metric: "V35Gy[cc]", pass: "> 0"}
+  - {structure: PTV, metric: "Mean[Gy]", pass: "< 100"}
+rules:
+  - {rule: tps_agreement, structures: [PTV, Stomach], tolerance_percent: 10,
+     metrics: ["Volume[cc]", "D0.5cc[Gy]", "V35Gy[cc]", "Mean[Gy]", "V40.5Gy[%]", "D95%[Gy]"]}
+"""
+VOLUME_METRICS = ("Volume[cc]", "D0.5cc[Gy]", "V35Gy[cc]")
+
+
+@pytest.mark.parametrize("text, uses", [
+    ("Volume[cc]", True), ("D0.5cc[Gy]", True), ("DC700cc[Gy]", True), ("V15Gy[cc]", True), ("CV10Gy[cc]", True),
+    ("D0.5cc[%]", True), ("V95%[cc]", True),
+    ("D95%[Gy]", False), ("V15Gy[%]", False), ("V95%[%]", False), ("Mean[Gy]", False), ("Max[%]", False),
+    ("Min[Gy]", False), ("DC5%[Gy]", False), ("CV10Gy[%]", False),
+])
+def test_a_metric_uses_the_volume_in_cc_when_it_is_given_or_returned_in_cc(text, uses):
+    assert parse_metric(text).uses_volume_cc is uses
+
+
+def test_only_metrics_of_the_curves_shape_compare_on_a_percent_curve():
+    from sbrt_check.crosscheck import tps_incomparable
+    from sbrt_check.dicom.tps_dvh import read_tps_dvhs
+
+    dataset = pydicom.Dataset()
+    dataset.DVHSequence = [_tps_item(1, "PERCENT", 1.0), _tps_item(2, "CM3", 0.5)]
+    curves, _ = read_tps_dvhs(dataset, Path("rtdose.dcm"))
+    for text in VOLUME_METRICS:
+        assert "is in %: it states no volume" in tps_incomparable(parse_metric(text), curves[1])
+        assert tps_incomparable(parse_metric(text), curves[2]) == ""  # CM3: the system's own volume
+    for text in ("Mean[Gy]", "V40.5Gy[%]", "D95%[Gy]", "Max[%]"):
+        assert tps_incomparable(parse_metric(text), curves[1]) == ""
+    assert tps_incomparable(parse_metric("Volume[cc]"), None) == ""
+
+
+def test_tps_agreement_never_compares_a_volume_the_percent_curve_does_not_state(tmp_path, percent_tps):
+    protocol = tmp_path / "percent.yaml"
+    protocol.write_text(PERCENT_PROTOCOL)
+    for model in ("slab", "truncated", "interpolated"):
+        result = runner.invoke(app, ["check", str(percent_tps), "--protocol", str(protocol), "-f", "json",
+                                     "--contour-model", model])
+        report = json.loads(result.output)
+        rows = {(r["structure"], r["metric"]): r for r in report["results"] if r["group"] == "crosscheck"}
+        for metric in VOLUME_METRICS:  # before: the "TPS" volume was ours, Volume[cc] always passed
+            row = rows[("PTV", metric)]
+            assert row["status"] == "not_evaluated" and "tps" not in row and row["value"] is None, (model, metric)
+            assert row["reason"].startswith("the planning system's DVH of this ROI is in %: it states no volume")
+        # The curve's shape compares, with the values worked out above.
+        assert rows[("PTV", "Mean[Gy]")]["tps"]["value"] == pytest.approx(40.5, abs=1e-6)
+        assert rows[("PTV", "V40.5Gy[%]")]["tps"]["value"] == pytest.approx(50.0, abs=1e-6)
+        assert rows[("PTV", "D95%[Gy]")]["tps"]["value"] == pytest.approx(40.05, abs=1e-6)
+        # A curve in cc keeps its volume: the Stomach's 50 cc against its contours' 127 cc.
+        assert rows[("Stomach", "Volume[cc]")]["tps"]["value"] == pytest.approx(STEP_CC)
+        assert rows[("Stomach", "Volume[cc]")]["status"] == "variation"
+        assert rows[("Stomach", "D0.5cc[Gy]")]["tps"]["value"] == pytest.approx(40.99, abs=1e-6)
+        # The TPS value beside a dose result: none for a cc metric of the % curve.
+        dose = {r["metric"]: r for r in report["results"] if r["group"] == "dose"}
+        assert "tps" not in dose["D0.5cc[Gy]"] and "tps" not in dose["V35Gy[cc]"]
+        assert dose["Mean[Gy]"]["tps"]["value"] == pytest.approx(40.5, abs=1e-6)
+        # Required comparisons that cannot be made: never a PASS.
+        assert report["verdict"] == "error" and result.exit_code == 2
+
+
+def test_dvh_shows_no_tps_volume_for_a_percent_curve(percent_tps):
+    metrics = "Mean[Gy],D0.5cc[Gy],V35Gy[cc],V40.5Gy[%]"
+    result = runner.invoke(app, ["dvh", str(percent_tps), "--structures", "PTV,Stomach", "--metrics", metrics,
+                                 "-f", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    ptv, stomach = report["structures"]["PTV"], report["structures"]["Stomach"]
+    assert ptv["volume_cc"] > 30  # ours, from the contours
+    assert ptv["tps"]["volume_cc"] is None and ptv["tps"]["volume_units"] == "PERCENT"
+    assert ptv["tps"]["metrics"] == {"Mean[Gy]": 40.5, "D0.5cc[Gy]": None, "V35Gy[cc]": None, "V40.5Gy[%]": 50.0}
+    assert stomach["tps"]["volume_cc"] == STEP_CC and stomach["tps"]["volume_units"] == "CM3"
+    assert stomach["tps"]["metrics"]["D0.5cc[Gy]"] == pytest.approx(40.99) and stomach["tps"]["metrics"][
+        "V35Gy[cc]"] == pytest.approx(STEP_CC)
+    assert any(note.startswith("PTV: the planning system's DVH of this ROI is in %") for note in report["notes"])
+    table = runner.invoke(app, ["dvh", str(percent_tps), "--structures", "PTV", "--metrics", metrics])
+    tps_row = next(line for line in table.output.splitlines() if "TPS" in line)
+    assert [cell.strip() for cell in tps_row.split("│")][1:-1] == ["", "TPS", "-", "40.500", "-", "-", "50.000"]
+
+
+@pytest.mark.parametrize("options, problem", [
+    ("tolerance_percent: .nan", "tolerance_percent must be a finite number, not nan"),
+    ("tolerance_gy: .inf", "tolerance_gy must be a finite number, not inf"),
+    ("tolerance_percent: -.inf", "tolerance_percent must be a finite number, not -inf"),
+    ("structures: []", "structures is empty: give at least one structure or leave it out"),
+])
+def test_tps_agreement_refuses_tolerances_that_are_not_finite_and_an_empty_structure_list(
+        tmp_path, compliant, options, problem):
+    protocol = tmp_path / "bad.yaml"
+    protocol.write_text(PROTOCOL.format(extra="", limit=100).replace(
+        "{rule: tps_agreement, structures: [PTV], optional: true}", f"{{rule: tps_agreement, {options}}}"))
+    with pytest.raises(ProtocolError) as error:
+        load_protocol(protocol)
+    assert error.value.problems == [f"rules[0] (tps_agreement): {problem}" + (
+        " (every structure the constraints use)" if "structures" in options else "")]
+    run = run_cli("check", compliant, "--protocol", protocol)
+    assert run.code not in (0, 1) and problem in run.err and not run.out
+    assert len(run.err.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_dvh_csv_names_engine_model_and_summation_and_carries_the_tps_rows(percent_tps):
+    result = runner.invoke(app, ["dvh", str(percent_tps), "--structures", "PTV,Stomach", "-f", "csv",
+                                 "--metrics", "Mean[Gy],D0.5cc[Gy]", "--contour-model", "truncated"])
+    assert result.exit_code == 0, result.output
+    curve_block, metric_block = result.output.strip().split("\n\n")
+    curve = list(csv.DictReader(io.StringIO(curve_block)))
+    assert list(curve[0]) == ["structure", "dose_gy", "volume_cc", "volume_pct", "source", "engine",
+                              "contour_model", "dose_summation_type"]  # the first four as before
+    assert {(r["source"], r["engine"], r["contour_model"], r["dose_summation_type"]) for r in curve} == {
+        ("sbrt-check", "sbrt", "truncated", "PLAN")}
+    metrics = list(csv.DictReader(io.StringIO(metric_block)))
+    assert list(metrics[0])[:3] == ["structure", "metric", "value"]
+    table = {(r["structure"], r["source"], r["metric"]): r for r in metrics}
+    assert len(table) == len(metrics) == 2 * 2 * 3  # 2 ROIs x (ours, TPS) x (Volume, Mean, D0.5cc)
+    assert float(table[("PTV", "sbrt-check", "Volume[cc]")]["value"]) > 30
+    # The TPS's PTV curve is in %: no volume, no cc metric; its shape's mean is there.
+    assert table[("PTV", "TPS", "Volume[cc]")]["value"] == table[("PTV", "TPS", "D0.5cc[Gy]")]["value"] == ""
+    assert float(table[("PTV", "TPS", "Mean[Gy]")]["value"]) == pytest.approx(40.5)
+    assert float(table[("Stomach", "TPS", "Volume[cc]")]["value"]) == pytest.approx(STEP_CC)
+    assert float(table[("Stomach", "TPS", "D0.5cc[Gy]")]["value"]) == pytest.approx(40.99)
+    tps = table[("Stomach", "TPS", "Mean[Gy]")]
+    assert (tps["engine"], tps["contour_model"], tps["dose_summation_type"]) == ("", "", "PLAN")
+
+
+def test_dvh_csv_guards_every_text_cell_against_formulas():
+    from sbrt_check.models import Dvh
+    from sbrt_check.report.dvh_export import StructureDvh, render_dvh_csv
+
+    dvh = Dvh(np.array([0.0, 1.0, 2.0]), np.array([10.0, 10.0, 0.0]), 10.0, 1.5, 1.0, 2.0)
+    item = StructureDvh("@SUM(A1)", dvh, {"Mean[Gy]": 1.5}, {"volume_cc": None, "metrics": {"Mean[Gy]": -1.25}})
+    text = render_dvh_csv([item], {"engine": "sbrt", "contour_model": "+slab", "dose_summation_type": "=cmd()"})
+    cells = [cell for row in csv.reader(io.StringIO(text)) for cell in row]
+    assert "'@SUM(A1)" in cells and "'+slab" in cells and "'=cmd()" in cells and "-1.2500" in cells
+    assert not any(cell.startswith(("=", "+", "@")) for cell in cells)
+    assert not any(cell.startswith("-") and cell != "-1.2500" for cell in cells)

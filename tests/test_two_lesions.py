@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import yaml
@@ -28,7 +29,7 @@ from rich.console import Console
 
 from sbrt_check.cli import _write_html, main
 from sbrt_check.evaluate import Evaluator, Options
-from sbrt_check.models import Report
+from sbrt_check.models import Report, Status, Verdict
 from sbrt_check.plandata import load_plan
 from sbrt_check.protocol import DEFAULT_PROTOCOL, load_protocol
 from sbrt_check.report.json_report import render_json
@@ -363,3 +364,73 @@ def test_an_itv_spread_over_two_ptvs_is_reported_not_guessed(monkeypatch, capsys
     assert code == 2
     spread = [r["reason"] for r in report["results"] if r["metric"] == "Targets" and "'ITV'" in r["reason"]]
     assert len(spread) == 1 and re.search(r"ITV 'ITV' lies in 'PTV1' \(\d+%\) and 'PTV2' \(\d+%\)", spread[0])
+
+
+TPS_PROTOCOL = """
+name: tps per lesion
+version: "1"
+structures:
+  PTV: {match: ["PTV", "PTV*"], per_target: true}
+  ITV: {match: ["ITV", "ITV*"], per_target: true, within: PTV}
+  GTV: {match: ["GTV", "GTV*"], per_target: true, within: ITV, union: true, distinct: true}
+  Kidneys: {match: ["Kidney*"], union: true}
+constraints:
+  - {structure: PTV, metric: "V95%[%]", pass: ">= 95"}
+  - {structure: Kidneys, metric: "Mean[Gy]", pass: "< 6"}
+rules:
+  - {rule: tps_agreement, metrics: ["Volume[cc]", "Mean[Gy]", "D95%[Gy]"]}
+"""
+
+
+def _tps_cumulative(roi: int, truth: shapes.TruthDvh, scale: float, bin_gy: float = 0.1) -> Dataset:
+    """A planning system's cumulative DVH (cc, read at bin middles) of `truth` with its doses times `scale`."""
+    middles = (np.arange(int(truth.max / scale / bin_gy) + 2) + 0.5) * bin_gy
+    volumes = [truth.volume_at_dose(d / scale) for d in middles]
+    item = Dataset()
+    item.DVHType, item.DoseUnits, item.DVHVolumeUnits, item.DVHDoseScaling = "CUMULATIVE", "GY", "CM3", 1.0
+    item.DVHData = [value for v in volumes for value in (bin_gy, v)]
+    item.DVHNumberOfBins = len(volumes)
+    reference = Dataset()
+    reference.ReferencedROINumber, reference.DVHROIContributionType = roi, "INCLUDED"
+    item.DVHReferencedROISequence = [reference]
+    return item
+
+
+def test_tps_agreement_compares_each_lesion_and_names_the_colder_second_ptv(tmp_path, covered, anatomy):
+    # Each PTV's planning-system DVH is its fine-sampled truth; PTV2's is 20 % colder (doses x 0.8).
+    folder = copy_folder(covered, tmp_path / "tps")
+    modality = {p: pydicom.dcmread(p, stop_before_pixels=True).Modality for p in folder.iterdir()}
+    structures = next(p for p, m in modality.items() if m == "RTSTRUCT")
+    numbers = {r.ROIName: int(r.ROINumber) for r in pydicom.dcmread(structures).StructureSetROISequence}
+    truth = tl.truth(tl.plan_spec(anatomy, "numbered"), ["PTV1", "PTV2"])
+    dose_path = next(p for p, m in modality.items() if m == "RTDOSE")
+    dose = pydicom.dcmread(dose_path)
+    dose.DVHSequence = [_tps_cumulative(numbers["PTV1"], truth["PTV1"], 1.0),
+                        _tps_cumulative(numbers["PTV2"], truth["PTV2"], 0.8)]
+    dose.save_as(dose_path)
+    protocol = tmp_path / "tps.yaml"
+    for rule in ("{rule: tps_agreement,", "{rule: tps_agreement, structures: [PTV, Kidneys],"):
+        protocol.write_text(TPS_PROTOCOL.replace("{rule: tps_agreement,", rule))
+        report = Evaluator(load_plan(folder), load_protocol(protocol), Options()).report()
+        rows = {(r.roi, r.metric): r for r in report.results if r.group == "crosscheck"}
+        assert {roi for roi, _ in rows if roi.startswith("PTV")} == {"PTV1", "PTV2"}  # both lesions, one row each
+        for metric in ("Volume[cc]", "Mean[Gy]", "D95%[Gy]"):
+            first = rows[("PTV1", metric)]
+            assert first.status is Status.PASS and first.target == 1 and first.subject == "PTV (PTV1)"
+        assert rows[("PTV1", "Mean[Gy]")].tps == pytest.approx(truth["PTV1"].mean, rel=2e-3)
+        assert rows[("PTV2", "Volume[cc]")].status is Status.PASS  # the same volume, colder
+        for metric, truth_value in (("Mean[Gy]", truth["PTV2"].mean),
+                                    ("D95%[Gy]", truth["PTV2"].dose_at_volume_pct(95))):
+            second = rows[("PTV2", metric)]
+            assert second.status is Status.VARIATION and second.target == 2 and second.subject == "PTV (PTV2)"
+            assert second.value == pytest.approx(truth_value, rel=0.01)
+            assert second.tps == pytest.approx(0.8 * truth_value, rel=0.01)
+            # Ours over the TPS's is 1 / 0.8: the reason says +25 %.
+            assert float(re.search(r"\(([+-]\d+\.\d) %\)", second.reason).group(1)) == pytest.approx(25.0, abs=1.3)
+        kidneys = [r for r in report.results if r.group == "crosscheck" and r.structure == "Kidneys"]
+        if "Kidneys" in rule:  # several ROIs as one: the planning system has no DVH of that
+            assert len(kidneys) == 1 and kidneys[0].status is Status.NOT_EVALUATED
+            assert kidneys[0].reason.startswith("a derived or combined structure (Kidney_L | Kidney_R)")
+            assert report.verdict is Verdict.ERROR  # asked for and not comparable: never a PASS
+        else:  # left out by default, as before
+            assert kidneys == [] and report.verdict is Verdict.VARIATION

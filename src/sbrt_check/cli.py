@@ -265,7 +265,7 @@ def dvh(
     if format_ is DvhFormat.json:
         _write(dvh_export.render_dvh_json(items, header), output)
     elif format_ is DvhFormat.csv:
-        _write(dvh_export.render_dvh_csv(items), output)
+        _write(dvh_export.render_dvh_csv(items, header), output)
     else:
 
         typer.echo(f"dose: DoseSummationType {header['dose_summation_type']}, engine {header['engine']}, "

@@ -14,21 +14,39 @@ from typing import TYPE_CHECKING
 
 from .borderline import borderline, engine_band, near_enough_to_look, statistical_band
 from .errors import CheckError
-from .metrics import MetricError
+from .metrics import Metric, MetricError
 from .models import Dvh, Result, Sourced
 from .protocol import Constraint
 
 if TYPE_CHECKING:
+    from .dicom.tps_dvh import TpsDvh
     from .evaluate import Evaluator
     from .matching import Resolution
 
 OTHER_MODEL = {"slab": "truncated", "truncated": "slab", "interpolated": "slab"}
+NO_STATED_VOLUME = "the planning system's DVH of this ROI is in %: it states no volume"
+
+
+def tps_incomparable(metric: Metric, curve: TpsDvh | None) -> str:
+    """Why `metric` on the planning system's curve of an ROI is no comparison with ours ('' when it is one).
+
+    The one place this is decided: `check`'s TPS values, the tps_agreement rule and the TPS
+    row of `dvh` all ask here. A PERCENT curve states no volume; PlanData.tps_dvh puts it in cc
+    with this tool's volume of the ROI, so a metric that uses the volume in cc (Volume[cc],
+    D0.5cc, V15Gy[cc], ...) would hold our own volume, not the planning system's: Volume[cc]
+    would always agree. Metrics of the curve's shape (D95%, V15Gy[%], Mean, Max, Min) compare.
+    """
+    if curve is not None and curve.volume_units != "CM3" and metric.uses_volume_cc:
+        return (f"{NO_STATED_VOLUME}, which {metric.text} needs (this tool's volume of the ROI is not "
+                "the planning system's)")
+    return ""
 
 
 def tps_value(evaluator: Evaluator, constraint: Constraint, tokens: tuple[str, ...], rx: Sourced) -> float | None:
-    """The constraint's metric on the planning system's DVH of this single ROI, if the RTDOSE has one."""
+    """The constraint's metric on the planning system's DVH of this single ROI, if the RTDOSE has one
+    and the metric can be compared on it (see tps_incomparable)."""
     tps_dvh = evaluator.plan.tps_dvh(tokens)
-    if tps_dvh is None:
+    if tps_dvh is None or tps_incomparable(constraint.metric, evaluator.plan.tps_curve(tokens)):
         return None
     try:
         value = evaluator._value(constraint, tps_dvh, "zero", rx)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .crosscheck import NO_STATED_VOLUME, tps_incomparable
 from .errors import InputError
 from .metrics import MetricError, compute, parse_metric
 from .plandata import DVH_THREADS, load_dose_and_structures
 from .protocol import normalize_name
 from .report.dvh_export import StructureDvh
+
+VOLUME = parse_metric("Volume[cc]")
 
 
 def compute_structure_dvhs(
@@ -64,10 +67,17 @@ def compute_structure_dvhs(
         tps_dvh = plan.tps_dvh((f"#{roi.number}",))
         tps = None
         if tps_dvh is not None:
-            tps = {"volume_cc": tps_dvh.volume_cc, "metrics": _metric_values(parsed, tps_dvh, rx)}
-            stated_volume = plan.tps_curve((f"#{roi.number}",)).stated_volume_cc
-            if stated_volume is not None:
-                tps["volume_cc_by_stated_mean"] = stated_volume
+            curve = plan.tps_curve((f"#{roi.number}",))
+            comparable = [m for m in parsed if not tps_incomparable(m, curve)]
+            tps = {
+                "volume_cc": None if tps_incomparable(VOLUME, curve) else tps_dvh.volume_cc,
+                "volume_units": curve.volume_units,
+                "metrics": {**dict.fromkeys(m.text for m in parsed), **_metric_values(comparable, tps_dvh, rx)},
+            }
+            if curve.stated_volume_cc is not None:
+                tps["volume_cc_by_stated_mean"] = curve.stated_volume_cc
+            if tps_incomparable(VOLUME, curve):
+                notes.append(f"{roi.name}: {NO_STATED_VOLUME}; its TPS volume and metrics in cc are not shown")
         items.append(StructureDvh(label, dvh, values, tps))
         if dvh.uncovered_cc > 1e-6:
             notes.append(f"{roi.name}: {dvh.uncovered_cc:.2f} cc outside the dose grid (0 Gy)")

@@ -47,6 +47,13 @@ class Metric:
     def returns_dose(self) -> bool:
         return self.kind in ("D", "DC", "Mean", "Max", "Min")
 
+    @property
+    def uses_volume_cc(self) -> bool:
+        """True when the value depends on the structure's absolute volume: Volume[cc], a volume
+        given or returned in cc (D0.5cc, DC700cc, V15Gy[cc], CV10Gy[cc]). D95%, V15Gy[%], Mean,
+        Max and Min depend on the curve's shape only."""
+        return self.kind == "Volume" or self.unit == "cc" or self.value_unit == "cc"
+
 
 def parse_metric(text: str) -> Metric:
     compact = text.strip().replace(" ", "")

@@ -187,7 +187,8 @@ class PlanData:
         """The planning system's DVH of one ROI (from a single RTDOSE's DVHSequence), if it has one.
 
         Only a dose read from one file carries DVHs that describe it: summed BEAM doses do
-        not. A PERCENT curve is put in cc with this tool's volume of the ROI.
+        not. A PERCENT curve is put in cc with this tool's volume of the ROI: only metrics of its
+        shape compare then, never a volume in cc (crosscheck.tps_incomparable decides, for all).
         """
         tps = self.tps_curve(tokens)
         if tps is None:

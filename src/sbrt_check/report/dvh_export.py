@@ -16,6 +16,7 @@ from ..models import Dvh
 from .escaping import csv_cell
 
 EXPORT_STEP_GY = 0.01
+PROVENANCE_COLUMNS = ("source", "engine", "contour_model", "dose_summation_type")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class StructureDvh:
     name: str
     dvh: Dvh
     metrics: dict[str, float | None]
-    tps: dict | None = None  # the planning system's {"volume_cc", "metrics"} from the RTDOSE's DVHSequence
+    # The planning system's {"volume_cc", "volume_units", "metrics"} from the RTDOSE's DVHSequence:
+    # None where a value does not apply or cannot be compared (cc values of a curve in %).
+    tps: dict | None = None
 
 
 def resampled(dvh: Dvh, step: float = EXPORT_STEP_GY) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +54,7 @@ def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
             "metrics": {k: _round(v) for k, v in item.metrics.items()},
             **({"tps": {
                 "volume_cc": _round(item.tps["volume_cc"]),
+                **({"volume_units": item.tps["volume_units"]} if "volume_units" in item.tps else {}),
                 **({"volume_cc_by_stated_mean": _round(item.tps["volume_cc_by_stated_mean"])}
                    if "volume_cc_by_stated_mean" in item.tps else {}),
                 "metrics": {k: _round(v) for k, v in item.tps["metrics"].items()},
@@ -63,23 +67,44 @@ def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
     return json.dumps({**header, "structures": structures}, indent=1, ensure_ascii=False)
 
 
-def render_dvh_csv(items: list[StructureDvh]) -> str:
-    """Long format: one row per structure and dose point, metrics in a second block."""
+def render_dvh_csv(items: list[StructureDvh], header: dict | None = None) -> str:
+    """Long format: one row per structure and dose point, metrics in a second block.
+
+    Both blocks keep their first columns (structure, dose_gy, volume_cc, volume_pct; structure,
+    metric, value) and end in the same ones: `source` (sbrt-check, or TPS for the planning
+    system's values from the RTDOSE's DVHSequence, as the table's TPS row), then `engine`,
+    `contour_model` and `dose_summation_type` on every row, so a sheet filtered or pasted
+    elsewhere still says what made each number (blank on TPS rows: the planning system's own).
+    A value that does not apply or cannot be compared (a cc metric of a TPS curve in %) is an
+    empty cell. Every text cell passes the formula guard (csv_cell).
+    """
+    header = header or {}
+    ours = [csv_cell(str(header.get(key) or "")) for key in ("engine", "contour_model")]
+    summation = csv_cell(str(header.get("dose_summation_type") or ""))
+    own, theirs = ["sbrt-check", *ours, summation], ["TPS", "", "", summation]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["structure", "dose_gy", "volume_cc", "volume_pct"])
+    writer.writerow(["structure", "dose_gy", "volume_cc", "volume_pct", *PROVENANCE_COLUMNS])
     for item in items:
         dose, volume = resampled(item.dvh)
         total = item.dvh.volume_cc or 1.0
         for d, v in zip(dose, volume, strict=True):
-            writer.writerow([csv_cell(item.name), f"{d:.4f}", f"{v:.5f}", f"{100 * v / total:.4f}"])
+            writer.writerow([csv_cell(item.name), f"{d:.4f}", f"{v:.5f}", f"{100 * v / total:.4f}", *own])
     writer.writerow([])
-    writer.writerow(["structure", "metric", "value"])
+    writer.writerow(["structure", "metric", "value", *PROVENANCE_COLUMNS])
     for item in items:
-        writer.writerow([csv_cell(item.name), "Volume[cc]", f"{item.dvh.volume_cc:.4f}"])
-        for metric, value in item.metrics.items():
-            writer.writerow([csv_cell(item.name), csv_cell(metric), "" if value is None else f"{value:.4f}"])
+        rows = [(own, item.dvh.volume_cc, item.metrics)]
+        if item.tps:
+            rows.append((theirs, item.tps["volume_cc"], item.tps["metrics"]))
+        for provenance, volume_cc, metrics in rows:
+            writer.writerow([csv_cell(item.name), "Volume[cc]", _csv_number(volume_cc), *provenance])
+            for metric, value in metrics.items():
+                writer.writerow([csv_cell(item.name), csv_cell(metric), _csv_number(value), *provenance])
     return out.getvalue()
+
+
+def _csv_number(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
 def dvh_table(items: list[StructureDvh], metric_names: list[str]) -> Table:
