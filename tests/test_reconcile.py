@@ -424,3 +424,20 @@ def test_dvh_csv_guards_every_text_cell_against_formulas():
     assert "'@SUM(A1)" in cells and "'+slab" in cells and "'=cmd()" in cells and "-1.2500" in cells
     assert not any(cell.startswith(("=", "+", "@")) for cell in cells)
     assert not any(cell.startswith("-") and cell != "-1.2500" for cell in cells)
+
+
+def test_dvh_says_when_the_folders_rtplan_is_not_used(tmp_path, compliant):
+    # Two versions of the RTPLAN (one UID, different labels): no plan can be told, so dvh reads
+    # RTSTRUCT + RTDOSE alone and says why there is no prescription from the plan.
+    folder = tmp_path / "two_plans"
+    folder.mkdir()
+    for path in compliant.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    plan_path = next(folder.glob("RP.*.dcm"))
+    other = pydicom.dcmread(plan_path)
+    other.RTPlanLabel = "OTHER"
+    other.save_as(folder / "RP.other.dcm")
+    document = _dvh_json(folder)
+    assert document["prescription_gy"] is None
+    assert any(note.startswith("the folder's RTPLAN is not used (") and "2 versions" in note
+               for note in document["notes"]), document["notes"]

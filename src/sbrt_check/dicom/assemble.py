@@ -310,18 +310,22 @@ def assemble_dose_and_structures(folder: Path, contents: FolderContents) -> Plan
         raise _missing("RTSTRUCT", folder, contents)
     if not contents.of("RTDOSE"):
         raise _missing("RTDOSE", folder, contents)
+    unused_plan: list[str] = []
     if contents.of("RTPLAN"):
         try:
             plans = assemble_plans(folder, contents)
-        except InputError:
-            plans = []
+        except InputError as exc:
+            plans, why = [], str(exc)
+        else:
+            why = f"{len(plans)} plans fit these files"
         if len(plans) == 1:
             return plans[0]
+        unused_plan = [f"the folder's RTPLAN is not used ({why}): no prescription or fraction count from it"]
     objects = [_by_uid(contents.of(kind), kind) for kind in ("RTSTRUCT", "RTDOSE")]
     conflicts = [text for kind in objects for uid in kind.first if (text := kind.conflict(uid))]
     if conflicts:
         raise InputError(None, "; ".join(conflicts))
-    notes = [note for kind in objects for uid in kind.first for note in kind.notes(uid)]
+    notes = unused_plan + [note for kind in objects for uid in kind.first for note in kind.notes(uid)]
     structs, doses = (list(kind.first.values()) for kind in objects)
     if len(structs) > 1:
         names = ", ".join(s.path.name for s in structs)
