@@ -86,8 +86,8 @@ def example_table() -> list[str]:
         for model in CONTOUR_MODELS:
             ours = documents[model]["structures"][name]["volume_cc"]
             cells.append(f"{ours:.2f} ({100 * (ours / tps['tps']['volume_cc'] - 1):+.1f} %)")
-        by_mean = tps["tps"].get("volume_cc_by_stated_mean")
-        stated = f" ({by_mean:.2f} by its stated mean)" if by_mean else ""
+        curve = tps["tps"].get("curve_volume_cc")
+        stated = f" by its stated mean ({curve:.2f} in its curve)" if curve else ""
         lines.append(f"| {name} | {tps['tps']['volume_cc']:.2f}{stated} | " + " | ".join(cells) + " |")
     lines += ["", "Median |difference| to the planning system's DVH, over all 9 ROIs / over the 6 ROIs of 5 cc "
               "or more; volume relative to the TPS's, doses relative to the TPS's value and (in brackets) in % of "

@@ -74,7 +74,9 @@ def compute_structure_dvhs(
                 "volume_units": curve.volume_units,
                 "metrics": {**dict.fromkeys(m.text for m in parsed), **_metric_values(comparable, tps_dvh, rx)},
             }
-            if curve.stated_volume_cc is not None:
+            if curve.curve_volume_cc is not None:
+                tps["curve_volume_cc"] = curve.curve_volume_cc  # completed to the volume its stated mean is over
+            elif curve.stated_volume_cc is not None:
                 tps["volume_cc_by_stated_mean"] = curve.stated_volume_cc
             if tps_incomparable(VOLUME, curve):
                 notes.append(f"{roi.name}: {NO_STATED_VOLUME}; its TPS volume and metrics in cc are not shown")

@@ -11,8 +11,8 @@ DVHReferencedROISequence with exactly one INCLUDED ROI.
 The n-th volume of a cumulative DVH is the volume receiving at least the dose at the middle
 of bin n, or at its start: systems differ, and the standard does not say which dose of the bin
 it is. The stated mean doses decide (see _reading); without them, the middle. The first volume
-is the structure volume, held from 0 Gy. A differential bin holds the volume whose dose lies
-in it. Measured on the dicompyler-core example (a real
+is the structure volume, held from 0 Gy, unless the stated mean counts more (see _completed).
+A differential bin holds the volume whose dose lies in it. Measured on the dicompyler-core example (a real
 planning-system export): read at bin starts, its curves lie half a bin (0.005 Gy) below an
 exact DVH of the same dose and contours at every level, from D95% of a few cGy to D2% of
 14.5 Gy; read at the middles they agree (Tumor Bed: mean, D50%, D95% within 0.0001 Gy), and
@@ -62,6 +62,7 @@ class TpsDvh:
     by_bin: np.ndarray = field(default_factory=lambda: np.zeros(0))  # cumulative volume per bin
     reading: str = MIDDLE  # where in its bin a cumulative volume applies (MIDDLE, START), or DIFFERENTIAL
     stated_volume_cc: float | None = None  # the volume its stated mean implies, where not the curve's
+    curve_volume_cc: float | None = None  # the curve's own first volume, where completed to stated_volume_cc
 
     @property
     def bin_width_gy(self) -> float:
@@ -165,42 +166,91 @@ def _reading(found: dict[int, TpsDvh]) -> str:
     return START if spreads[START] < spreads[MIDDLE] else MIDDLE
 
 
-def _stated_factor(found: dict[int, TpsDvh]) -> float:
-    """What turns the stated doses into Gy: 1, or the factor on which the stated means agree.
+def _stated_factor(found: dict[int, TpsDvh]) -> tuple[float, bool]:
+    """What turns the stated doses into Gy, and whether at least three stated means agree on it.
 
     A system states each DVH's minimum, mean and maximum dose in the DVH's units or, as the
     dicompyler-core example's does, in % of the prescription: then stated / curve mean is the
     same for every DVH (100 / 14 Gy there, to 1e-4). When at least three curves agree on one
-    factor within 0.1 %, it is used; otherwise the DVH's own units are.
+    factor within 0.1 %, it is used; otherwise the DVH's own units are (1, not agreed).
     """
     pairs = np.array([(tps.stated[1], tps.curve_mean_gy) for tps in found.values()
                       if tps.stated[1] and tps.curve_mean_gy > 0]).reshape(-1, 2)
     if len(pairs) < 3:
-        return 1.0
+        return 1.0, False
     ratios = pairs[:, 0] / pairs[:, 1]
     agreeing = pairs[np.abs(ratios / np.median(ratios) - 1) <= 1e-3]
     if len(agreeing) < 3:
-        return 1.0
+        return 1.0, False
     # Least squares through the origin: the largest means, the least rounded, weigh most.
     factor = float(np.sum(agreeing[:, 0] * agreeing[:, 1]) / np.sum(agreeing[:, 1] ** 2))
-    return 1.0 if abs(factor - 1) <= STATED_FACTOR_SNAP else factor
+    return (1.0 if abs(factor - 1) <= STATED_FACTOR_SNAP else factor), True
+
+
+def _completed(tps: TpsDvh, stated_mean_gy: float) -> TpsDvh | None:
+    """The curve with the volume below its first point that its stated mean counts, or None.
+
+    Read at the middles, a cumulative curve's first volume applies from half its first bin up:
+    what lies below is not in it. Where the stated mean is over a larger volume V, that volume
+    is put at 0 Gy, falling linearly (as within every bin) to the first point at d: the curve's
+    area becomes A - v d + (V + v) d / 2 for its first volume v, and equal to the stated mean
+    times V when V = (A - v d / 2) / (mean - d / 2). None where the curve is not read at the
+    middles, or the stated mean asks for less volume than the curve's (not a low-dose part left out).
+    """
+    if tps.reading != MIDDLE or tps.volume_units != "CM3":
+        return None
+    first_volume, first_dose = float(tps.volume[0]), float(tps.dose_gy[1])
+    area = float(np.trapezoid(tps.volume, tps.dose_gy))
+    if stated_mean_gy <= first_dose / 2:
+        return None
+    total = (area - first_volume * first_dose / 2) / (stated_mean_gy - first_dose / 2)
+    if total <= first_volume * (1 + STATED_TOLERANCE_FRACTION):
+        return None
+    volume = tps.volume.copy()
+    volume[0] = total
+    return replace(tps, volume=volume, **_curve_values(tps.dose_gy, volume), stated_volume_cc=total,
+                   curve_volume_cc=first_volume)
 
 
 def _use_stated_values(found: dict[int, TpsDvh]) -> tuple[dict[int, TpsDvh], list[str]]:
-    """Each curve with the stated doses that fit it, and the volume a stated mean implies.
+    """Each curve with the stated doses that fit it, and with the volume a stated mean implies.
 
-    A stated dose is used where, read with the common factor, it lies within two bins and 1 %
-    of the curve's own value; others are set aside with a note. A curve whose stated mean does
-    not fit (beyond 1 %) while the others do was summed over another volume than the mean was:
-    its integral dose over the stated mean is the volume the system averaged over. On the
-    dicompyler-core example the BODY's curve holds 13944 cc while its stated mean implies
-    14739 cc (its contours give 14736 cc): the curve leaves some 800 cc at about 0 Gy out,
-    which explains the difference in volume that no contour model can.
+    A curve whose stated mean does not fit (beyond 1 %) while at least three others agree on how
+    stated means read was summed over another volume than the mean was: its integral dose over
+    the stated mean is the volume the system averaged over. Where that volume is larger and the
+    curve is read at its bins' middles, the rest lies below the curve's first point and the
+    curve is completed with it (see _completed); otherwise the implied volume is only noted.
+    On the dicompyler-core example the BODY's curve holds 13944 cc from 0.005 Gy up while its
+    stated mean is over 14743 cc (its contours give 14736 cc): the curve leaves some 800 cc of
+    almost no dose out, which explains a difference in volume that no contour model can.
+
+    Then a stated dose is used where, read with the common factor, it lies within two bins and
+    1 % of the curve's own value; others are set aside with a note.
     """
-    factor = _stated_factor(found)
+    factor, agreed = _stated_factor(found)
     notes: list[str] = []
     set_aside: list[str] = []
     for roi, tps in found.items():
+        mean = tps.stated[1]
+        if agreed and mean and tps.volume_cc and abs(mean / factor / tps.curve_mean_gy - 1) > STATED_TOLERANCE_FRACTION:
+            completed = _completed(tps, mean / factor)
+            if completed is not None:
+                left_out = completed.volume_cc - completed.curve_volume_cc
+                notes.append(
+                    f"the planning system's DVH of ROI {roi} holds {completed.curve_volume_cc:.1f} cc from its first "
+                    f"point ({completed.dose_gy[1]:.4g} Gy) up, but the mean dose it states ({mean / factor:.4f} Gy, "
+                    f"read as its other DVHs' stated means are) is over {completed.volume_cc:.1f} cc: the "
+                    f"{left_out:.1f} cc its curve leaves out are put below that point"
+                )
+                tps = completed
+            else:
+                implied = tps.volume_cc * tps.curve_mean_gy / (mean / factor)
+                notes.append(
+                    f"the planning system's DVH of ROI {roi} holds {tps.volume_cc:.1f} cc, but the curve's integral "
+                    f"dose over the mean dose it states ({mean / factor:.4f} Gy, read as its other DVHs' stated "
+                    f"means are) is {implied:.1f} cc"
+                )
+                tps = replace(tps, stated_volume_cc=implied)
         used = [tps.min_gy, tps.mean_gy, tps.max_gy]
         for position, (keyword, stated) in enumerate(zip(STATED_KEYWORDS, tps.stated, strict=True)):
             if stated is None:
@@ -211,16 +261,7 @@ def _use_stated_values(found: dict[int, TpsDvh]) -> tuple[dict[int, TpsDvh], lis
                 used[position] = stated_gy
             else:
                 set_aside.append(f"ROI {roi} {keyword} {stated_gy:.4g} Gy for {used[position]:.3f} Gy")
-        implied = None
-        mean = tps.stated[1]
-        if factor != 1.0 and mean and tps.volume_cc and abs(mean / factor / tps.curve_mean_gy - 1) > 0.01:
-            implied = tps.volume_cc * tps.curve_mean_gy / (mean / factor)
-            notes.append(
-                f"the planning system's DVH of ROI {roi} holds {tps.volume_cc:.1f} cc, but the curve's integral "
-                f"dose over the mean dose it states ({mean / factor:.4f} Gy, read as its other DVHs' stated "
-                f"means are) is {implied:.1f} cc: its curve leaves {implied - tps.volume_cc:.1f} cc out"
-            )
-        found[roi] = replace(tps, min_gy=used[0], mean_gy=used[1], max_gy=used[2], stated_volume_cc=implied)
+        found[roi] = replace(tps, min_gy=used[0], mean_gy=used[1], max_gy=used[2])
     if factor != 1.0:
         notes.insert(0, f"the planning system's stated DVH doses are read as {100 / factor:.4g} Gy per 100 "
                         "(in % of a prescription, not in the DVH's dose units): that factor fits its DVHs' means")

@@ -55,8 +55,8 @@ def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
             **({"tps": {
                 "volume_cc": _round(item.tps["volume_cc"]),
                 **({"volume_units": item.tps["volume_units"]} if "volume_units" in item.tps else {}),
-                **({"volume_cc_by_stated_mean": _round(item.tps["volume_cc_by_stated_mean"])}
-                   if "volume_cc_by_stated_mean" in item.tps else {}),
+                **{key: _round(item.tps[key]) for key in ("curve_volume_cc", "volume_cc_by_stated_mean")
+                   if key in item.tps},
                 "metrics": {k: _round(v) for k, v in item.tps["metrics"].items()},
             }} if item.tps else {}),
             "dvh": {

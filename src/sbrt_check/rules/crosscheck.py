@@ -114,6 +114,10 @@ def _left_out_note(curve: TpsDvh | None) -> str:
     """What explains a difference in volume when the system's curve is not over its whole ROI."""
     if curve is None or curve.stated_volume_cc is None or curve.volume_cc is None:
         return ""
+    if curve.curve_volume_cc is not None:
+        return (f"; the planning system's curve holds {curve.curve_volume_cc:.1f} cc from its first point up, the "
+                f"mean dose it states is over {curve.stated_volume_cc:.1f} cc: its curve is read with the rest "
+                "below that point")
     return (f"; the mean dose the planning system states for this ROI implies {curve.stated_volume_cc:.1f} cc: "
             f"its curve leaves {curve.stated_volume_cc - curve.volume_cc:.1f} cc out")
 
