@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sbrt_check.interpolated import closing, edge_distances, interpolated_region
+from sbrt_check.geometry import SlabShape, sample_shape
+from sbrt_check.interpolated import closing, edge_distances, eroded_area, interpolated_region, interval_weights
 from tests.fixtures import analytic_cases as ac
 from tests.fixtures import real_shapes as rs
 
@@ -59,6 +60,89 @@ def test_a_hole_closes_continuously_and_two_islands_merge():
     x, y = np.meshgrid(region.x, region.y)
     at_centre = (np.abs(x) < 0.3) & (np.abs(y) < 0.3)
     assert any((region.masks[k] & at_centre).any() for k in upper)
+
+
+def square(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+
+
+def section_areas(region, heights: np.ndarray) -> np.ndarray:
+    """The region's weighted cross-section area at each height."""
+    counts = region.masks.reshape(len(region.masks), -1).sum(axis=1) * region.cell_area_mm2
+    return np.array([counts[(region.z_lo <= h) & (h < region.z_hi)].sum() for h in heights])
+
+
+@pytest.mark.parametrize("spacing", [0.5, 1.25, 2.5])
+def test_flat_prisms_have_their_exact_volume_whatever_the_sampling(spacing):
+    # A 20 mm square on five 3 mm planes (flat ends: cut half-way, 15 mm tall) is 6 cc; a 40 mm
+    # square with a 20 mm hole 18 cc. Samples laid over the bounds reach past the edges (a plane's
+    # samples counted whole gave 6.075 and 18.252 cc): each plane weighs its exact area, and every
+    # cross-section between the planes and in the ends does too.
+    planes = np.arange(0.0, 13.0, 3.0)
+    prism = interpolated_region({z: [square(0, 0, 20, 20)] for z in planes}, 3.0, spacing)
+    ring = interpolated_region({z: [square(-20, -20, 20, 20), square(-10, -10, 10, 10)] for z in planes}, 3.0, spacing)
+    assert prism.volume_cc == pytest.approx(6.0, rel=2e-3)
+    assert ring.volume_cc == pytest.approx(18.0, rel=2e-3)
+    heights = np.linspace(-1.4, 13.4, 38)
+    assert section_areas(prism, heights) == pytest.approx(np.full(len(heights), 400.0), rel=1e-9)
+    assert section_areas(ring, heights) == pytest.approx(np.full(len(heights), 1200.0), rel=1e-9)
+
+
+def test_slivers_and_specks_thinner_than_a_sample_are_not_inflated():
+    # A 20 x 0.05 mm slit on three planes is 0.009 cc (slab: the same). One row of samples 0.2 mm
+    # apart, each counted as a whole cell, made it 0.18 cc, enough for D0.03cc on a near-empty
+    # structure. A circle of 0.04 mm (one sample) is 4.5e-5 cc, not a 1 mm^2 cell's 0.009 cc.
+    slit = {z: [square(50, 20, 70, 20.05)] for z in (0.0, 3.0, 6.0)}
+    slab = sample_shape(SlabShape.from_planes(slit, 3.0), 1.0).volume_cc
+    assert slab == pytest.approx(0.009, rel=1e-6)
+    assert interpolated_region(slit, 3.0, 1.0).volume_cc == pytest.approx(slab, rel=0.01)
+    speck = {z: [circle(0.04, 8, cx=60.0)] for z in (0.0, 3.0, 6.0)}
+    exact = polygon_area(circle(0.04, 8)) * 9 / 1000
+    assert interpolated_region(speck, 3.0, 1.0).volume_cc == pytest.approx(exact, rel=0.01)
+    # A contour between samples keeps its nearest one, as in the slab model.
+    assert interpolated_region({0.0: [circle(0.04, 8, cx=0.3)], 3.0: [circle(0.04, 8)]}, 3.0, 1.0).volume_cc > 0
+
+
+def test_sections_between_planes_weigh_the_area_interpolated_like_the_distances():
+    # A sphere's section area is quadratic in z, so Catmull-Rom through the planes' exact areas is
+    # exact between them, where a curved radius loses up to 0.8 % of the volume on 3 mm planes.
+    # With the ends weighed by their thickness trend the volume is the sphere's.
+    r, centre = 12.0, 15.4
+    planes = {z: [circle(np.sqrt(r**2 - (z - centre) ** 2), 256)] for z in np.arange(6.0, 27.1, 3.0)}
+    region = interpolated_region(planes, 3.0, 2.5)
+    assert region.volume_cc == pytest.approx(4 / 3 * np.pi * r**3 / 1000, rel=2e-3)
+    # Every sub-slab's section (at its middle, 3/16 mm apart from the next) is the real one.
+    polygon_scale = polygon_area(circle(1.0, 256)) / np.pi
+    heights = 6.0 + 3.0 / 16 + np.arange(8 * 7) * 3.0 / 8
+    exact = np.pi * (r**2 - (heights - centre) ** 2) * polygon_scale
+    assert section_areas(region, heights) == pytest.approx(exact, rel=1e-6)
+
+
+def test_interval_weights_follow_the_area_within_bounds():
+    fractions = (np.arange(8) + 0.5) / 8
+    # A prism sampled 1 % large (all its samples in the core): 1 / 1.01 throughout.
+    core, rest = interval_weights((None, 100.0, 100.0, None), (1 / 1.01, 1 / 1.01), 1.0, 101, np.zeros(8), fractions)
+    assert core == pytest.approx(1 / 1.01)
+    # A section that grows 80 -> 120 mm^2 over 40 core samples: the changing samples make up the rest.
+    inside = np.linspace(42.5, 77.5, 8)
+    core, rest = interval_weights((None, 80.0, 120.0, None), (1.0, 1.0), 1.0, 40, inside, fractions)
+    assert core * 40 + rest * inside == pytest.approx(80 + 40 * fractions)
+    # A section the distances pinch to a few samples (two far-apart contours) weighs at most twice
+    # its planes' weight per sample; a sub-slab without samples takes the planes' own.
+    inside = np.array([90.0, 40.0, 5.0, 0.0, 0.0, 5.0, 40.0, 90.0])
+    core, rest = interval_weights((None, 100.0, 100.0, None), (1.0, 1.0), 1.0, 0, inside, fractions)
+    assert rest.max() == pytest.approx(2.0) and rest[3] == 1.0 and rest[0] == pytest.approx(100 / 90)
+
+
+def test_an_eroded_end_keeps_the_area_its_thickness_trend_implies():
+    # Steiner's formula, solved for the erosion that gives a size (area / perimeter) ratio s:
+    # a disc keeps s^2 of its area, a long strip about s, a ring (no e^2 term) exactly s.
+    disc = polygon_area(circle(10.0, 512))
+    outline = 2 * 512 * 10.0 * np.sin(np.pi / 512)
+    assert eroded_area(disc, outline, 1, 0.5) == pytest.approx(0.25 * disc, rel=1e-3)
+    assert eroded_area(disc, outline, 1, 1.0) == disc
+    assert eroded_area(1000.0, 2 * 1002.0, 1, 0.5) == pytest.approx(500.0, rel=1e-2)  # 1000 x 1 mm
+    assert eroded_area(300.0, 120.0, 0, 0.25) == pytest.approx(75.0)
 
 
 # A subset of benchmarks/real_shape_matrix.py (which runs all 162 cases per model):

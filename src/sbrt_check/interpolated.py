@@ -15,6 +15,17 @@ interpolated distance is <= 0). Distances are exact (point to polygon edge), com
 those samples, which lie between the two planes' outlines. (A sample outside both planes is
 left outside: a bulge between two planes beyond both contours is not added.)
 
+Weights (as in the slab model, whose slabs hold their polygons' exact areas whatever the
+sampling): a plane's samples together weigh its contours' exact area (holes subtracted; a
+contour smaller than a sample keeps its nearest sample), so a sliver thinner than a sample or a
+square whose edges fall between sample rows is not inflated. Between planes each sub-slab's
+samples weigh the area interpolated like the distances (Catmull-Rom through the planes' exact
+areas), exact for a sphere's or an ellipsoid's sections, tilted or not; where the sampled section
+and that area part (a hole closing, a lobe dissolving) a sub-slab's weight per sample stays within
+half and twice the planes' own. An end's sub-slabs weigh the area of its eroded end contour whose
+thickness follows the trend (see below), by Steiner's formula (exact for a disc and a long strip),
+within the same bounds.
+
 Ends (the outermost plane of a run of joined planes): the section's thickness s = area /
 perimeter (a disc's radius / 2, a long strip's half-width) is followed beyond the end plane:
 s^2 quadratic in z through the run's last three planes (exact for a sphere's or ellipsoid's
@@ -42,6 +53,7 @@ from .geometry import (
     GAP_FACTOR,
     Region,
     SlabShape,
+    _inside,
     densify,
     nominal_spacing,
     rasterize,
@@ -52,6 +64,7 @@ from .models import Planes
 CLOSING_PLANES = 3  # planes of a run whose areas give an end's trend
 SUBSLABS = 8  # sub-slabs per interval (and per end cap) for the samples that change
 DISTANCE_BLOCK = 2_000_000  # sample x edge pairs per batch (~50 MB of temporaries)
+WEIGHT_BOUND = 2.0  # a sub-slab's weight per sample stays within its planes' / 2 and x 2
 
 
 def edge_distances(points: np.ndarray, polygons: list[np.ndarray]) -> np.ndarray:
@@ -120,8 +133,66 @@ def section_size(polygons: list[np.ndarray], area: float) -> float:
     """A section's thickness, area over perimeter: proportional to a disc's radius and to a long
     strip's half-width, so its square is quadratic along z for the quadrics (sphere, ellipsoid,
     cone, a cylinder lying across the planes)."""
-    perimeter = sum(float(np.sum(np.hypot(*(np.roll(p, -1, axis=0) - p).T))) for p in polygons)
-    return area / perimeter if perimeter > 0 else 0.0
+    length = perimeter(polygons)
+    return area / length if length > 0 else 0.0
+
+
+def perimeter(polygons: list[np.ndarray]) -> float:
+    return sum(float(np.sum(np.hypot(*(np.roll(p, -1, axis=0) - p).T))) for p in polygons)
+
+
+def euler_characteristic(polygons: list[np.ndarray]) -> int:
+    """Outlines and islands minus holes (even-odd nesting): the e^2 term of Steiner's formula is pi times it."""
+    total = 0
+    for i, polygon in enumerate(polygons):
+        depth = sum(_inside(polygon[0], other) for j, other in enumerate(polygons) if j != i)
+        total += -1 if depth % 2 else 1
+    return total
+
+
+def eroded_area(area: float, length: float, euler: int, ratio: float) -> float:
+    """Area of a section eroded until its size (area / perimeter) is `ratio` times its own.
+
+    Steiner's formula: eroded by e, a section of area A and perimeter P keeps A - P e + c e^2 of
+    area and P - 2 c e of perimeter, c = pi x euler (exact for convex outlines, holes grow alike).
+    The e that gives the size ratio solves a quadratic; the area is s^2 A for a disc, s A for a
+    long strip. NaN where the formula has no such e (a section far from convex).
+    """
+    if ratio >= 1 or area <= 0 or length <= 0:
+        return area
+    c = np.pi * euler
+    b = length - 2 * ratio * c * area / length
+    if abs(c) < 1e-12:
+        erosion = area * (1 - ratio) / b
+    else:
+        discriminant = b * b - 4 * c * area * (1 - ratio)
+        if discriminant < 0:
+            return float("nan")
+        erosion = (b - np.sqrt(discriminant)) / (2 * c)
+    return max(area - length * erosion + c * erosion * erosion, 0.0)
+
+
+def interval_weights(
+    areas: tuple[float | None, float, float, float | None], factors: tuple[float, float], cell: float,
+    core: int, inside: np.ndarray, fractions: np.ndarray,
+) -> tuple[float, np.ndarray]:
+    """Area per sample of the core (inside both planes) and of each sub-slab's changing samples.
+
+    `areas` are the exact areas of the planes k-1 .. k+2 (None beyond the run), `factors` the two
+    planes' exact over sampled areas, `core` the number of samples inside both planes and `inside`
+    the changing samples inside each sub-slab. Each sub-slab's section weighs the area interpolated
+    as the distances are: the core, spanning the interval, takes the sub-slabs' mean weight and the
+    changing samples make up the rest. Every weight stays within half and twice the planes' own
+    (interpolated linearly), which a sub-slab without samples takes.
+    """
+    own = (1 - fractions) * factors[0] + fractions * factors[1]
+    target = np.maximum(distance_between(*areas, fractions), 0.0)
+    sampled = cell * (core + inside)
+    low, high = own / WEIGHT_BOUND, own * WEIGHT_BOUND
+    section = np.clip(np.divide(target, sampled, out=own.copy(), where=sampled > 0), low, high)
+    core_weight = float(section.mean())
+    rest = section + core * (section - core_weight) / np.maximum(inside, 1)
+    return core_weight, np.clip(rest, low, high)
 
 
 def closing(distances: np.ndarray, sizes: np.ndarray, spacing: float) -> tuple[float, Callable[[float], float]]:
@@ -185,18 +256,28 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
     x, y = sample_axes(shape.bounds, float(areas.sum()), max_spacing)
     cell = (x[1] - x[0] if len(x) > 1 else 1.0) * (y[1] - y[0] if len(y) > 1 else 1.0)
     masks = rasterize(polygons, x, y)
+    counts = masks.reshape(len(masks), -1).sum(axis=1)
+    for k in np.flatnonzero((counts == 0) & (areas > 0)):
+        # A contour smaller than one sample: its nearest sample stands for it (as in the slab model).
+        centre = np.concatenate(polygons[k]).mean(axis=0)
+        masks[k, np.abs(y - centre[1]).argmin(), np.abs(x - centre[0]).argmin()] = True
+        counts[k] = 1
+    # Each plane's exact area over its sampled area (0 for a contour of no area).
+    factors = areas / (cell * np.maximum(counts, 1))
     grid_points = np.column_stack([np.tile(x, len(y)), np.repeat(y, len(x))])
     joined, half = _runs(z, default_thickness)
     lows: list[float] = []
     highs: list[float] = []
     layers: list[np.ndarray] = []
+    weights: list[float] = []
     fractions = (np.arange(SUBSLABS) + 0.5) / SUBSLABS
 
-    def add(low: float, high: float, mask: np.ndarray) -> None:
+    def add(low: float, high: float, mask: np.ndarray, factor: float) -> None:
         if mask.any():
             lows.append(low)
             highs.append(high)
             layers.append(mask)
+            weights.append(cell * factor)
 
     known: dict[int, np.ndarray] = {}  # plane -> signed distance per sample (NaN: not computed yet)
 
@@ -215,19 +296,28 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
             continue
         below, above = masks[k].ravel(), masks[k + 1].ravel()
         dz = z[k + 1] - z[k]
-        add(z[k], z[k + 1], (below & above).reshape(masks[k].shape))
+        core = below & above
         changing = np.flatnonzero(below ^ above)
-        if not changing.size:
-            continue
-        for plane in [p for p in known if p < k - 1]:
-            del known[plane]  # only planes k-1 .. k+2 are asked for from here on
-        distances = (signed(k - 1, changing) if k > 0 and joined[k - 1] else None, signed(k, changing),
-                     signed(k + 1, changing), signed(k + 2, changing) if k + 2 < len(z) and joined[k + 1] else None)
-        for j, t in enumerate(fractions):
-            inside = distance_between(*distances, t) <= 0
+        before = k - 1 if k > 0 and joined[k - 1] else None
+        after = k + 2 if k + 2 < len(z) and joined[k + 1] else None
+        inside_at: list[np.ndarray] = []  # the changing samples inside each sub-slab
+        if changing.size:
+            for plane in [p for p in known if p < k - 1]:
+                del known[plane]  # only planes k-1 .. k+2 are asked for from here on
+            distances = (None if before is None else signed(before, changing), signed(k, changing),
+                         signed(k + 1, changing), None if after is None else signed(after, changing))
+            inside_at = [changing[distance_between(*distances, t) <= 0] for t in fractions]
+        around = (None if before is None else areas[before], areas[k], areas[k + 1],
+                  None if after is None else areas[after])
+        counts_at = np.array([len(chosen) for chosen in inside_at] or [0] * SUBSLABS)
+        core_factor, sub_factors = interval_weights(around, (factors[k], factors[k + 1]), cell, int(core.sum()),
+                                                    counts_at, fractions)
+        add(z[k], z[k + 1], core.reshape(masks[k].shape), core_factor)
+        for j, chosen in enumerate(inside_at):
             mask = np.zeros(below.size, dtype=bool)
-            mask[changing[inside]] = True
-            add(z[k] + j * dz / SUBSLABS, z[k] + (j + 1) * dz / SUBSLABS, mask.reshape(masks[k].shape))
+            mask[chosen] = True
+            add(z[k] + j * dz / SUBSLABS, z[k] + (j + 1) * dz / SUBSLABS, mask.reshape(masks[k].shape),
+                float(sub_factors[j]))
     for k in range(len(z)):
         for sign in (-1.0, 1.0):
             # An end faces away from its run: downwards (sign -1) from a run's first plane,
@@ -243,17 +333,23 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
             # the erosion (its depth: distance to the contour; the deepest one is the section's core).
             depth = edge_distances(grid_points[inside], polygons[k])
             deepest = float(depth.max())
+            outline, euler = perimeter(polygons[k]), euler_characteristic(polygons[k])
             for j, t in enumerate(fractions):
+                ratio = shrink(t * length)
+                kept = inside[depth >= deepest * (1 - ratio) - 1e-9]
                 mask = np.zeros(masks[k].size, dtype=bool)
-                mask[inside[depth >= deepest * (1 - shrink(t * length)) - 1e-9]] = True
+                mask[kept] = True
+                # Weighed as the end contour eroded to this thickness (its own weight where Steiner fails).
+                target = eroded_area(float(areas[k]), outline, euler, ratio)
+                factor = float(factors[k])
+                if kept.size and np.isfinite(target):
+                    factor = float(np.clip(target / (cell * kept.size), factor / WEIGHT_BOUND, factor * WEIGHT_BOUND))
                 near = z[k] + sign * j * length / SUBSLABS
                 far = z[k] + sign * (j + 1) * length / SUBSLABS
-                add(min(near, far), max(near, far), mask.reshape(masks[k].shape))
+                add(min(near, far), max(near, far), mask.reshape(masks[k].shape), factor)
     if not layers:
         return Region(x, y, np.empty(0), np.empty(0), np.zeros((0, len(y), len(x)), bool), np.empty(0))
-    return Region(
-        x, y, np.array(lows), np.array(highs), np.stack(layers), np.full(len(layers), cell),
-    )
+    return Region(x, y, np.array(lows), np.array(highs), np.stack(layers), np.array(weights))
 
 
 def contour_probes(shape: SlabShape, step_mm: float) -> np.ndarray:
