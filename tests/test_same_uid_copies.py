@@ -121,6 +121,15 @@ def _audit(root: Path, protocol: Path, out: Path, *extra: object):
                    "--out", out / "audit.json", "--db", out / "results.db", *extra)
 
 
+def _archive(tmp_path: Path, reference, *copies: str) -> tuple[Path, Path]:
+    """An archive holding the reference plan under each name in `copies`, and an empty output folder."""
+    root, out = tmp_path / "archive", tmp_path / "out"
+    out.mkdir()
+    for name in copies:
+        shutil.copytree(reference[0], root / name)
+    return root, out
+
+
 def _outputs(out: Path) -> tuple[list[dict], list[dict], list[tuple]]:
     with open(out / "audit.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -133,9 +142,7 @@ def _outputs(out: Path) -> tuple[list[dict], list[dict], list[tuple]]:
 def test_audit_of_two_folders_holding_two_versions_of_one_plan_is_an_error_row_naming_both(
     tmp_path, reference, hot_version, small_protocol
 ):
-    root, out = tmp_path / "archive", tmp_path / "out"
-    out.mkdir()
-    shutil.copytree(reference[0], root / "a_export")
+    root, out = _archive(tmp_path, reference, "a_export")
     shutil.copytree(hot_version, root / "b_replan")
     run = _audit(root, small_protocol, out)
     assert run.code == 2, run.err
@@ -153,9 +160,7 @@ def test_audit_of_two_folders_holding_two_versions_of_one_plan_is_an_error_row_n
 
 
 def test_a_stored_pass_is_not_reused_once_a_second_version_appears(tmp_path, reference, hot_version, small_protocol):
-    root, out = tmp_path / "archive", tmp_path / "out"
-    out.mkdir()
-    shutil.copytree(reference[0], root / "a_export")
+    root, out = _archive(tmp_path, reference, "a_export")
     first = _audit(root, small_protocol, out)
     assert first.code == 0, first.err
     shutil.copytree(hot_version, root / "b_replan")
@@ -167,10 +172,7 @@ def test_a_stored_pass_is_not_reused_once_a_second_version_appears(tmp_path, ref
 
 
 def test_audit_of_identical_copies_is_one_row_read_once_with_a_note(tmp_path, reference, small_protocol):
-    root, out = tmp_path / "archive", tmp_path / "out"
-    out.mkdir()
-    shutil.copytree(reference[0], root / "export")
-    shutil.copytree(reference[0], root / "pacs")
+    root, out = _archive(tmp_path, reference, "export", "pacs")
     _rewrite(file_of(root / "pacs", "RTDOSE"), meta=True, implicit=True)
     run = _audit(root, small_protocol, out)
     assert run.code == 0, run.err
@@ -185,9 +187,7 @@ def test_audit_of_identical_copies_is_one_row_read_once_with_a_note(tmp_path, re
 
 def test_a_structure_set_in_two_versions_makes_every_plan_using_it_an_error(tmp_path, reference, small_protocol):
     """Plan A (folder a) and plan B (folder b) both use one RTSTRUCT UID; b holds an edited version."""
-    root, out = tmp_path / "archive", tmp_path / "out"
-    out.mkdir()
-    shutil.copytree(reference[0], root / "a")
+    root, out = _archive(tmp_path, reference, "a")
     b = dw.write_plan_folder(root / "b", small_spec(label="OTHER"))
     structure_a = file_of(root / "a", "RTSTRUCT")
     frame = str(pydicom.dcmread(structure_a, stop_before_pixels=True).FrameOfReferenceUID)
@@ -212,9 +212,7 @@ def test_a_structure_set_in_two_versions_makes_every_plan_using_it_an_error(tmp_
 
 
 def test_a_dose_version_referencing_another_plan_names_the_conflict_in_both_rows(tmp_path, reference, small_protocol):
-    root, out = tmp_path / "archive", tmp_path / "out"
-    out.mkdir()
-    shutil.copytree(reference[0], root / "a")
+    root, out = _archive(tmp_path, reference, "a")
     b = dw.write_plan_folder(root / "b", small_spec(label="OTHER"))
     dose_a = file_of(root / "a", "RTDOSE")
     edit(b["rtdose"], lambda ds: setattr(ds, "SOPInstanceUID", _uid(dose_a)))
