@@ -192,9 +192,10 @@ def test_per_phase_copies_of_one_gtv_are_not_taken_as_lesions(monkeypatch, capsy
     assert code == 2 and report["verdict"] == "error"
     lesions = row(report, "Lesions")
     assert lesions["status"] == "not_evaluated"
-    shared = re.search(r"'GTV_T0' and 'GTV_T50' overlap \((\d+)% of the smaller\)", lesions["reason"])
+    # Neither is unsuffixed nor named for the 20 % phase: no reference, and the reason names both copies.
+    shared = re.search(r"'GTV_T0', 'GTV_T50' overlap \(up to (\d+)% of the smaller\)", lesions["reason"])
     assert shared and int(shared.group(1)) == pytest.approx(100 * lens_fraction(10.0, 5.0), abs=2)  # 63 %
-    assert "--map GTV=ROI" in lesions["reason"]
+    assert "--map GTV=ROI" in lesions["reason"] and "20 % phase" in lesions["reason"]
     normal_liver = [r for r in report["results"] if r["structure"] == "Liver-GTV"]
     assert normal_liver and all(r["status"] == "not_evaluated" for r in normal_liver)
 

@@ -179,21 +179,26 @@ def test_a_target_named_outside_every_pattern_is_never_passed(monkeypatch, capsy
 
 def test_a_name_that_reads_as_a_target_is_flagged_whatever_its_type(monkeypatch, capsys, tmp_path, anatomy,
                                                                     targets_protocol):
-    extra = RoiSpec("Tumour_ptv", quantize_planes(shapes.sphere(tl.SECOND_TARGET, 8.0, liver_plan.ORGAN_PLANES)))
-    folder = tl.write(tmp_path, tl.plan_spec(anatomy, "numbered", extra_rois=[extra]))
+    """Outside every lesion it is a target nobody checks; inside a lesion's PTV it is part of that lesion."""
+    outside = RoiSpec("Tumour_ptv", quantize_planes(shapes.sphere(tl.EXTRA_GTVS[0], 8.0, liver_plan.ORGAN_PLANES)))
+    folder = tl.write(tmp_path / "outside", tl.plan_spec(anatomy, "numbered", extra_rois=[outside]))
     code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol))
     assert code == 2 and any("'Tumour_ptv' looks like a target" in r["reason"] for r in report["results"])
+    inside = RoiSpec("Tumour_ptv", quantize_planes(shapes.sphere(tl.SECOND_TARGET, 8.0, liver_plan.ORGAN_PLANES)))
+    folder = tl.write(tmp_path / "inside", tl.plan_spec(anatomy, "numbered", extra_rois=[inside]))
+    code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol))
+    assert code == 0 and set(ptv_rows(report, "V95%[%]")) == {"PTV1", "PTV2"}
+    assert "'Tumour_ptv' lies inside 'PTV2' of lesion 2" in " ".join(report["messages"])
 
 
-def test_an_optimisation_ring_is_not_evaluated_until_set_aside(monkeypatch, capsys, tmp_path, anatomy,
-                                                               targets_protocol):
+def test_an_optimisation_ring_is_a_shell_of_its_lesion(monkeypatch, capsys, tmp_path, anatomy, targets_protocol):
     ring = {z: polys + shapes.sphere(liver_plan.TARGET, 26.0, [z]).get(z, [])
             for z, polys in shapes.sphere(liver_plan.TARGET, 31.0, liver_plan.ORGAN_PLANES).items()}
     extra = RoiSpec("PTV_ring", quantize_planes(ring), "ORGAN")
     folder = tl.write(tmp_path, tl.plan_spec(anatomy, "numbered", extra_rois=[extra]))
     code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol))
-    assert code == 2
-    assert any("PTV 'PTV_ring' holds no ITV" in r["reason"] for r in report["results"] if r["metric"] == "Targets")
+    assert code == 0 and set(ptv_rows(report, "V95%[%]")) == {"PTV1", "PTV2"}
+    assert "'PTV_ring' is a shell (planning ring or wall) around 'PTV1' of lesion 1" in " ".join(report["messages"])
     code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol),
                              "--not-target", "PTV_ring")
     assert code == 0 and set(ptv_rows(report, "V95%[%]")) == {"PTV1", "PTV2"}

@@ -89,7 +89,7 @@ class Evaluator:
             info = self.plan.inputs.plan
             rx_fixed = self.options.prescription_gy is not None or self.protocol.prescription.dose_gy is not None
             self._targets = find_targets(
-                self.protocol, self.matcher, self.plan.inside_fraction, self.rx, rx_fixed,
+                self.protocol, self.matcher, self.plan, self.rx, rx_fixed,
                 dict(info.target_doses) if info else {},
             )
         return self._targets
@@ -204,6 +204,7 @@ class Evaluator:
         ]
 
     def report(self, extra_results: list[Result] | None = None) -> Report:
+        targets = self.targets  # sorts the lesions' helpers out of every structure before any is resolved
         resolutions = [self.matcher.resolve(c.structure) for c in self.protocol.constraints]
         token_sets = [r.tokens for r in resolutions if r.ok and not self.targets.is_per_target(r.name)]
         token_sets += [m.resolution.tokens for level in self.targets.members.values() for m in level]
@@ -217,7 +218,7 @@ class Evaluator:
             plan={**self.plan_header(), **self.header_extra},
             results=tuple(results),
             messages=tuple(
-                self.plan.notes + self._choice_messages() + self.matcher.notes + self.messages
+                self.plan.notes + self._choice_messages() + list(targets.notes) + self.matcher.notes + self.messages
                 + self._prescription_messages()
             ),
             protocol=protocol_record(self.protocol, self.plan.contour_model),

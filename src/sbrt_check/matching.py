@@ -56,11 +56,14 @@ class Matcher:
         overlap: Callable[[str, str], float] | None = None, not_targets: tuple[str, ...] = (),
     ) -> None:
         self.protocol = protocol
-        self.rois = [r for r in structure_set.rois if r.is_volume]
+        self.rois = list(structure_set.rois)  # every ROI: --map and --not-target may name a point ROI too
+        # Patterns match volumes (and ROIs without contours, so a required organ drawn on no plane is named).
+        self.matchable = [r for r in self.rois if r.kind != "points"]
         self.forced = forced
         self.overlap = overlap
         self.cache: dict[str, Resolution] = {}
-        self.copies: set[int] = set()
+        self.set_aside: set[int] = set()  # helpers of the lesions (targets.py): in no per-target structure
+        self.unresolved: dict[str, str] = {}  # per-target structure -> why it cannot be used (targets.py)
         self.notes: list[str] = []
         self.not_targets: set[int] = set()
         self.unknown_not_targets: list[str] = []
@@ -94,15 +97,27 @@ class Matcher:
                 found += [r for r in named if r not in found]
             return found, f"--map {spec.name}"
         if spec.collects:
-            found = [r for r in self.rois if any(name_matches(p, r.name) for p in spec.match)]
+            found = [r for r in self.matchable if any(name_matches(p, r.name) for p in spec.match)]
             if spec.per_target:
-                found = [r for r in found if r.number not in self.not_targets]
+                found = [r for r in found if r.number not in self.not_targets | self.set_aside]
             return found, f"match {', '.join(repr(p) for p in spec.match)}"
         for pattern in spec.match:
-            found = [r for r in self.rois if name_matches(pattern, r.name)]
+            found = [r for r in self.matchable if name_matches(pattern, r.name)]
             if found:
                 return found, f"match '{pattern}'"
         return [], ""
+
+    def candidates(self, name: str) -> list[RoiEntry]:
+        """The ROIs a per-target structure's patterns (or --map) find, before its helpers are set aside."""
+        found, _how = self._matches(self.protocol.structures[name])
+        return [r for r in found if r.number not in self.set_aside]
+
+    def set_helpers_aside(self, numbers: set[int], unresolved: dict[str, str] | None = None) -> None:
+        """Take these ROIs (unions, copies, shells of the lesions) out of every per-target structure;
+        `unresolved` names structures that cannot be used at all, with why (copies with no reference)."""
+        self.set_aside |= numbers
+        self.unresolved.update(unresolved or {})
+        self.cache.clear()
 
     def members(self, name: str) -> list[Resolution]:
         """One single-ROI resolution per ROI of a structure (the lesions' PTVs), in ROI order."""
@@ -119,8 +134,8 @@ class Matcher:
         return next((r.name for r in self.rois if roi_key(r) == key), key)
 
     def claimed(self) -> set[int]:
-        """ROI numbers some protocol structure uses (or that were set aside as copies or not targets)."""
-        numbers = set(self.not_targets) | self.copies
+        """ROI numbers some protocol structure uses (or that were set aside as helpers or not targets)."""
+        numbers = set(self.not_targets) | self.set_aside
         for name in self.protocol.structures:
             numbers.update(int(t[1:]) for t in self.resolve(name).tokens if t.startswith("#"))
         return numbers
@@ -132,6 +147,8 @@ class Matcher:
         return self.cache[name]
 
     def _resolve(self, spec: StructureSpec) -> Resolution:
+        if spec.name in self.unresolved:
+            return Resolution(spec.name, problem=self.unresolved[spec.name])
         found, how = self._matches(spec)
         if spec.name in self.forced and not found:
             missing = [i.strip() for i in self.forced[spec.name].split(",") if not self._named(i)]
@@ -152,11 +169,12 @@ class Matcher:
                 problem=f"ambiguous: {len(found)} ROIs match ({numbered}); pick one with --map "
                 f"{spec.name}=ROI, or by number: --map {spec.name}=#{found[0].number}",
             )
-        empty = [r for r in found if not r.contour_items]
-        if empty:
-            listed = ", ".join(f"'{r.name}'" for r in empty)
-            return Resolution(spec.name, label=names, problem=f"ROI {listed} has no contours")
-        if spec.distinct and len(found) > 1:
+        for kind, what in (("empty", "has no contours"), ("points", "has no closed planar contours (a point or marker)")):
+            unusable = [r for r in found if r.kind == kind]
+            if unusable:
+                listed = ", ".join(f"'{r.name}'" for r in unusable)
+                return Resolution(spec.name, label=names, problem=f"ROI {listed} {what}")
+        if spec.distinct and not spec.per_target and len(found) > 1:  # per-target ROIs: targets.py sorts them
             found, copies = self._distinct(spec, found)
             if copies:
                 return Resolution(spec.name, label=names, problem=copies)
@@ -165,57 +183,31 @@ class Matcher:
         return Resolution(spec.name, tokens, label, how=how)
 
     def _distinct(self, spec: StructureSpec, found: list[RoiEntry]) -> tuple[list[RoiEntry], str]:
-        """The separate ROIs of a set, and why they are not separate ('' when they are).
+        """The ROIs of a `distinct` union, and why they are not separate ('' when they are).
 
-        Per-phase copies of one GTV (GTV_T0 ... GTV_T90) overlap almost entirely. Taken as a
-        union they would count as ten lesions and, subtracted from the liver, remove the whole
-        motion envelope from "normal liver", lowering its mean dose: never a silent union.
-        Where exactly one ROI of an overlapping group bears the structure's own name (a
-        pattern without wildcards: 'GTV' among 'GTV_T0' ... 'GTV_T90', 'PTV' and 'PTV_opt'),
-        it is the one taken, and the others are named in the notes as its copies.
+        Two ROIs of such a union that share more than DISTINCT_OVERLAP of the smaller one are
+        copies of one thing: taken as a union they would be counted twice. The pair named is the
+        one that overlaps most, so the message always names ROIs that really overlap. (Per-target
+        structures, whose copies are expected, are sorted into lesions and helpers by targets.py.)
         """
         if self.overlap is None:
             return found, ""
-        groups: list[list[RoiEntry]] = []
-        shares: dict[tuple[int, int], float] = {}
-        for entry in found:
-            joined = []
-            for group in groups:
-                for other in group:
-                    try:
-                        shared = self.overlap(roi_key(other), roi_key(entry))
-                    except CheckError as exc:
-                        return found, str(exc)
-                    shares[(other.number, entry.number)] = shared
-                    if shared > DISTINCT_OVERLAP:
-                        joined.append(group)
-                        break
-            merged = [entry] + [r for group in joined for r in group]
-            groups = [g for g in groups if g not in joined] + [sorted(merged, key=found.index)]
-        exact = [p for p in spec.match if not any(c in p for c in "*?[")]
-        kept: list[RoiEntry] = []
-        for group in sorted(groups, key=lambda g: found.index(g[0])):
-            if len(group) == 1:
-                kept += group
-                continue
-            named = [r for r in group if any(normalize_name(r.name) == normalize_name(p) for p in exact)]
-            if len(named) == 1:
-                kept += named
-                others = [r for r in group if r is not named[0]]
-                self.copies.update(r.number for r in others)
-                self.notes.append(
-                    f"{spec.name}: {', '.join(repr(r.name) for r in others)} overlap '{named[0].name}' and are "
-                    f"taken as copies of it (respiratory phases, optimisation structures), not separate targets"
-                )
-                continue
-            first, second = group[0], group[1]
-            shared = shares.get((first.number, second.number), shares.get((second.number, first.number), 0.0))
-            return found, (
-                f"'{first.name}' and '{second.name}' overlap ({shared:.0%} of the smaller): copies of "
-                "one lesion (respiratory phases?), not separate ones; pick the reference one with "
-                f"--map {spec.name}=ROI, or set the others aside with --not-target ROI"
-            )
-        return sorted(kept, key=found.index), ""
+        worst: tuple[float, RoiEntry, RoiEntry] | None = None
+        for i, first in enumerate(found):
+            for second in found[i + 1:]:
+                try:
+                    shared = self.overlap(roi_key(first), roi_key(second))
+                except CheckError as exc:
+                    return found, str(exc)
+                if shared > DISTINCT_OVERLAP and (worst is None or shared > worst[0]):
+                    worst = (shared, first, second)
+        if worst is None:
+            return found, ""
+        shared, first, second = worst
+        return found, (
+            f"'{first.name}' and '{second.name}' overlap ({shared:.0%} of the smaller): not separate ROIs; pick "
+            f"one with --map {spec.name}=ROI, or set the other aside with --not-target ROI"
+        )
 
     def _derived(self, spec: StructureSpec) -> Resolution:
         tokens: list[str] = []

@@ -116,6 +116,12 @@ class PlanData:
         shapes = {key: self.shape(key) for key in leaves}
         return derive_region(list(tokens), shapes, self.max_spacing)
 
+    def box(self, key: str) -> tuple[float, float, float, float, float, float]:
+        """An ROI's bounding box (x0, x1, y0, y1, z0, z1) in mm, its slabs' z extent included."""
+        shape = self.shape(key)
+        x0, x1, y0, y1 = shape.bounds
+        return x0, x1, y0, y1, float(shape.z_lo.min()), float(shape.z_hi.max())
+
     def _apart(self, first: str, second: str) -> bool:
         """True when two ROIs' bounding boxes do not meet (they share no volume)."""
         a, b = self.shape(first), self.shape(second)

@@ -25,20 +25,36 @@ GEOMETRIC_TYPE = Tag(0x3006, 0x0042)
 NUMBER_OF_POINTS = Tag(0x3006, 0x0046)
 PLANE_TOLERANCE_MM = 0.01
 GEOMETRIC_TYPES = {"POINT", "OPEN_PLANAR", "OPEN_NONPLANAR", "CLOSED_PLANAR", "CLOSEDPLANAR_XOR"}
-NON_VOLUME_TYPES = {"MARKER", "ISOCENTER", "REGISTRATION", "CONTROL", "DOSE_REGION"}
+CLOSED_TYPES = {"CLOSED_PLANAR", "CLOSEDPLANAR_XOR"}
 
 
 @dataclass(frozen=True)
 class RoiEntry:
+    """One ROI of the structure set as listed, before its contours are parsed.
+
+    Whether an ROI is a volume is read from its contours, never from RTROIInterpretedType:
+    planners draw real volumes under CONTROL, AVOIDANCE, DOSE_REGION or no type at all
+    (RayStation's 'Low Dose Region' is CONTROL), and a type-based filter made them invisible
+    to the protocol, to --map and to `dvh`. Only an ROI without a closed planar contour (a
+    POINT or MARKER, or an ROI drawn on no plane) has no volume to take a DVH of.
+    """
+
     number: int
     name: str
     interpreted_type: str
     contour_items: tuple[Dataset, ...]
+    closed_contours: int = 0  # contour items of a closed planar type (the ROI's volume)
 
     @property
     def is_volume(self) -> bool:
-        """False for points and markers, which have no volume to take a DVH of."""
-        return self.interpreted_type.upper() not in NON_VOLUME_TYPES
+        return self.closed_contours > 0
+
+    @property
+    def kind(self) -> str:
+        """'volume', 'points' (contours, none closed: a marker or point) or 'empty' (no contours)."""
+        if self.closed_contours:
+            return "volume"
+        return "points" if self.contour_items else "empty"
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,14 @@ def referenced_series_uid(dataset: Dataset, path: Path) -> str:
     return ""
 
 
+def _closed_contours(items: tuple[Dataset, ...], path: Path) -> int:
+    """How many contour items are closed planar (a missing ContourGeometricType counts as closed, as in load_roi)."""
+    return sum(
+        (_as_text(_raw_value(item, GEOMETRIC_TYPE, path)) or "CLOSED_PLANAR").upper() in CLOSED_TYPES
+        for item in items
+    )
+
+
 def read_structure_set(path: Path, dataset: Dataset) -> StructureSet:
     roi_table = el.sequence(dataset, "StructureSetROISequence", path)
     if not roi_table:
@@ -205,7 +229,8 @@ def read_structure_set(path: Path, dataset: Dataset) -> StructureSet:
         frame_uid = str(roi.get("ReferencedFrameOfReferenceUID", "") or "")
         if frame_uid:
             frame_uids.add(frame_uid)
-        entries.append(RoiEntry(number, name, types.get(number, ""), contours.get(number, ())))
+        items = contours.get(number, ())
+        entries.append(RoiEntry(number, name, types.get(number, ""), items, _closed_contours(items, path)))
     frame_uid = el.text(dataset, "FrameOfReferenceUID", path, "")
     if not frame_uid:
         referenced = el.sequence(dataset, "ReferencedFrameOfReferenceSequence", path)
