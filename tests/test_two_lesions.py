@@ -184,7 +184,7 @@ def test_a_name_that_reads_as_a_target_is_flagged_whatever_its_type(monkeypatch,
     folder = tl.write(tmp_path / "outside", tl.plan_spec(anatomy, "numbered", extra_rois=[outside]))
     code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol))
     assert code == 2 and any("'Tumour_ptv' looks like a target" in r["reason"] for r in report["results"])
-    inside = RoiSpec("Tumour_ptv", quantize_planes(shapes.sphere(tl.SECOND_TARGET, 8.0, liver_plan.ORGAN_PLANES)))
+    inside = RoiSpec("Tumour_ptv", quantize_planes(shapes.sphere(tl.SECOND_TARGET, 13.0, liver_plan.ORGAN_PLANES)))
     folder = tl.write(tmp_path / "inside", tl.plan_spec(anatomy, "numbered", extra_rois=[inside]))
     code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol))
     assert code == 0 and set(ptv_rows(report, "V95%[%]")) == {"PTV1", "PTV2"}
