@@ -211,30 +211,41 @@ class _Sorting:
         return {int(k.lstrip("#")) for k in [*self.helpers, *self.unusable]}
 
     def find_unions(self) -> None:
-        """ROIs holding ROIs of two or more separate lesions at one level, smallest union first."""
-        for key in sorted(self.remaining(), key=lambda k: self.geometry.volume_cc((k,))):
+        """ROIs holding ROIs of two or more separate lesions at one level, smallest union first.
+
+        A union holds at least HOLDS of each of two disjoint ROIs, so it is at least HOLDS times
+        their summed volume: ROIs too small for that (ten equal phase copies of one GTV) are never
+        asked the costly shared-volume questions.
+        """
+        volume = {k: self.geometry.volume_cc((k,)) for k in self.level_of}
+        for key in sorted(self.remaining(), key=lambda k: volume[k]):
             own = self.level_of[key]
-            held = [k for k in self.remaining() if k != key and self.holds(key, k, HOLDS)]
             for level in ([own] if own else list(self.levels)):
-                parts = _components([k for k in held if self.level_of[k] == level], self._overlapping)
+                fitting = sorted(
+                    (k for k in self.remaining() if k != key and self.level_of[k] == level
+                     and volume[k] * HOLDS <= volume[key]),
+                    key=lambda k: volume[k],
+                )
+                if len(fitting) < 2 or HOLDS * (volume[fitting[0]] + volume[fitting[1]]) > volume[key]:
+                    continue
+                held = [k for k in fitting if self.holds(key, k, HOLDS)]
+                parts = _components(held, self._overlapping)
                 if len(parts) > 1:
                     self.helpers[key] = Helper(key, self.names[key], UNION, own, tuple(p[0] for p in parts))
                     break
 
     def find_shells(self) -> None:
-        """ROIs that hold no target and surround one: planning rings and walls."""
+        """ROIs that hold no target and surround one (its box inside theirs): planning rings and walls."""
         for key in self.remaining():
+            box = self.geometry.box(key)
             others = [k for k in self.remaining() if k != key]
-            if any(self.holds(key, k, NESTED) for k in others):
+            boxed = [k for k in others if _within_box(self.geometry.box(k), box)]
+            if not boxed or any(self.holds(key, k, NESTED) for k in others):
                 continue
-            surrounded = tuple(
-                k for k in others
-                if _within_box(self.geometry.box(k), self.geometry.box(key))
-                and self.geometry.inside_fraction(k, key) < SHELL_HOLDS_AT_MOST
-            )
-            surrounded = tuple(k for k in surrounded if not any(self.holds(j, k, NESTED) for j in surrounded if j != k))
+            surrounded = [k for k in boxed if self.geometry.inside_fraction(k, key) < SHELL_HOLDS_AT_MOST]
+            surrounded = [k for k in surrounded if not any(self.holds(j, k, NESTED) for j in surrounded if j != k)]
             if surrounded:
-                self.helpers[key] = Helper(key, self.names[key], SHELL, self.level_of[key], surrounded)
+                self.helpers[key] = Helper(key, self.names[key], SHELL, self.level_of[key], tuple(surrounded))
 
     def find_copies(self) -> None:
         """Overlapping ROIs of one level: one lesion's copies; one is its reference, the others helpers."""

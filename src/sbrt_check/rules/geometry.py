@@ -16,6 +16,13 @@ lesions
 contains
     `inner` lies inside `outer` (the ITV holds the GTV); fails with the volume left out.
 
+phases_within
+    The protocol's ITV definition, "the combined volume of GTVs on 10 respiratory phases":
+    each lesion's `outer` (ITV) holds its `inner` (GTV) together with every respiratory-phase
+    copy of it that the structure set carries (GTV1_T0 ... GTV1_T90, sorted by targets.py),
+    within `tolerance_cc`; fails with the volume of the phases left out. NOT EVALUATED
+    (optional) when the structure set carries no phase copies.
+
 contoured
     Each of `structures` resolves to contoured ROIs; fails naming what is missing.
 
@@ -41,7 +48,7 @@ from ..geometry import (
     extent_along,
     nearest_distances,
 )
-from ..matching import Resolution
+from ..matching import Resolution, union_tokens
 from ..models import Result, Status
 from .base import (
     Measured,
@@ -260,9 +267,10 @@ def check_contains(ctx: RuleContext, conf: dict) -> list[Result]:
 
 
 def _contains(
-    ctx: RuleContext, conf: dict, inner: Resolution, outer: Resolution | None, lesion: int | None
+    ctx: RuleContext, conf: dict, inner: Resolution, outer: Resolution | None, lesion: int | None,
+    metric: str = "",
 ) -> Result:
-    metric = f"{conf['inner']} outside {conf['outer']}"
+    metric = metric or f"{conf['inner']} outside {conf['outer']}"
     tolerance = float(conf["tolerance_cc"])
     unpaired = _unpaired(ctx, conf, inner, outer, metric, "cc", lesion)
     if unpaired is not None or outer is None:
@@ -278,6 +286,25 @@ def _contains(
         roi=f"{inner.label} in {outer.label}", margin=tolerance - outside,
         target=lesion, subject=ctx.subject(conf["outer"], outer),
     ))
+
+
+def check_phases_within(ctx: RuleContext, conf: dict) -> list[Result]:
+    """One row per lesion whose GTV has respiratory-phase copies: all of them inside its ITV."""
+    metric = f"{conf['inner']} phases outside {conf['outer']}"
+    rows = []
+    for member, parent in ctx.targets.pairs(conf["inner"], conf["outer"]):
+        copies = ctx.targets.phase_copies(member)
+        if not copies:
+            continue
+        keys = [member.resolution.tokens[0], *copies]
+        names = [ctx.matcher.roi_name(k) for k in keys]
+        phases = Resolution(conf["inner"], union_tokens(keys), f"{names[0]} + {len(copies)} phase copies")
+        outer = parent.resolution if parent else None
+        rows.append(_contains(ctx, conf, phases, outer, member.target or None, metric))
+    if rows:
+        return rows
+    return [not_evaluated(conf, GROUP, conf["outer"], metric,
+                          f"the structure set carries no respiratory-phase copies of the {conf['inner']}", "cc")]
 
 
 def check_contoured(ctx: RuleContext, conf: dict) -> list[Result]:
@@ -394,6 +421,9 @@ RULES = (
                          "strata_cm": [2.0, 5.0]}, check_lesions,
              lambda c: _structures_defined(c, ("structure",)) + validate_lesions(c)),
     RuleKind("contains", {"inner": "GTV", "outer": "ITV", "tolerance_cc": 0.01}, check_contains,
+             lambda c: _structures_defined(c, ("inner", "outer")) + number_problems(c, ["tolerance_cc"])),
+    RuleKind("phases_within", {"inner": "GTV", "outer": "ITV", "tolerance_cc": 0.01, "optional": True},
+             check_phases_within,
              lambda c: _structures_defined(c, ("inner", "outer")) + number_problems(c, ["tolerance_cc"])),
     RuleKind("contoured", {"structures": None}, check_contoured, validate_contoured),
     RuleKind("ct_slice_thickness", {"thickness_mm": 3.0, "tolerance_mm": 0.05, "optional": True},
