@@ -206,6 +206,7 @@ class Settings:
     structure_map: tuple[tuple[str, str], ...] = ()
     not_targets: tuple[str, ...] = ()
     contour_model: str = "slab"
+    dose_holds: str | None = None  # --dose-summation: what every plan's RTDOSE holds
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
         from .plandata import load_plan
         from .report.json_report import report_dict
 
-        plan = load_plan([Path(f) for f in job.files], job.key, settings.contour_model)
+        plan = load_plan([Path(f) for f in job.files], job.key, settings.contour_model, settings.dose_holds)
         # one thread: the audit already runs one process per core
         options = Options(structure_map=settings.structure_map, not_targets=settings.not_targets, threads=1)
         document = report_dict(Evaluator(plan, _protocol(settings.protocol_path), options).report())

@@ -61,6 +61,24 @@ class ContourModel(str, Enum):
     interpolated = "interpolated"
 
 
+class DoseHolds(str, Enum):
+    """What the RTDOSE files hold, stated by the physicist (dicom.rtdose.DOSE_HOLDS)."""
+
+    plan = "plan"
+    fraction = "fraction"
+
+
+DOSE_HOLDS_HELP = (
+    "What the RTDOSE holds when its DoseSummationType does not say it (the dose-scale check refuses a dose that "
+    "does not fit the plan): plan (the whole plan's dose, read as stored) or fraction (one fraction, multiplied "
+    "by the planned fractions). Echoed in the report."
+)
+
+
+def _holds(option: DoseHolds | None) -> str | None:
+    return option.value if option is not None else None
+
+
 CONTOUR_MODEL_HELP = (
     "How contours become volumes: slab (each contour +-half the spacing; the default), truncated "
     "(the structure ends at its outer contour planes) or interpolated (shape-based interpolation "
@@ -140,6 +158,7 @@ def check(
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Also record the check in this results database.")] = None,
     contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
+    dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
 ) -> None:
     """Check one exported plan folder against the protocol (the default command)."""
     from .evaluate import Evaluator, Options
@@ -148,7 +167,7 @@ def check(
 
     _number("--rx", rx)
     loaded_protocol = load_protocol(protocol)
-    plan_data = load_plan(folder, plan, _contour_model(contour_model, loaded_protocol))
+    plan_data = load_plan(folder, plan, _contour_model(contour_model, loaded_protocol), _holds(dose_summation))
     options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
     evaluator = Evaluator(plan_data, loaded_protocol, options)
     report = evaluator.report()
@@ -246,6 +265,8 @@ def dvh(
     contour_model: Annotated[
         ContourModel, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)
     ] = ContourModel.slab,
+    plan: Annotated[str | None, typer.Option("--plan", help="Plan label or UID when the folder holds several.")] = None,
+    dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
 ) -> None:
     """Export cumulative DVHs and metrics of ROIs, to compare with a planning system.
 
@@ -257,7 +278,8 @@ def dvh(
     _number("--rx", rx)
     _number("--fractions", fractions)
     header, items, metric_names = compute_structure_dvhs(
-        folder, structures, metrics, engine.value, rx, fractions=fractions, contour_model=contour_model.value
+        folder, structures, metrics, engine.value, rx, fractions=fractions, contour_model=contour_model.value,
+        plan_label=plan, dose_holds=_holds(dose_summation),
     )
     from .report import dvh_export
     from .report.escaping import line_text
@@ -300,6 +322,7 @@ def audit(
     since: Annotated[str | None, typer.Option(help="With --from-pacs: studies from this date (YYYY-MM-DD).")] = None,
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="With --from-pacs: our AE title.")] = "SBRTCHECK",
     contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
+    dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
 ) -> None:
     """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
 
@@ -314,7 +337,7 @@ def audit(
     loaded_protocol = load_protocol(protocol)
     settings = au.Settings(
         str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
-        _contour_model(contour_model, loaded_protocol),
+        _contour_model(contour_model, loaded_protocol), _holds(dose_summation),
     )
     n_jobs = jobs if jobs is not None else au.default_jobs()
     if n_jobs < 1:
@@ -540,6 +563,7 @@ def listen(
     min_free_mb: Annotated[float, typer.Option(help="Refuse an object that leaves less free disk.")] = 1024,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: accept TLS connections only.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
 ) -> None:
     """Run a DICOM node: plans sent to it (C-STORE) are checked as soon as they are whole.
 
@@ -567,7 +591,7 @@ def listen(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
     settings = CheckSettings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
-                             _parse_formats(format_))
+                             _parse_formats(format_), _holds(dose_summation))
     config = NodeConfig(
         out=out, ae_title=ae_title.strip(), port=port, bind=bind,
         allow_ae=tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip()),

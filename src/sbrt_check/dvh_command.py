@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .crosscheck import NO_STATED_VOLUME, tps_incomparable
+from .dose_scale import check_dose_scale, plan_targets
 from .errors import InputError
 from .metrics import MetricError, compute, parse_metric
 from .plandata import DVH_THREADS, load_dose_and_structures
@@ -21,6 +22,7 @@ VOLUME = parse_metric("Volume[cc]")
 def compute_structure_dvhs(
     folder: Path, structures: str | None, metrics: str, engine: str, rx_override: float | None,
     threads: int = DVH_THREADS, fractions: float | None = None, contour_model: str = "slab",
+    plan_label: str | None = None, dose_holds: str | None = None,
 ) -> tuple[dict, list[StructureDvh], list[str]]:
     parsed = []
     for text in [m for m in metrics.split(",") if m.strip()]:
@@ -30,14 +32,17 @@ def compute_structure_dvhs(
             raise InputError(None, f"--metrics: {exc}") from None
     if fractions is not None and not (fractions > 0):
         raise InputError(None, f"--fractions {fractions} is not a positive number")
-    plan = load_dose_and_structures(folder, fractions, contour_model)
+    plan = load_dose_and_structures(folder, fractions, contour_model, plan_label, dose_holds)
     structure_set = plan.inputs.structure_set
-    volume_rois = [r for r in structure_set.rois if r.is_volume and r.contour_items]
+    volume_rois = [r for r in structure_set.rois if r.is_volume]
     if structures:
         wanted = [s.strip() for s in structures.split(",") if s.strip()]
         chosen = []
         for name in wanted:
-            found = [r for r in volume_rois if normalize_name(r.name) == normalize_name(name)]
+            named = [r for r in structure_set.rois if normalize_name(r.name) == normalize_name(name)]
+            found = [r for r in named if r.is_volume]
+            if named and not found:
+                raise InputError(structure_set.path, f"ROI '{name}' has {named[0].no_volume}: no DVH")
             if not found:
                 names = ", ".join(r.name for r in volume_rois)
                 raise InputError(structure_set.path, f"no ROI named '{name}' (ROIs: {names})")
@@ -55,9 +60,13 @@ def compute_structure_dvhs(
         plan.prefetch([(f"#{r.number}",) for r in chosen], threads)
         dvhs = {r.number: plan.dvh((f"#{r.number}",)) for r in chosen}
     notes = list(plan.notes)
-    skipped = [r.name for r in structure_set.rois if not r.is_volume]
-    if skipped:
-        notes.append(f"skipped marker/point ROIs: {', '.join(skipped)}")
+    if plan.inputs.plan is not None:  # the scale `check` would judge at; refused as `check` refuses it
+        notes.append(check_dose_scale(plan, plan_targets(plan)))
+    without = {}
+    for entry in structure_set.rois:
+        if not entry.is_volume:
+            without.setdefault(entry.no_volume, []).append(entry.name)
+    notes += [f"ROIs with {why} (no DVH): {', '.join(names)}" for why, names in without.items()]
     items = []
     for roi in chosen:
         dvh = dvhs[roi.number]

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 
 from .crosscheck import annotate
+from .dose_scale import Target as ScaleTarget
+from .dose_scale import check_dose_scale, plan_targets
 from .errors import CheckError
 from .matching import Matcher, Resolution
 from .metrics import MetricError, compute
@@ -205,6 +207,9 @@ class Evaluator:
 
     def report(self, extra_results: list[Result] | None = None) -> Report:
         targets = self.targets  # sorts the lesions' helpers out of every structure before any is resolved
+        scale_note = check_dose_scale(self.plan, [
+            ScaleTarget(t.roi, (t.keys[0],), t.prescription) for t in targets.targets
+        ] or plan_targets(self.plan))  # before anything is judged: a dose at the wrong scale is refused
         resolutions = [self.matcher.resolve(c.structure) for c in self.protocol.constraints]
         token_sets = [r.tokens for r in resolutions if r.ok and not self.targets.is_per_target(r.name)]
         token_sets += [m.resolution.tokens for level in self.targets.members.values() for m in level]
@@ -218,7 +223,8 @@ class Evaluator:
             plan={**self.plan_header(), **self.header_extra},
             results=tuple(results),
             messages=tuple(
-                self.plan.notes + self._choice_messages() + list(targets.notes) + self.matcher.notes + self.messages
+                self.plan.notes + [scale_note] + self._choice_messages() + list(targets.notes) + self.matcher.notes
+                + self.messages
                 + self._prescription_messages()
             ),
             protocol=protocol_record(self.protocol, self.plan.contour_model),

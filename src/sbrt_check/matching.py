@@ -169,11 +169,10 @@ class Matcher:
                 problem=f"ambiguous: {len(found)} ROIs match ({numbered}); pick one with --map "
                 f"{spec.name}=ROI, or by number: --map {spec.name}=#{found[0].number}",
             )
-        for kind, what in (("empty", "has no contours"), ("points", "has no closed planar contours (a point or marker)")):
-            unusable = [r for r in found if r.kind == kind]
-            if unusable:
-                listed = ", ".join(f"'{r.name}'" for r in unusable)
-                return Resolution(spec.name, label=names, problem=f"ROI {listed} {what}")
+        unusable = [r for r in found if not r.is_volume]
+        if unusable:
+            listed = ", ".join(f"'{r.name}'" for r in unusable)
+            return Resolution(spec.name, label=names, problem=f"ROI {listed} has {unusable[0].no_volume}")
         if spec.distinct and not spec.per_target and len(found) > 1:  # per-target ROIs: targets.py sorts them
             found, copies = self._distinct(spec, found)
             if copies:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_plans
 from .dicom.files import scan_files, scan_folder
-from .dicom.rtdose import check_beam_doses, combine_doses
+from .dicom.rtdose import CombinedDose, check_beam_doses, combine_doses
 from .dicom.rtstruct import RoiEntry
 from .dicom.tps_dvh import TpsDvh
 from .dvh import compute_dvh, dose_at_points, dose_axis
@@ -54,6 +54,7 @@ class PlanData:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     contour_model: str = "slab"
     dose_scale: float = 1.0  # total dose / stored dose of a single dose file (fractions of a FRACTION dose)
+    combined: CombinedDose | None = None  # how the files made the dose, and their other reading
     _siblings: dict[str, PlanData] = field(default_factory=dict)
     # Derived structures whose Max/Min nobody asks for (normal liver judged on its mean and V15Gy):
     # their DVH skips the exact-extreme probes (~0.1-0.3 s each) and keeps the spreads' reach,
@@ -185,7 +186,7 @@ class PlanData:
             if contour_model not in self._siblings:
                 self._siblings[contour_model] = PlanData(
                     self.inputs, self.dose, [], _rois=self._rois, _axis=self.axis, _lock=self._lock,
-                    contour_model=contour_model, dose_scale=self.dose_scale,
+                    contour_model=contour_model, dose_scale=self.dose_scale, combined=self.combined,
                 )
             return self._siblings[contour_model]
 
@@ -234,12 +235,13 @@ class PlanData:
 
 def _load(
     inputs: PlanInputs, fractions_override: float | None = None, fraction_as_stored: bool = False,
-    contour_model: str = "slab",
+    contour_model: str = "slab", dose_holds: str | None = None,
 ) -> PlanData:
     fractions = fractions_override or (inputs.plan.fractions if inputs.plan else None)
     if inputs.plan:
         check_beam_doses(inputs.dose_files, inputs.plan.treatment_beams, inputs.plan.path)
-    dose, notes = combine_doses(inputs.dose_files, fractions, fraction_as_stored)
+    combined = combine_doses(inputs.dose_files, fractions, fraction_as_stored, dose_holds)
+    dose, notes = combined.grid, list(combined.notes)
     if inputs.plan is None and dose.summation_type == "BEAM (summed)":
         # Only the RTPLAN says which beams there are (check_beam_doses): `dvh` without one sums what is here.
         notes.append(
@@ -247,9 +249,9 @@ def _load(
             f"file{'s' if len(dose.files) != 1 else ''} present, and whether every beam of the plan is among them "
             "cannot be checked (a missing beam lowers every value)"
         )
-    if fractions_override and not dose.summation_type.startswith("FRACTION"):
-        notes.append(f"--fractions {fractions_override:g} not applied: the dose is {dose.summation_type}, not FRACTION")
-    scale = float(fractions) if dose.summation_type == "FRACTION x n" and fractions else 1.0
+    if fractions_override and combined.factor == 1.0:
+        notes.append(f"--fractions {fractions_override:g} not applied: the dose is {dose.summation_type}, "
+                     "not the dose of one fraction")
     notes += [note for dose_file in inputs.dose_files for note in dose_file.tps_notes]
     known = {entry.number for entry in inputs.structure_set.rois}
     notes += [
@@ -257,7 +259,8 @@ def _load(
         "ROI of that number"
         for dose_file in inputs.dose_files for number in sorted(dose_file.tps_dvhs) if number not in known
     ]
-    return PlanData(inputs, dose, list(inputs.notes) + notes, contour_model=contour_model, dose_scale=scale)
+    return PlanData(inputs, dose, list(inputs.notes) + notes, contour_model=contour_model, dose_scale=combined.factor,
+                    combined=combined)
 
 
 def load_plans(folder: Path, contour_model: str = "slab") -> list[PlanData]:
@@ -267,12 +270,14 @@ def load_plans(folder: Path, contour_model: str = "slab") -> list[PlanData]:
 
 
 def load_plan(
-    folder: Path | Sequence[Path], plan_label: str | None = None, contour_model: str = "slab"
+    folder: Path | Sequence[Path], plan_label: str | None = None, contour_model: str = "slab",
+    dose_holds: str | None = None,
 ) -> PlanData:
     """The one plan of a folder; several plans need `plan_label` (label or SOP Instance UID).
 
     `folder` may also be a list of files (the audit hands each worker the files of one plan,
     wherever in an archive they lie): the same reading and checks, just no folder walk.
+    `dose_holds` is --dose-summation: what the physicist states the dose files hold.
     """
     if isinstance(folder, (str, Path)):
         contents = scan_folder(Path(folder))
@@ -280,7 +285,12 @@ def load_plan(
         files = [Path(f) for f in folder]
         folder = Path(os.path.commonpath(files)) if files else Path(".")
         contents = scan_files(files)
-    all_inputs = assemble_plans(folder, contents)
+    return _load(_one_plan(folder, assemble_plans(folder, contents), plan_label),
+                 contour_model=contour_model, dose_holds=dose_holds)
+
+
+def _one_plan(folder: Path, all_inputs: list[PlanInputs], plan_label: str | None) -> PlanInputs:
+    """The plan labelled `plan_label`, or the only one; several without a label are refused."""
     if plan_label:
         chosen = [
             p for p in all_inputs
@@ -295,13 +305,24 @@ def load_plan(
             f"holds {len(all_inputs)} plans ({_labels(all_inputs)}): pick one with --plan LABEL, "
             "or check them all with 'sbrt-check audit'",
         )
-    return _load(all_inputs[0], contour_model=contour_model)
+    return all_inputs[0]
 
 
-def load_dose_and_structures(folder: Path, fractions: float | None = None, contour_model: str = "slab") -> PlanData:
-    """RTSTRUCT + RTDOSE for `dvh`: a FRACTION dose without fraction count is read as stored."""
+def load_dose_and_structures(
+    folder: Path, fractions: float | None = None, contour_model: str = "slab", plan_label: str | None = None,
+    dose_holds: str | None = None,
+) -> PlanData:
+    """RTSTRUCT + RTDOSE for `dvh`: a FRACTION dose without fraction count is read as stored.
+
+    With `plan_label` (--plan), the folder's plans are assembled as `check` assembles them and
+    that one is read, so `dvh` and `check` see the same files.
+    """
     contents = scan_folder(folder)
-    return _load(assemble_dose_and_structures(folder, contents), fractions, True, contour_model)
+    if plan_label:
+        inputs = _one_plan(folder, assemble_plans(folder, contents), plan_label)
+    else:
+        inputs = assemble_dose_and_structures(folder, contents)
+    return _load(inputs, fractions, True, contour_model, dose_holds)
 
 
 def _labels(inputs: list[PlanInputs]) -> str:

@@ -312,10 +312,9 @@ def _components(keys: list[str], linked: Callable[[str, str], bool]) -> list[lis
 
 def _within_box(inner: tuple[float, ...], outer: tuple[float, ...]) -> bool:
     """True when box `inner` (x0, x1, y0, y1, z0, z1) lies inside box `outer`."""
-    return all(
-        outer[2 * axis] - BOX_TOLERANCE_MM <= inner[2 * axis] and inner[2 * axis + 1] <= outer[2 * axis + 1] + BOX_TOLERANCE_MM
-        for axis in range(3)
-    )
+    low, high = slice(0, 6, 2), slice(1, 6, 2)
+    return all(o - BOX_TOLERANCE_MM <= i for o, i in zip(outer[low], inner[low], strict=True)) and all(
+        i <= o + BOX_TOLERANCE_MM for o, i in zip(outer[high], inner[high], strict=True))
 
 
 def _reference_by_name(group: list[str], names: dict[str, str], phase: float) -> str | None:

@@ -320,7 +320,8 @@ def assemble_dose_and_structures(folder: Path, contents: FolderContents) -> Plan
             why = f"{len(plans)} plans fit these files"
         if len(plans) == 1:
             return plans[0]
-        unused_plan = [f"the folder's RTPLAN is not used ({why}): no prescription or fraction count from it"]
+        unused_plan = [f"the folder's RTPLAN is not used ({why}): no prescription or fraction count from it "
+                       "(pick a plan with --plan LABEL)"]
     objects = [_by_uid(contents.of(kind), kind) for kind in ("RTSTRUCT", "RTDOSE")]
     conflicts = [text for kind in objects for uid in kind.first if (text := kind.conflict(uid))]
     if conflicts:

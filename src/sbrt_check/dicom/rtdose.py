@@ -228,15 +228,38 @@ def check_beam_doses(doses: list[DoseFile], treatment_beams: dict[int, str], pla
                                     "every dose")
 
 
+DOSE_HOLDS = ("plan", "fraction")  # --dose-summation: what the physicist states the dose file(s) hold
+
+
+@dataclass(frozen=True)
+class CombinedDose:
+    """The plan's total dose, how it was made from the files, and the reading it was not made by.
+
+    `factor` multiplies the stored dose (the planned fractions for a dose of one fraction, else 1);
+    `other_factor` is the other reading of the same files (a FRACTION dose holding the whole plan,
+    a PLAN dose holding one fraction), which the dose-scale check weighs against the RTPLAN.
+    """
+
+    grid: DoseGrid
+    notes: tuple[str, ...]
+    factor: float = 1.0
+    other_factor: float | None = None
+    stated: str | None = None  # --dose-summation, when given
+
+
 def combine_doses(
-    doses: list[DoseFile], fractions: float | None, fraction_as_stored: bool = False
-) -> tuple[DoseGrid, list[str]]:
+    doses: list[DoseFile], fractions: float | None, fraction_as_stored: bool = False, holds: str | None = None,
+) -> CombinedDose:
     """The plan's total dose from its RTDOSE files, with notes on what was done.
 
     One PLAN dose is used as is; BEAM doses are summed (they must share one grid); a
-    FRACTION dose is multiplied by the planned number of fractions. `fraction_as_stored`
-    (the `dvh` command, which judges nothing) reads a FRACTION dose of unknown fraction
-    count as the dose in the file, where `check` must refuse it.
+    FRACTION dose is multiplied by the planned number of fractions. DICOM defines FRACTION as
+    the dose of a whole fraction group, yet planning systems write it for the dose of one
+    fraction too: both readings are kept, and the dose-scale check (dose_scale.py) decides
+    which fits the RTPLAN. `holds` ('plan' or 'fraction', from --dose-summation) is the
+    physicist's statement of what the files hold, and wins over the label. `fraction_as_stored`
+    (the `dvh` command, which judges nothing) reads a FRACTION dose of unknown fraction count
+    as the dose in the file, where `check` must refuse it.
     """
     notes: list[str] = []
     by_type: dict[str, list[DoseFile]] = {}
@@ -247,8 +270,11 @@ def combine_doses(
         if len(plan_doses) > 1:
             names = ", ".join(str(d.path) for d in plan_doses)
             raise InputError(None, f"several PLAN dose files for one plan ({names}); keep one")
-        return plan_doses[0].grid, notes
-    if "BEAM" in by_type:
+        if "BEAM" in by_type:
+            notes.append(f"PLAN dose {plan_doses[0].path.name} used; the {len(by_type['BEAM'])} BEAM dose file(s) "
+                         "beside it are not added to it")
+        grid, label = plan_doses[0].grid, "PLAN"
+    elif "BEAM" in by_type:
         beam_doses = by_type["BEAM"]
         first = beam_doses[0].grid
         total = first.dose_gy.copy()
@@ -258,27 +284,41 @@ def combine_doses(
             total += other.grid.dose_gy
         files = tuple(str(d.path) for d in beam_doses)
         notes.append(f"summed {len(beam_doses)} BEAM dose file{'s' if len(beam_doses) != 1 else ''}")
-        return DoseGrid(first.x, first.y, first.z, total, "BEAM (summed)", files), notes
-    if "FRACTION" in by_type:
+        grid, label = DoseGrid(first.x, first.y, first.z, total, "BEAM (summed)", files), "BEAM (summed)"
+    elif "FRACTION" in by_type:
         fraction_doses = by_type["FRACTION"]
         if len(fraction_doses) > 1:
             raise InputError(None, "several FRACTION dose files for one plan; keep one")
-        if not fractions and fraction_as_stored:
-            notes.append(
-                "FRACTION dose read as stored (the dose of one fraction): no RTPLAN gives the number "
-                "of fractions; --fractions N scales it"
-            )
-            return fraction_doses[0].grid, notes
-        if not fractions:
-            raise InputError(
-                fraction_doses[0].path,
-                "FRACTION dose but the number of planned fractions is unknown",
-            )
-        grid = fraction_doses[0].grid
-        notes.append(f"FRACTION dose multiplied by {fractions:g} planned fractions")
-        return (
-            DoseGrid(grid.x, grid.y, grid.z, grid.dose_gy * fractions, "FRACTION x n", grid.files),
-            notes,
+        grid, label = fraction_doses[0].grid, "FRACTION"
+    else:
+        kinds = ", ".join(sorted(by_type))
+        raise InputError(doses[0].path, f"DoseSummationType {kinds} is not supported")
+    one_fraction = holds == "fraction" or (holds is None and label == "FRACTION")
+    if not one_fraction:
+        if holds == "plan":
+            notes.append(f"{label} dose read as the whole plan's dose (--dose-summation plan)")
+            return CombinedDose(_relabel(grid, f"{label} as plan (stated)"), tuple(notes), 1.0, None, holds)
+        other = float(fractions) if fractions and fractions > 1 else None  # a dose of one fraction, mislabelled
+        return CombinedDose(grid, tuple(notes), 1.0, other, holds)
+    if not fractions and fraction_as_stored and holds is None:
+        notes.append(
+            "FRACTION dose read as stored (the dose of one fraction): no RTPLAN gives the number "
+            "of fractions; --fractions N scales it"
         )
-    kinds = ", ".join(sorted(by_type))
-    raise InputError(doses[0].path, f"DoseSummationType {kinds} is not supported")
+        return CombinedDose(grid, tuple(notes))
+    if not fractions:
+        raise InputError(
+            doses[0].path,
+            f"{label} dose of one fraction but the number of planned fractions is unknown",
+        )
+    stated = " (--dose-summation fraction)" if holds else ""
+    notes.append(f"{label} dose multiplied by {fractions:g} planned fractions{stated}")
+    summed = f"{label} x n" if not holds else f"{label} as one fraction x n (stated)"
+    return CombinedDose(
+        DoseGrid(grid.x, grid.y, grid.z, grid.dose_gy * fractions, summed, grid.files),
+        tuple(notes), float(fractions), 1.0 if fractions > 1 and not holds else None, holds,
+    )
+
+
+def _relabel(grid: DoseGrid, summation_type: str) -> DoseGrid:
+    return DoseGrid(grid.x, grid.y, grid.z, grid.dose_gy, summation_type, grid.files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,15 @@ from pydicom.dataset import Dataset
 from ..errors import InputError
 from ..models import Beam
 from . import elements as el
+
+
+@dataclass(frozen=True)
+class BeamDose:
+    """A beam's dose per fraction at its dose specification point, as the RTPLAN states it."""
+
+    beam: int
+    dose_gy: float
+    point_mm: tuple[float, float, float] | None  # BeamDoseSpecificationPoint, when given
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,7 @@ class PlanFile:
     beams: tuple[Beam, ...]
     delivered_beams: tuple[int, ...] = ()  # beam numbers the fraction group delivers
     target_doses: tuple[tuple[int, float], ...] = ()  # (ROI number, TargetPrescriptionDose) per target
+    beam_doses: tuple[BeamDose, ...] = ()  # the fraction group's ReferencedBeamSequence > BeamDose
 
     @property
     def treatment_beams(self) -> dict[int, str]:
@@ -104,6 +115,7 @@ def read_plan(path: Path, dataset: Dataset) -> PlanFile:
     fractions = None
     meterset: dict[int, float] = {}
     delivered: list[int] = []
+    beam_doses: list[BeamDose] = []
     if groups:
         planned = groups[0].get("NumberOfFractionsPlanned")
         fractions = int(planned) if planned not in (None, "") else None
@@ -113,6 +125,9 @@ def read_plan(path: Path, dataset: Dataset) -> PlanFile:
                 value = _float_or_none(ref.get("BeamMeterset"))
                 if value is not None:
                     meterset[int(ref.ReferencedBeamNumber)] = value
+                dose = _float_or_none(ref.get("BeamDose"))
+                if dose is not None and dose > 0 and math.isfinite(dose):
+                    beam_doses.append(BeamDose(int(ref.ReferencedBeamNumber), dose, _point(ref)))
     if fractions is not None and fractions < 1:
         raise InputError(path, f"NumberOfFractionsPlanned is {fractions}")
     beams = tuple(
@@ -138,4 +153,16 @@ def read_plan(path: Path, dataset: Dataset) -> PlanFile:
         beams=beams,
         delivered_beams=tuple(delivered),
         target_doses=_target_doses(dataset, path),
+        beam_doses=tuple(beam_doses),
     )
+
+
+def _point(item: Dataset) -> tuple[float, float, float] | None:
+    """BeamDoseSpecificationPoint as three finite numbers, else None (absent or damaged: not evidence)."""
+    try:
+        values = [float(v) for v in item.get("BeamDoseSpecificationPoint") or []]
+    except (TypeError, ValueError):
+        return None
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        return None
+    return values[0], values[1], values[2]

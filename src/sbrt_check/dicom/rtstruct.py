@@ -56,6 +56,11 @@ class RoiEntry:
             return "volume"
         return "points" if self.contour_items else "empty"
 
+    @property
+    def no_volume(self) -> str:
+        """Why the ROI has no volume ('' when it has one), in the words every message uses."""
+        return {"points": "no closed planar contours (points or markers)", "empty": "no contours"}.get(self.kind, "")
+
 
 @dataclass(frozen=True)
 class StructureSet:

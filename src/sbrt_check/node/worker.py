@@ -34,6 +34,7 @@ class CheckSettings:
     structure_map: tuple[tuple[str, str], ...] = ()
     not_targets: tuple[str, ...] = ()
     formats: tuple[str, ...] = ("json",)
+    dose_holds: str | None = None  # --dose-summation: what the plans' RTDOSE holds
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def check_plan(plan: ReadyPlan, settings: CheckSettings, report_dir: str) -> Che
         from ..plandata import load_plan
         from ..report.json_report import render_json
 
-        loaded = load_plan([Path(f) for f in plan.files], plan.plan_uid)
+        loaded = load_plan([Path(f) for f in plan.files], plan.plan_uid, dose_holds=settings.dose_holds)
         evaluator = Evaluator(loaded, _protocol(settings.protocol_path), Options(structure_map=settings.structure_map,
                                                                                   not_targets=settings.not_targets))
         report = evaluator.report()

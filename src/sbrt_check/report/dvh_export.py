@@ -16,6 +16,10 @@ from ..models import Dvh
 from .escaping import csv_cell
 
 EXPORT_STEP_GY = 0.01
+# At most this many points per exported curve: 0.01 Gy up to 100 Gy, then 0.02, 0.05, 0.1 ... Gy,
+# so a 50-ROI export stays megabytes even when a dose reads hundreds of Gy.
+MAX_EXPORT_POINTS = 10_001
+STEPS_GY = tuple(m * 10.0 ** e for e in range(-2, 4) for m in (1, 2, 5))
 PROVENANCE_COLUMNS = ("source", "engine", "contour_model", "dose_summation_type")
 
 
@@ -40,14 +44,21 @@ def resampled(dvh: Dvh, step: float = EXPORT_STEP_GY) -> tuple[np.ndarray, np.nd
     return dose, volume
 
 
+def export_step(items: list[StructureDvh]) -> float:
+    """One dose step for every curve of an export (rows line up): 0.01 Gy, coarser only past MAX_EXPORT_POINTS."""
+    top = max((i.dvh.max_gy for i in items if math.isfinite(i.dvh.max_gy)), default=0.0)
+    return next((s for s in STEPS_GY if top / s < MAX_EXPORT_POINTS - 1), STEPS_GY[-1])
+
+
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
 def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
     structures = {}
+    step = export_step(items)
     for item in items:
-        dose, volume = resampled(item.dvh)
+        dose, volume = resampled(item.dvh, step)
         structures[item.name] = {
             "volume_cc": _round(item.dvh.volume_cc),
             "uncovered_cc": _round(item.dvh.uncovered_cc),
@@ -64,7 +75,7 @@ def render_dvh_json(items: list[StructureDvh], header: dict) -> str:
                 "volume_cc": [round(float(v), 5) for v in volume],
             },
         }
-    return json.dumps({**header, "structures": structures}, indent=1, ensure_ascii=False)
+    return json.dumps({**header, "dvh_step_gy": step, "structures": structures}, indent=1, ensure_ascii=False)
 
 
 def render_dvh_csv(items: list[StructureDvh], header: dict | None = None) -> str:
@@ -85,8 +96,9 @@ def render_dvh_csv(items: list[StructureDvh], header: dict | None = None) -> str
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["structure", "dose_gy", "volume_cc", "volume_pct", *PROVENANCE_COLUMNS])
+    step = export_step(items)
     for item in items:
-        dose, volume = resampled(item.dvh)
+        dose, volume = resampled(item.dvh, step)
         total = item.dvh.volume_cc or 1.0
         for d, v in zip(dose, volume, strict=True):
             writer.writerow([csv_cell(item.name), f"{d:.4f}", f"{v:.5f}", f"{100 * v / total:.4f}", *own])
