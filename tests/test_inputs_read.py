@@ -247,7 +247,8 @@ def test_dvh_without_a_plan_says_a_beam_sum_cannot_be_checked_for_completeness(t
     paths = dw.write_plan_folder(tmp_path, small_spec(dw.WriteOptions(summation="BEAM"), beams=2))
     args = ("dvh", tmp_path, "--structures", "PTV", "--metrics", "Mean[Gy]")
     whole = json.loads(run_cli(*args, "--format", "json").out)
-    assert whole["notes"] == ["summed 2 BEAM dose files"]  # the RTPLAN's beams were all there
+    assert whole["notes"][0] == "summed 2 BEAM dose files"  # the RTPLAN's beams were all there
+    assert whole["notes"][1].startswith("dose scale fits the plan as stored: 'PTV' median dose")  # and it fits
     paths["rtplan"].unlink()
     paths["rtdose_beam2"].unlink()
     run = run_cli(*args, "--format", "json")

@@ -138,6 +138,8 @@ class Matcher:
         numbers = set(self.not_targets) | self.set_aside
         for name in self.protocol.structures:
             numbers.update(int(t[1:]) for t in self.resolve(name).tokens if t.startswith("#"))
+        for name in self.unresolved:  # its ROIs are named by its problem, not unclaimed
+            numbers.update(r.number for r in self._matches(self.protocol.structures[name])[0])
         return numbers
 
     def resolve(self, name: str) -> Resolution:

@@ -243,7 +243,9 @@ class _Sorting:
             if not boxed or any(self.holds(key, k, NESTED) for k in others):
                 continue
             surrounded = [k for k in boxed if self.geometry.inside_fraction(k, key) < SHELL_HOLDS_AT_MOST]
-            surrounded = [k for k in surrounded if not any(self.holds(j, k, NESTED) for j in surrounded if j != k)]
+            volume = {k: self.geometry.volume_cc((k,)) for k in surrounded}
+            surrounded = [k for k in surrounded  # the outermost of what it surrounds: PTV1, not the GTV in it
+                          if not any(volume[j] > volume[k] and self.holds(j, k, NESTED) for j in surrounded)]
             if surrounded:
                 self.helpers[key] = Helper(key, self.names[key], SHELL, self.level_of[key], tuple(surrounded))
 
