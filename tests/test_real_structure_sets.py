@@ -304,3 +304,17 @@ def test_rois_of_any_type_with_closed_contours_are_volumes(monkeypatch, capsys, 
     dvh = json.loads(capsys.readouterr().out)
     assert exit_.value.code in (0, None) and "Low Dose Region" in dvh["structures"]
     assert any("no closed planar contours (points or markers) (no DVH): Iso" in n for n in dvh["notes"])
+
+
+def test_two_lesions_whose_ptvs_touch_are_two_lesions_not_copies(tmp_path, anatomy, helper_protocol):
+    """Lesion 2 30 mm from lesion 1: the PTVs (r 21 mm) share 11 % of a PTV, the ITVs and GTVs are apart.
+    Each PTV holds a GTV the other does not: two lesions, each checked (lesion 2 lies outside the
+    dose's high-dose region, so it fails), never 'copies of one lesion'."""
+    centre = (ONE[0] - 30.0, ONE[1], ONE[2])
+    second = [ph.sphere(name, centre, radius, kind) for name, radius, kind in
+              (("GTV2", liver_plan.GTV_R, "GTV"), ("ITV2", liver_plan.ITV_R, "CTV"), ("PTV2", liver_plan.PTV_R, "PTV"))]
+    report = checked(tl.write(tmp_path, tl.plan_spec(anatomy, "numbered", second=second)), helper_protocol)
+    assert row(report, "Lesions")["value"] == 2 and report["exit_code"] == 1
+    coverage = {r["roi"]: r["status"] for r in rows(report, "V95%[%]") if r["structure"] == "PTV"}
+    assert coverage == {"PTV1": "pass", "PTV2": "fail"}
+    assert "copies of one lesion" not in json.dumps(report)

@@ -250,13 +250,30 @@ class _Sorting:
                 self.helpers[key] = Helper(key, self.names[key], SHELL, self.level_of[key], tuple(surrounded))
 
     def find_copies(self) -> None:
-        """Overlapping ROIs of one level: one lesion's copies; one is its reference, the others helpers."""
+        """Overlapping ROIs of one level: one lesion's copies; one is its reference, the others helpers.
+
+        Above the innermost level, two overlapping ROIs that each hold ROIs the other does not
+        (PTV1 holding GTV1, PTV2 holding GTV2, the PTVs touching) are two lesions, not copies.
+        """
         for depth, level in enumerate(self.levels):
             keys = [k for k in self.remaining() if self.level_of[k] == level]
-            innermost = depth == len(self.levels) - 1
-            for group in _components(keys, self._overlapping):
+            deeper = [k for k in self.remaining() if self.level_of[k] in self.levels[depth + 1:]]
+            held: dict[str, set[str]] = {}
+
+            def contents(key: str) -> set[str]:
+                if key not in held:
+                    held[key] = {k for k in deeper if self.holds(key, k, NESTED)}
+                return held[key]
+
+            def copies(first: str, second: str) -> bool:
+                if not self._overlapping(first, second):
+                    return False
+                mine, theirs = contents(first), contents(second)
+                return not (mine - theirs and theirs - mine)
+
+            for group in _components(keys, copies):
                 if len(group) > 1:
-                    self._choose_reference(level, group, innermost)
+                    self._choose_reference(level, group, innermost=depth == len(self.levels) - 1)
 
     def _overlapping(self, first: str, second: str) -> bool:
         return self.geometry.overlap_fraction(first, second) > COPY_OVERLAP
