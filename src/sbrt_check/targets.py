@@ -196,6 +196,7 @@ class _Sorting:
     problems: list[tuple[str, str]] = field(default_factory=list)
     undecided: dict[str, str] = field(default_factory=dict)  # structure -> why a copy group of it has no reference
     unusable: set[str] = field(default_factory=set)  # ROI keys of such groups: in no lesion, named by the problem
+    held: dict[str, frozenset[str]] = field(default_factory=dict)  # ROI key -> deeper ROIs it holds
 
     def holds(self, outer: str, inner: str, share: float) -> bool:
         """At least `share` of ROI `inner` lies in ROI `outer` (a volume too large to fit is not asked)."""
@@ -257,23 +258,24 @@ class _Sorting:
         """
         for depth, level in enumerate(self.levels):
             keys = [k for k in self.remaining() if self.level_of[k] == level]
-            deeper = [k for k in self.remaining() if self.level_of[k] in self.levels[depth + 1:]]
-            held: dict[str, set[str]] = {}
-
-            def contents(key: str) -> set[str]:
-                if key not in held:
-                    held[key] = {k for k in deeper if self.holds(key, k, NESTED)}
-                return held[key]
-
-            def copies(first: str, second: str) -> bool:
-                if not self._overlapping(first, second):
-                    return False
-                mine, theirs = contents(first), contents(second)
-                return not (mine - theirs and theirs - mine)
-
-            for group in _components(keys, copies):
+            for group in _components(keys, self._copies):
                 if len(group) > 1:
                     self._choose_reference(level, group, innermost=depth == len(self.levels) - 1)
+
+    def _copies(self, first: str, second: str) -> bool:
+        if not self._overlapping(first, second):
+            return False
+        mine, theirs = self._contents(first), self._contents(second)
+        return not (mine - theirs and theirs - mine)
+
+    def _contents(self, key: str) -> frozenset[str]:
+        """The ROIs of deeper levels that an ROI holds (at least half of each), cached."""
+        if key not in self.held:
+            deeper = self.levels[self.levels.index(self.level_of[key]) + 1:]  # type: ignore[arg-type]
+            self.held[key] = frozenset(
+                k for k in self.remaining() if self.level_of[k] in deeper and self.holds(key, k, NESTED)
+            )
+        return self.held[key]
 
     def _overlapping(self, first: str, second: str) -> bool:
         return self.geometry.overlap_fraction(first, second) > COPY_OVERLAP
