@@ -12,7 +12,8 @@ of the same files (stored as is, or times the fractions):
    times the fractions, against the dose at their BeamDoseSpecificationPoint when every beam
    names the same point: within POINT_TOLERANCE (10 %). Decisive when one reading fits and
    the other does not; a point in a steep gradient that fits neither is passed over.
-2. each target's median dose (D50%, the lesion's outermost ROI) against its prescription: the
+2. each target's median dose (D50%, the lesion's outermost ROI, when at most 1 % of it lies
+   outside the dose grid) against its prescription: the
    most plan-like target (ratio nearest 1) must lie in TARGET_RATIO (0.75 to 1.6 times the
    prescription: a plan normalised so that 95 % of the PTV receives the prescription has its
    median a little above it, up to 1.4-1.5 times for a prescription to the 60-70 % isodose).
@@ -46,6 +47,7 @@ TARGET_RATIO = (0.75, 1.6)
 MAX_RATIO = (0.9, 3.0)
 POINT_SPREAD_MM = 1.0  # beams whose specification points lie within this of each other share one
 MEDIAN = parse_metric("D50%[Gy]")
+UNCOVERED_SHARE = 0.01  # a target with more of its volume outside the dose grid is no evidence
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,10 @@ def _target_evidence(plan: PlanData, targets: Sequence[Target]) -> Evidence | No
         if not rx or rx <= 0:
             continue
         try:
-            median = compute(MEDIAN, plan.dvh(target.tokens), rx, "zero")
+            dvh = plan.dvh(target.tokens)
+            if dvh.uncovered_cc > UNCOVERED_SHARE * dvh.volume_cc:
+                continue  # part of the target has no dose in the grid: its median says nothing of the scale
+            median = compute(MEDIAN, dvh, rx, "zero")
         except (MetricError, CheckError):
             continue
         if math.isfinite(median) and median > 0:
