@@ -173,8 +173,9 @@ def test_one_lesion_with_planning_helpers_passes_with_the_numbers_of_the_plain_p
     never_self_contradicting(report)
 
 
-def test_every_helper_at_once_with_the_second_ptv_underdosed_fails_naming_it(tmp_path, anatomy, helper_protocol):
-    report = checked(two_lesion_folder(tmp_path, anatomy, HELPERS_TWO["everything"](), (1.0, 0.8)), helper_protocol)
+@pytest.mark.parametrize("case", sorted(HELPERS_TWO))
+def test_with_the_second_ptv_underdosed_every_helper_plan_fails_naming_it(tmp_path, anatomy, helper_protocol, case):
+    report = checked(two_lesion_folder(tmp_path, anatomy, HELPERS_TWO[case](), (1.0, 0.8)), helper_protocol)
     assert report["exit_code"] == 1 and report["verdict"] == "fail"
     coverage = {r["roi"]: r for r in rows(report, "V95%[%]") if r["structure"] == "PTV"}
     assert set(coverage) == {"PTV1", "PTV2"}
