@@ -143,6 +143,7 @@ class PlanData:
         """Volume two ROIs share, as a fraction of the smaller one (0 when their boxes are apart)."""
         if self._apart(first, second):
             return 0.0
+        first, second = sorted((first, second))  # one cached shared volume for either order
         shared = self.volume_cc((first, "&", second))
         smaller = min(self.volume_cc((first,)), self.volume_cc((second,)))
         return shared / smaller if smaller > 0 else 0.0

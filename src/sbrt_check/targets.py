@@ -229,11 +229,28 @@ class _Sorting:
                 )
                 if len(fitting) < 2 or HOLDS * (volume[fitting[0]] + volume[fitting[1]]) > volume[key]:
                     continue
-                held = [k for k in fitting if self.holds(key, k, HOLDS)]
-                parts = _components(held, self._overlapping)
+                parts = self._held_parts(key, fitting)
                 if len(parts) > 1:
-                    self.helpers[key] = Helper(key, self.names[key], UNION, own, tuple(p[0] for p in parts))
+                    self.helpers[key] = Helper(key, self.names[key], UNION, own, tuple(parts))
                     break
+
+    def _held_parts(self, union: str, fitting: list[str]) -> list[str]:
+        """One held ROI of each separate group of `fitting` that `union` holds.
+
+        Overlapping ROIs (one lesion's phase copies) form one group, and a group needs one ROI
+        held, not all: ten copies cost one shared-volume question of the union, not ten.
+        """
+        groups: list[list[str]] = []
+        held: list[str | None] = []
+        for key in fitting:
+            joined = [i for i, group in enumerate(groups) if any(self._overlapping(key, o) for o in group)]
+            merged = [key] + [k for i in joined for k in groups[i]]
+            found = next((held[i] for i in joined if held[i] is not None), None)
+            groups = [g for i, g in enumerate(groups) if i not in joined] + [merged]
+            held = [h for i, h in enumerate(held) if i not in joined] + [found]
+            if found is None and self.holds(union, key, HOLDS):
+                held[-1] = key
+        return [h for h in held if h is not None]
 
     def find_shells(self) -> None:
         """ROIs that hold no target and surround one (its box inside theirs): planning rings and walls."""
@@ -241,9 +258,9 @@ class _Sorting:
             box = self.geometry.box(key)
             others = [k for k in self.remaining() if k != key]
             boxed = [k for k in others if _within_box(self.geometry.box(k), box)]
-            if not boxed or any(self.holds(key, k, NESTED) for k in others):
-                continue
             surrounded = [k for k in boxed if self.geometry.inside_fraction(k, key) < SHELL_HOLDS_AT_MOST]
+            if not surrounded or any(self.holds(key, k, NESTED) for k in others):
+                continue
             volume = {k: self.geometry.volume_cc((k,)) for k in surrounded}
             surrounded = [k for k in surrounded  # the outermost of what it surrounds: PTV1, not the GTV in it
                           if not any(volume[j] > volume[k] and self.holds(j, k, NESTED) for j in surrounded)]
