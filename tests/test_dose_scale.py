@@ -188,3 +188,27 @@ def test_the_audit_refuses_the_same_plan_the_same_way(monkeypatch, capsys, tmp_p
     assert len(rows) == 1 and rows[0]["verdict"] == "error" and "--dose-summation plan" in json.dumps(rows[0])
     assert run(monkeypatch, capsys, "audit", str(tmp_path / "tree"), "--jobs", "1", "--out", str(out),
                "--dose-summation", "plan") == 0
+
+
+def test_a_plan_dose_beside_beam_doses_is_used_and_said(monkeypatch, capsys, tmp_path, compliant):
+    """The planning system exported the PLAN dose and its beam's BEAM dose: the PLAN dose is used,
+    by `check` and `dvh` alike, and the note says the beam file was not added to it."""
+    from pydicom.uid import generate_uid
+
+    folder = edited(compliant, tmp_path / "plan", "RTDOSE")
+    plan_dose = folder / dose_file(folder)
+    beam = pydicom.dcmread(plan_dose)
+    beam.DoseSummationType = "BEAM"
+    beam.SOPInstanceUID = beam.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["beam-of-plan"])
+    group = pydicom.Dataset()
+    group.ReferencedFractionGroupNumber = 1
+    reference = pydicom.Dataset()
+    reference.ReferencedBeamNumber = 1
+    group.ReferencedBeamSequence = [reference]
+    beam.ReferencedRTPlanSequence[0].ReferencedFractionGroupSequence = [group]
+    beam.save_as(folder / "RD.beam1.dcm")
+    code, report = run_check(monkeypatch, capsys, str(folder))
+    note = "PLAN dose RD.LIVER_SBRT.dcm used; the 1 BEAM dose file(s) beside it are not added to it"
+    assert code == 0 and report["plan"]["dose_summation"] == "PLAN" and note in report["messages"]
+    assert run(monkeypatch, capsys, "dvh", str(folder), "--structures", "PTV", "--format", "json") == 0
+    assert note in json.loads(capsys.readouterr().out)["notes"]
