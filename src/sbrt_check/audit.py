@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import hashlib
 import hmac
 import io
@@ -26,13 +25,16 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .dicom.assemble import group_plans
 from .dicom.files import list_files, scan_files
 from .errors import CheckError, InputError
 from .provenance import DEFAULT_CONTOUR_MODEL, provenance_of
 from .report.escaping import FORMULA_START, csv_cell
+
+if TYPE_CHECKING:  # the check itself (numpy, the DVH engine) is imported by the workers only
+    from .checking import CheckSettings
 
 AUDIT_SCHEMA = 1
 FIXED_COLUMNS = (
@@ -199,17 +201,6 @@ def input_hash(files: Iterable[str]) -> str:
 
 # --- the worker ----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Settings:
-    """What every worker needs besides its plan; small and picklable."""
-
-    protocol_path: str | None = None
-    structure_map: tuple[tuple[str, str], ...] = ()
-    not_targets: tuple[str, ...] = ()
-    contour_model: str = "slab"
-    dose_holds: str | None = None  # --dose-summation: what every plan's RTDOSE holds
-
-
-@dataclass(frozen=True)
 class Outcome:
     """What a worker sends back: a small summary and the JSON report (None when it errored)."""
 
@@ -220,14 +211,7 @@ class Outcome:
     error: str | None = None
 
 
-@functools.lru_cache(maxsize=4)
-def _protocol(path: str | None) -> Any:
-    from .protocol import load_protocol
-
-    return load_protocol(path)
-
-
-def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
+def audit_plan(job: PlanJob, settings: CheckSettings) -> Outcome:
     """Check one plan exactly as `check` does; any failure becomes the outcome's error."""
     started = time.perf_counter()
     _hold_for_tests(job)
@@ -235,14 +219,10 @@ def audit_plan(job: PlanJob, settings: Settings) -> Outcome:
     if job.problem:
         return Outcome(job, digest, time.perf_counter() - started, error=job.problem)
     try:
-        from .evaluate import Evaluator, Options
-        from .plandata import load_plan
+        from .checking import check_plan
         from .report.json_report import report_dict
 
-        plan = load_plan([Path(f) for f in job.files], job.key, settings.contour_model, settings.dose_holds)
-        # one thread: the audit already runs one process per core
-        options = Options(structure_map=settings.structure_map, not_targets=settings.not_targets, threads=1)
-        document = report_dict(Evaluator(plan, _protocol(settings.protocol_path), options).report())
+        document = report_dict(check_plan([Path(f) for f in job.files], settings, job.key).report)
         return Outcome(job, digest, time.perf_counter() - started, report=json.loads(json.dumps(
             document, default=_json_default)))
     except CheckError as exc:
@@ -290,7 +270,7 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_jobs(jobs: list[PlanJob], settings: Settings, n_jobs: int) -> Iterator[Outcome]:
+def run_jobs(jobs: list[PlanJob], settings: CheckSettings, n_jobs: int) -> Iterator[Outcome]:
     """Outcomes as plans finish. One job runs in-process; more run in a process pool.
 
     A worker that dies (killed for memory, crashed) breaks the pool: the unfinished plans go

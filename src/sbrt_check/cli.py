@@ -86,11 +86,18 @@ CONTOUR_MODEL_HELP = (
 )
 
 
-def _contour_model(option: ContourModel | None, protocol) -> str:
-    """The command line's model, else the protocol's, else slab."""
-    if option is not None:
-        return option.value
-    return protocol.contour_model or "slab"
+def _check_settings(protocol: Path | None, map_: list[str] | None, not_target: list[str] | None,
+                    contour_model: ContourModel | None, dose_summation: DoseHolds | None, rx: float | None = None):
+    """The check options of any command, parsed once into the one settings object (checking.py)."""
+    from .checking import CheckSettings, protocol_of
+
+    path = str(protocol) if protocol else None
+    protocol_of(path)  # a malformed protocol is refused before any plan is read
+    return CheckSettings(
+        protocol_path=path, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target),
+        contour_model=contour_model.value if contour_model is not None else None,
+        dose_holds=_holds(dose_summation), prescription_gy=rx,
+    )
 
 
 def _fail(message: str) -> typer.Exit:
@@ -161,20 +168,16 @@ def check(
     dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
 ) -> None:
     """Check one exported plan folder against the protocol (the default command)."""
-    from .evaluate import Evaluator, Options
-    from .plandata import load_plan
-    from .protocol import load_protocol
+    from .checking import check_plan
 
     _number("--rx", rx)
-    loaded_protocol = load_protocol(protocol)
-    plan_data = load_plan(folder, plan, _contour_model(contour_model, loaded_protocol), _holds(dose_summation))
-    options = Options(prescription_gy=rx, structure_map=_parse_map(map_), not_targets=_parse_not_targets(not_target))
-    evaluator = Evaluator(plan_data, loaded_protocol, options)
-    report = evaluator.report()
+    settings = _check_settings(protocol, map_, not_target, contour_model, dose_summation, rx)
+    checked = check_plan(folder, settings, plan)
+    report = checked.report
     if db is not None:
-        _record_check(db, plan_data, report, loaded_protocol)
+        _record_check(db, checked.plan, report, checked.protocol)
     if html is not None:
-        _write_html(evaluator, report, html)
+        _write_html(checked.evaluator, report, html)
     if output is not None or not quiet:
         if format_ is Format.table:
             _print_table(report, output)
@@ -329,16 +332,16 @@ def audit(
     Exit code: 0 every plan compliant, 1 any plan fails, 2 any plan could not be evaluated.
     """
     import time
+    from dataclasses import replace
 
     from . import audit as au
-    from .protocol import load_protocol
+    from .checking import protocol_of
 
     started = time.perf_counter()
-    loaded_protocol = load_protocol(protocol)
-    settings = au.Settings(
-        str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
-        _contour_model(contour_model, loaded_protocol), _holds(dose_summation),
-    )
+    settings = _check_settings(protocol, map_, not_target, contour_model, dose_summation)
+    loaded_protocol = protocol_of(settings.protocol_path)
+    # one model for the whole run (resume, the store and every row name it); one DVH thread a worker process
+    settings = replace(settings, contour_model=settings.model(loaded_protocol), threads=1)
     n_jobs = jobs if jobs is not None else au.default_jobs()
     if n_jobs < 1:
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")
@@ -564,6 +567,8 @@ def listen(
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: accept TLS connections only.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
     dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
+    contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
+    rx: Annotated[float | None, typer.Option("--rx", help="Prescription dose in Gy (overrides the plans').")] = None,
 ) -> None:
     """Run a DICOM node: plans sent to it (C-STORE) are checked as soon as they are whole.
 
@@ -572,14 +577,15 @@ def listen(
     """
     import logging
     import signal
+    from dataclasses import asdict
 
     from .audit import default_jobs
     from .node.scp import Node, NodeConfig
     from .node.store import Limits
-    from .node.worker import CheckSettings
-    from .protocol import load_protocol
+    from .node.worker import NodeSettings
 
-    load_protocol(protocol)  # a bad protocol is refused now, not at the first plan
+    check_settings = _check_settings(protocol, map_, not_target, contour_model, dose_summation, rx)
+    _number("--rx", rx)
     _number("--max-object-mb", max_object_mb)
     _number("--min-free-mb", min_free_mb, zero=True)
     if not 0 <= port < 65536:  # 0: any free port (tests)
@@ -590,8 +596,7 @@ def listen(
         raise InputError(None, "--tls-cert and --tls-key go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
-    settings = CheckSettings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
-                             _parse_formats(format_), _holds(dose_summation))
+    settings = NodeSettings(**asdict(check_settings), formats=_parse_formats(format_))
     config = NodeConfig(
         out=out, ae_title=ae_title.strip(), port=port, bind=bind,
         allow_ae=tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip()),

@@ -39,7 +39,7 @@ from .store import (
     safe_name,
     write_durably,
 )
-from .worker import CheckSettings, CheckSummary, check_plan, warm
+from .worker import CheckSummary, NodeSettings, check_plan, warm
 
 log = logging.getLogger("sbrt_check.node")
 
@@ -63,7 +63,7 @@ class NodeConfig:
     tls_key: Path | None = None
     limits: Limits = Limits()
     workers: int = 2
-    settings: CheckSettings = CheckSettings()
+    settings: NodeSettings = NodeSettings()
 
 
 def pool_context() -> multiprocessing.context.BaseContext:

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..audit import write_atomic
+from ..checking import CheckSettings
 from ..errors import CheckError
 from ..report.escaping import plain_text
 from .assembly import ReadyPlan
@@ -27,14 +28,10 @@ SUFFIX = {"json": ".json", "html": ".html", "junit": ".xml"}
 
 
 @dataclass(frozen=True)
-class CheckSettings:
-    """What every check needs besides its plan; small and picklable."""
+class NodeSettings(CheckSettings):
+    """The check's settings (the same object `check` and `audit` build) and the report formats to write."""
 
-    protocol_path: str | None = None
-    structure_map: tuple[tuple[str, str], ...] = ()
-    not_targets: tuple[str, ...] = ()
     formats: tuple[str, ...] = ("json",)
-    dose_holds: str | None = None  # --dose-summation: what the plans' RTDOSE holds
 
 
 @dataclass(frozen=True)
@@ -69,12 +66,12 @@ def warm(protocol_path: str | None) -> bool:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it lets running checks finish, then stops us.
     import numpy.ma  # noqa: F401  (imported lazily by the first check otherwise)
 
-    from ..audit import _protocol
+    from ..checking import protocol_of
     from ..evaluate import Evaluator  # noqa: F401
     from ..plandata import load_plan  # noqa: F401
     from ..report.json_report import render_json  # noqa: F401
 
-    _protocol(protocol_path)
+    protocol_of(protocol_path)
     return True
 
 
@@ -83,23 +80,20 @@ def report_stem(plan: ReadyPlan, when: datetime) -> str:
     return f"{when:%Y%m%dT%H%M%S}_{safe_name(plan.plan_label, 'plan')}_{plan.fingerprint[:8]}"
 
 
-def check_plan(plan: ReadyPlan, settings: CheckSettings, report_dir: str) -> CheckSummary:
+def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str) -> CheckSummary:
     """Check one plan as `check` does and write its reports; an error becomes an error report."""
-    from ..audit import _json_default, _protocol
+    from ..audit import _json_default
 
     started = time.perf_counter()
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / report_stem(plan, datetime.now())
     try:
-        from ..evaluate import Evaluator, Options
-        from ..plandata import load_plan
+        from ..checking import check_plan as check
         from ..report.json_report import render_json
 
-        loaded = load_plan([Path(f) for f in plan.files], plan.plan_uid, dose_holds=settings.dose_holds)
-        evaluator = Evaluator(loaded, _protocol(settings.protocol_path), Options(structure_map=settings.structure_map,
-                                                                                  not_targets=settings.not_targets))
-        report = evaluator.report()
+        checked = check([Path(f) for f in plan.files], settings, plan.plan_uid)
+        report, evaluator = checked.report, checked.evaluator
         written = []
         for kind in settings.formats:
             path = stem.with_name(stem.name + SUFFIX[kind])

@@ -1,0 +1,84 @@
+"""One way to check a plan (issue 19): `check`, `audit` and the DICOM node go through one check
+service (src/sbrt_check/checking.py) with one settings object, so the same files and the same
+protocol give the same values, whatever contour model the protocol or the command line sets.
+
+The node once ignored the protocol's `dvh: {contour_model: truncated}` and reported slab
+values: here the protocol asks for `truncated`, the plan's PTV and stomach values differ
+between slab and truncated (checked first, so the test could fail), and every entry must
+report the truncated ones, to the last digit, with the model named.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.dicom_net import QUICK_PROTOCOL, NodeProcess, storescu, wait_until
+
+# The node tests' quick protocol, with values that depend on the contour model (volumes, the ends' doses).
+TRUNCATED_PROTOCOL = QUICK_PROTOCOL + """\
+  - {structure: PTV, metric: "Volume[cc]", pass: "> 0"}
+  - {structure: PTV, metric: "Min[Gy]", pass: "> 0"}
+  - {structure: Stomach, metric: "Mean[Gy]", pass: "< 40"}
+dvh: {contour_model: truncated}
+"""
+
+
+def cli_json(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "sbrt_check", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def values(report: dict) -> list[tuple]:
+    return [(r["structure"], r["metric"], r["value"], r["status"]) for r in report["results"]]
+
+
+@pytest.fixture(scope="module")
+def truncated_protocol(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("protocol") / "truncated.yaml"
+    path.write_text(TRUNCATED_PROTOCOL)
+    return path
+
+
+def test_check_audit_and_node_report_the_protocols_contour_model_alike(tmp_path, compliant, truncated_protocol):
+    checked = cli_json("check", str(compliant), "--protocol", str(truncated_protocol), "--format", "json")
+    slab = cli_json("check", str(compliant), "--protocol", str(truncated_protocol), "--contour-model", "slab",
+                    "--format", "json")
+    assert checked["protocol"]["contour_model"] == "truncated" and slab["protocol"]["contour_model"] == "slab"
+    assert values(checked) != values(slab)  # the model shows in the numbers: a node on slab would be caught
+
+    out = tmp_path / "audit.json"
+    done = subprocess.run([sys.executable, "-m", "sbrt_check", "audit", str(compliant), "--protocol",
+                           str(truncated_protocol), "--jobs", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (audited,) = json.loads(out.read_text())["plans"]
+    assert audited["contour_model"] == "truncated" and values(audited["report"]) == values(checked)
+
+    node = NodeProcess(tmp_path / "node", "--jobs", "1", "--protocol", str(truncated_protocol))
+    try:
+        sent = storescu(node.port, sorted(compliant.glob("*.dcm")))
+        assert sent.returncode == 0, sent.stderr
+        (received,) = node.wait_for_reports(1)
+    finally:
+        assert node.stop() == 0
+    assert received["protocol"]["contour_model"] == "truncated" and values(received) == values(checked)
+
+
+def test_the_command_line_model_wins_over_the_protocols_at_the_node(tmp_path, compliant, truncated_protocol):
+    slab = cli_json("check", str(compliant), "--protocol", str(truncated_protocol), "--contour-model", "slab",
+                    "--format", "json")
+    node = NodeProcess(tmp_path / "node", "--jobs", "1", "--protocol", str(truncated_protocol),
+                       "--contour-model", "slab")
+    try:
+        assert storescu(node.port, sorted(compliant.glob("*.dcm"))).returncode == 0
+        (received,) = node.wait_for_reports(1)
+        wait_until(lambda: "PASS" in node.stdout(), "the node's verdict line")
+    finally:
+        assert node.stop() == 0
+    assert received["protocol"]["contour_model"] == "slab" and values(received) == values(slab)
