@@ -11,6 +11,7 @@ render or record what it returns.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +50,21 @@ class Checked:
     protocol: Protocol
 
 
-@functools.lru_cache(maxsize=4)
 def protocol_of(path: str | None) -> Protocol:
-    """The protocol of a path (None: the shipped one), parsed once per process."""
+    """The protocol of a path (None: the shipped one), parsed once per process and content.
+
+    Keyed by the file's bytes, not its name: a long-lived process (an audit worker, the node,
+    tests calling the CLI in process) must never judge by a protocol file since edited.
+    """
+    try:
+        content = Path(path).read_bytes() if path is not None else b""
+    except OSError:
+        content = b""  # load_protocol names the file and the problem
+    return _parsed(path, hashlib.sha256(content).hexdigest())
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(path: str | None, sha256: str) -> Protocol:
     return load_protocol(path)
 
 
