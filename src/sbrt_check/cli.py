@@ -540,6 +540,14 @@ def listen(
     min_free_mb: Annotated[float, typer.Option(help="Refuse an object that leaves less free disk.")] = 1024,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: accept TLS connections only.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        help="PEM CA certificate(s): clients must present a certificate signed by one (needs --tls-cert).")] = None,
+    pin_ae: Annotated[list[str] | None, typer.Option(
+        "--pin-ae", help="AE=cn:NAME or AE=host:ADDRESS: this calling AE title only with that client "
+                         "certificate name (needs --tls-ca) or from that address. Repeatable.")] = None,
+    per_host: Annotated[int, typer.Option(help="Associations at once per calling host.")] = 16,
+    idle_timeout: Annotated[float, typer.Option(
+        help="Seconds without a byte (TLS handshake, inside or between PDUs) before a client is dropped.")] = 60,
 ) -> None:
     """Run a DICOM node: plans sent to it (C-STORE) are checked as soon as they are whole.
 
@@ -550,6 +558,7 @@ def listen(
     import signal
 
     from .audit import default_jobs
+    from .node.gate import Gate, parse_allowed, parse_pin
     from .node.scp import Node, NodeConfig
     from .node.store import Limits
     from .node.worker import CheckSettings
@@ -564,15 +573,23 @@ def listen(
         raise InputError(None, f"--ae-title '{ae_title}' must be 1 to 16 characters")
     if (tls_cert is None) != (tls_key is None):
         raise InputError(None, "--tls-cert and --tls-key go together")
+    if tls_ca is not None and tls_cert is None:
+        raise InputError(None, "--tls-ca needs --tls-cert and --tls-key (client certificates are a TLS matter)")
+    pins = tuple(parse_pin(text) for text in pin_ae or ())
+    if any(pin.kind == "cn" for pin in pins) and tls_ca is None:
+        raise InputError(None, "--pin-ae AE=cn:NAME needs --tls-ca (an unverified certificate proves nothing)")
+    _number("--idle-timeout", idle_timeout)
+    if per_host < 1:
+        raise InputError(None, f"--per-host {per_host} must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
     settings = CheckSettings(str(protocol) if protocol else None, _parse_map(map_), _parse_not_targets(not_target),
                              _parse_formats(format_))
+    limits = Limits(int(max_object_mb * 2**20), int(min_free_mb * 2**20))
+    gate = Gate(ae_title=ae_title.strip(), allow_ae=parse_allowed(allow_ae), pins=pins, per_host=per_host,
+                idle_s=idle_timeout, max_object_bytes=2 * limits.max_object_bytes + (1 << 20))
     config = NodeConfig(
-        out=out, ae_title=ae_title.strip(), port=port, bind=bind,
-        allow_ae=tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip()),
-        tls_cert=tls_cert, tls_key=tls_key,
-        limits=Limits(int(max_object_mb * 2**20), int(min_free_mb * 2**20)),
+        out=out, gate=gate, port=port, bind=bind, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, limits=limits,
         workers=max(1, jobs if jobs is not None else default_jobs()), settings=settings,
     )
     node = Node(config)

@@ -22,7 +22,7 @@ from pathlib import Path
 from ..dicom.files import read_dataset
 from ..dicom.rtstruct import referenced_series_uid
 from ..errors import InputError
-from ..report.escaping import plain_text
+from ..report.escaping import line_text
 from .scp import ACCEPTED_CLASSES, ObjectStore
 from .store import STORE_FOLDER, Limits, StoreRefused, safe_name
 
@@ -191,7 +191,7 @@ def fetch_plans(archive: Archive, root: Path, calling_ae: str, patients: list[st
         try:
             store.store(event)
         except StoreRefused as refused:
-            log.warning("refused an object from %s: %s", archive, plain_text(refused.reason))
+            log.warning("refused an object from %s: %s", archive, line_text(refused.reason))
             return refused.status
         return 0x0000
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..audit import AuditRow
+from .escaping import line_text
 
 VERDICT_LABEL = {
     "pass": ("PASS", "bold green"),
@@ -76,10 +77,10 @@ def progress_line(done: int, total: int, row: AuditRow) -> str:
     """One plain line per finished plan, for logs and pipes (no terminal)."""
     label, _ = verdict_label(row)
     cells = row.cells
-    where = f"{cells.get('patient_id') or '?'} {cells.get('plan_label') or ''}".strip()
+    where = f"{line_text(cells.get('patient_id') or '?')} {line_text(cells.get('plan_label') or '')}".strip()
     line = f"[{done}/{total}] {label:<13} {where} ({_number(cells.get('seconds'))} s)"
     if row.is_error:
-        line += f": {cells.get('error')}"
+        line += f": {line_text(cells.get('error'))}"
     return line
 
 

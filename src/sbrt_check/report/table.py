@@ -142,8 +142,8 @@ def verdict_line(report: Report) -> str:
     optional = sum(r.status is Status.NOT_EVALUATED and not r.required for r in report.results)
     required = counts[Status.NOT_EVALUATED] - optional
     return (
-        f"{report.verdict.value.upper()}: {report.plan.get('patient_id', '')} "
-        f"{report.plan.get('plan_label', '')} - {counts[Status.PASS]} pass, "
+        f"{report.verdict.value.upper()}: {line_text(report.plan.get('patient_id', ''))} "
+        f"{line_text(report.plan.get('plan_label', ''))} - {counts[Status.PASS]} pass, "
         f"{counts[Status.VARIATION]} variation, {counts[Status.FAIL]} fail, "
         f"{required} not evaluated" + (f" (+{optional} optional not evaluated)" if optional else "")
     )
