@@ -8,6 +8,7 @@ the caller through `results` (the CLI prints them); the node itself prints nothi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -16,6 +17,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import socket
 import ssl
 import tempfile
 import threading
@@ -113,6 +115,14 @@ def _who(assoc) -> str:
     """'AE TITLE at 127.0.0.1' for the log; the AE title is the sender's text, so controls are dropped."""
     title = line_text(str(assoc.requestor.ae_title or "").strip()) or "(no AE title)"
     return f"{title} at {assoc.requestor.address}"
+
+
+def _hang_up(assoc) -> None:
+    """Abort an association at once, even one whose reader waits inside a PDU: its socket is
+    shut first, so the read returns instead of waiting for the client's next byte."""
+    with contextlib.suppress(AttributeError, OSError):
+        assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+    assoc.abort()
 
 
 class ObjectStore:
@@ -498,7 +508,7 @@ class Node:
                 if assoc.is_established:  # a sender mid-transfer: let it finish
                     assoc.join(max(0.0, deadline - time.monotonic()))
                 if assoc.is_alive():  # never associated (garbage, a port scan) or too slow
-                    assoc.abort()
+                    _hang_up(assoc)
         with self._pool_lock:
             pool, self._pool = self._pool, None
             self._stopping = True

@@ -63,9 +63,9 @@ def summary_table(rows: list[AuditRow]) -> Table:
         optional = cells.get("not_evaluated_optional")
         if optional not in (None, "", 0, "0"):
             not_evaluated += f" (+{optional} opt)"
-        detail = str(cells.get("error") or cells.get("worst") or "")
+        detail = line_text(cells.get("error") or cells.get("worst") or "")
         table.add_row(
-            escape(str(cells.get("patient_id") or "?")), escape(str(cells.get("plan_label") or "")),
+            escape(line_text(cells.get("patient_id") or "?")), escape(line_text(cells.get("plan_label") or "")),
             _number(cells.get("prescription_gy")), _number(cells.get("fractions")),
             Text(label, style=style), _count(cells.get("fail")), _count(cells.get("variation")), not_evaluated,
             Text(_short(detail), style="red" if row.is_error else ""),
