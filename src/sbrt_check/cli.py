@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from .errors import CheckError, InputError, ProtocolError
+from .report.escaping import line_text
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard", "listen")
@@ -260,7 +261,6 @@ def dvh(
         folder, structures, metrics, engine.value, rx, fractions=fractions, contour_model=contour_model.value
     )
     from .report import dvh_export
-    from .report.escaping import line_text
 
     if format_ is DvhFormat.json:
         _write(dvh_export.render_dvh_json(items, header), output)
@@ -299,6 +299,10 @@ def audit(
     patients: Annotated[Path | None, typer.Option(help="With --from-pacs: file of patient IDs, one a line.")] = None,
     since: Annotated[str | None, typer.Option(help="With --from-pacs: studies from this date (YYYY-MM-DD).")] = None,
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="With --from-pacs: our AE title.")] = "SBRTCHECK",
+    pacs_timeout: Annotated[float, typer.Option(
+        help="With --from-pacs: seconds the archive may stay silent (C-FIND, C-GET) before the fetch stops.")] = 120,
+    min_free_mb: Annotated[float, typer.Option(
+        help="With --from-pacs: refuse an object that leaves less free disk; the fetch stops.")] = 1024,
     contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
 ) -> None:
     """Check every plan below ROOT in parallel: a summary table, and one row per plan with --out.
@@ -321,7 +325,10 @@ def audit(
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")
     outputs = list(out or ([resume] if resume else []))
     if from_pacs:
-        root = _fetch_from_pacs(from_pacs, root, outputs, patients, since, calling_ae)
+        _number("--pacs-timeout", pacs_timeout)
+        _number("--min-free-mb", min_free_mb, zero=True)
+        root = _fetch_from_pacs(from_pacs, root, outputs, patients, since, calling_ae, pacs_timeout,
+                                int(min_free_mb * 2**20))
     elif patients or since:
         raise InputError(None, "--patients and --since select what --from-pacs fetches")
     if root is None:
@@ -373,9 +380,10 @@ def audit(
 
 
 def _fetch_from_pacs(archive_text: str, root: Path | None, outputs: list[Path], patients: Path | None,
-                     since: str | None, calling_ae: str) -> Path:
+                     since: str | None, calling_ae: str, timeout_s: float, min_free_bytes: int) -> Path:
     """Fetch the selected plans into `root` (default: beside the first output, `<name>.dicom/`)."""
     from .node.pacs import fetch_plans, parse_archive, parse_since, read_patient_list
+    from .node.store import Limits
 
     if patients and since:
         raise InputError(None, "--patients and --since: give one of them")
@@ -384,9 +392,9 @@ def _fetch_from_pacs(archive_text: str, root: Path | None, outputs: list[Path], 
         root = outputs[0].with_suffix(".dicom") if outputs else Path("sbrt-check-pacs")
     root.mkdir(parents=True, exist_ok=True)
     fetched = fetch_plans(archive, root, calling_ae, read_patient_list(patients) if patients else None,
-                          parse_since(since) if since else None)
+                          parse_since(since) if since else None, Limits(min_free_bytes=min_free_bytes), timeout_s)
     for problem in fetched.problems:
-        typer.echo(f"sbrt-check: warning: {problem}", err=True)
+        typer.echo(f"sbrt-check: warning: {line_text(problem)}", err=True)
     typer.echo(f"fetched from {archive}: {fetched.studies} studies with RT plans, {fetched.retrieved} series "
                f"({fetched.instances} objects) retrieved, {fetched.skipped} already in {root}", err=True)
     return root
@@ -642,7 +650,7 @@ def main() -> None:
     except (CheckError, ProtocolError) as exc:
         if os.environ.get("SBRT_CHECK_DEBUG"):
             raise
-        typer.echo(f"sbrt-check: error: {exc}", err=True)
+        typer.echo(f"sbrt-check: error: {line_text(exc)}", err=True)  # one line, whatever a file holds
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         typer.echo("sbrt-check: interrupted", err=True)
@@ -655,7 +663,7 @@ def main() -> None:
             sys.exit(EXIT_ERROR)
         if type(exc).__name__ == "Abort":
             sys.exit(130)
-        typer.echo(f"sbrt-check: internal error: {type(exc).__name__}: {exc} "
+        typer.echo(f"sbrt-check: internal error: {type(exc).__name__}: {line_text(exc)} "
                    "(set SBRT_CHECK_DEBUG=1 for details)", err=True)
         sys.exit(EXIT_ERROR)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
