@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import sys
 from enum import Enum
 from pathlib import Path
@@ -491,13 +492,16 @@ def review(
 def merge(
     sources: Annotated[list[str], typer.Argument(help="Results databases to combine (e.g. one per shard).")],
     db: Annotated[str, typer.Option("--db", help="Database to merge into (created if missing).")],
+    on_conflict: Annotated[str, typer.Option(
+        help="A check two databases hold with different results: refuse (default), keep (the target's) "
+             "or replace (take the source's).")] = "refuse",
 ) -> None:
     """Combine results databases (of `audit --shard` jobs) without duplicates."""
     from . import store
 
-    opened = [store.connect(source, create=False) for source in sources]
+    opened = [(source, store.connect(source, read_only=True)) for source in sources]
     target = store.connect(db)
-    new_checks, new_reviews = store.merge(target, opened)
+    new_checks, new_reviews = store.merge(target, opened, on_conflict)
     typer.echo(f"merged {len(sources)} databases into {db}: {new_checks} new checks, {new_reviews} new reviews; "
                f"{store.count_rows(target, 'checks')} checks in all")
 
@@ -513,7 +517,7 @@ def dashboard(
 
     if html is None and patients_csv is None:
         raise InputError(None, "nothing to write: give --html FILE and/or --patients-csv FILE")
-    connection = store.connect(db, create=False)
+    connection = store.connect(db, read_only=True)
     _write_store_outputs(connection, html, patients_csv)
     connection.close()
 class NodeFormat(str, Enum):
@@ -655,6 +659,13 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("sbrt-check: interrupted", err=True)
         sys.exit(130)
+    except (OSError, sqlite3.Error) as exc:  # the machine, not the input: a full disk, a damaged database
+        if os.environ.get("SBRT_CHECK_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        what = getattr(exc, "strerror", None) or exc
+        typer.echo(f"sbrt-check: error: {line_text(where)}{line_text(what)}", err=True)
+        sys.exit(EXIT_ERROR)
     except Exception as exc:  # the last line of defence: never a traceback
         if os.environ.get("SBRT_CHECK_DEBUG"):
             raise
