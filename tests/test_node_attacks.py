@@ -1,6 +1,6 @@
 """The node under attack (issue 18): each test starts the real node and attacks it as a hostile
 network would, then asserts what must hold: no PASS for a plan whose stored version fails,
-echo answered, memory bounded, refusals logged. Waits have deadlines (`wait_until`); nothing
+echo answered, memory bounded, refusals logged. Waits have deadlines (`net.wait_until`); nothing
 here depends on a sleep being long enough.
 """
 
@@ -14,7 +14,6 @@ import ssl
 import struct
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,7 @@ import pydicom
 import pytest
 
 from sbrt_check.node.store import safe_name
-from tests.fixtures import liver_plan
-from tests.fixtures.dicom_net import (
-    DEADLINE_S,
-    QUICK_PROTOCOL,
-    NodeProcess,
-    echoscu,
-    pynetdicom_send,
-    storescu,
-    wait_until,
-)
-from tests.fixtures.dicom_writer import write_plan_folder
+from tests.fixtures import dicom_net as net
 
 SUCCESS, DUPLICATE = 0x0000, 0x0111
 
@@ -40,30 +29,13 @@ SUCCESS, DUPLICATE = 0x0000, 0x0111
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory, liver_anatomy):
     """(patient ID, variant) -> folder of a liver plan with its own UIDs, written on demand."""
-    specs = {v: liver_plan.plan_spec(v, rois=liver_anatomy) for v in ("compliant", "hot_stomach")}
-    root = tmp_path_factory.mktemp("attack_plans")
-
-    def make(patient_id: str, variant: str = "compliant") -> Path:
-        folder = root / patient_id
-        if not folder.exists():
-            folder.mkdir()
-            write_plan_folder(folder, replace(specs[variant], patient_id=patient_id, seed=f"attack/{patient_id}"))
-        return folder
-
-    return make
+    return net.liver_plans(tmp_path_factory.mktemp("attack_plans"), liver_anatomy, "attack")
 
 
 @pytest.fixture(scope="module")
-def protocol(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("attack_protocol") / "quick.yaml"
-    path.write_text(QUICK_PROTOCOL)
-    return path
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory, protocol):
-    running = NodeProcess(tmp_path_factory.mktemp("attacked") / "out", "--jobs", "2", "--protocol", str(protocol),
-                          "--idle-timeout", "2")
+def node(tmp_path_factory, quick_protocol):
+    running = net.NodeProcess(tmp_path_factory.mktemp("attacked") / "out", "--jobs", "2", "--protocol",
+                              str(quick_protocol), "--idle-timeout", "2")
     yield running
     assert running.stop() == 0
 
@@ -72,7 +44,7 @@ def files_of(folder: Path, prefix: str = "") -> list[Path]:
     return sorted(p for p in folder.glob("*.dcm") if p.name.startswith(prefix))
 
 
-def reports(node: NodeProcess, patient_id: str) -> list[dict]:
+def reports(node: net.NodeProcess, patient_id: str) -> list[dict]:
     folder = node.out / "reports" / safe_name(patient_id)
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
@@ -87,50 +59,51 @@ def halved_copy(dose_file: Path, to: Path, **changes) -> Path:
     return to
 
 
-def check_verdict(files: list[Path], protocol: Path, folder: Path) -> str:
+def check_verdict(files: list[Path], quick_protocol: Path, folder: Path) -> str:
     """`check` of exactly these files (copied into `folder`)."""
     folder.mkdir()
     for index, file in enumerate(files):
         shutil.copyfile(file, folder / f"{index}_{file.name}")
     done = subprocess.run([sys.executable, "-m", "sbrt_check", "check", str(folder), "--format", "json",
-                           "--protocol", str(protocol)], capture_output=True, text=True, timeout=DEADLINE_S)
+                           "--protocol", str(quick_protocol)], capture_output=True, text=True, timeout=net.DEADLINE_S)
     assert done.stdout, done.stderr
     return json.loads(done.stdout)["verdict"]
 
 
-def stored_files(node: NodeProcess, patient_id: str) -> list[Path]:
+def stored_files(node: net.NodeProcess, patient_id: str) -> list[Path]:
     return sorted((node.out / "store" / safe_name(patient_id)).rglob("*.dcm"))
 
 
 # --- 1 and 6: one SOP Instance UID, one content -------------------------------------------------
-def test_other_content_under_an_acknowledged_uid_is_refused_and_node_check_agree(node, plans, protocol, tmp_path):
+def test_other_content_under_an_acknowledged_uid_is_refused_and_node_check_agree(node, plans, quick_protocol, tmp_path):
     """The halved dose re-sent under the same UID, in the same association as the plan (so while its
     first check may run), and again under another PatientID: refused with Duplicate SOP Instance.
     The node's only report, `check` of the stored files, and the store agree: PASS, one version."""
     folder = plans("RESENT")
     hot = halved_copy(files_of(folder, "RD")[0], tmp_path / "hot.dcm")
-    assert check_verdict([*files_of(folder, "RS"), *files_of(folder, "RP"), hot], protocol, tmp_path / "a") == "fail"
-    assert pynetdicom_send(node.port, [*files_of(folder), hot]) == [SUCCESS] * 3 + [DUPLICATE]
+    halved_plan = [*files_of(folder, "RS"), *files_of(folder, "RP"), hot]
+    assert check_verdict(halved_plan, quick_protocol, tmp_path / "a") == "fail"
+    assert net.pynetdicom_send(node.port, [*files_of(folder), hot]) == [SUCCESS] * 3 + [DUPLICATE]
     other_patient = halved_copy(files_of(folder, "RD")[0], tmp_path / "other.dcm", PatientID="VICTIM-02")
-    assert pynetdicom_send(node.port, [other_patient]) == [DUPLICATE]
-    wait_until(lambda: node.stderr().count("was received before with other content") >= 2, "both refusals logged")
-    assert [r["verdict"] for r in wait_until(lambda: reports(node, "RESENT"), "the report")] == ["pass"]
-    assert check_verdict(stored_files(node, "RESENT"), protocol, tmp_path / "b") == "pass"
+    assert net.pynetdicom_send(node.port, [other_patient]) == [DUPLICATE]
+    net.wait_until(lambda: node.stderr().count("was received before with other content") >= 2, "both refusals logged")
+    assert [r["verdict"] for r in net.wait_until(lambda: reports(node, "RESENT"), "the report")] == ["pass"]
+    assert check_verdict(stored_files(node, "RESENT"), quick_protocol, tmp_path / "b") == "pass"
     assert not (node.out / "store" / "VICTIM-02").exists()
     # An identical re-send is the same object: accepted (and checked again).
-    assert pynetdicom_send(node.port, files_of(folder, "RD")) == [SUCCESS]
+    assert net.pynetdicom_send(node.port, files_of(folder, "RD")) == [SUCCESS]
 
 
-def test_a_check_reads_a_snapshot_and_versions_are_checked_in_arrival_order(node, plans, protocol):
+def test_a_check_reads_a_snapshot_and_versions_are_checked_in_arrival_order(node, plans, quick_protocol):
     """Two versions of a plan whose dose arrives after the first check began: each check reads
     its own snapshot, the second waits for the first, and the last report is the newest version."""
     folder = plans("ORDERED")
-    assert pynetdicom_send(node.port, files_of(folder)) == [SUCCESS] * 3
+    assert net.pynetdicom_send(node.port, files_of(folder)) == [SUCCESS] * 3
     # A new object in the plan (the dose re-sent identically rewrites its file): a new version.
     for _ in range(3):
-        assert pynetdicom_send(node.port, files_of(folder, "RD")) == [SUCCESS]
-    wait_until(lambda: not list((node.out / "state" / "snapshots").glob("*")) and len(reports(node, "ORDERED")) >= 2,
-               "the checks to end and their snapshots to go")
+        assert net.pynetdicom_send(node.port, files_of(folder, "RD")) == [SUCCESS]
+    net.wait_until(lambda: not list((node.out / "state" / "snapshots").glob("*"))
+                   and len(reports(node, "ORDERED")) >= 2, "the checks to end and their snapshots to go")
     ledger = [json.loads(line) for line in (node.out / "state" / "checked.jsonl").read_text().splitlines()]
     mine = [entry for entry in ledger if entry["reports"] and "ORDERED" in entry["reports"][0]]
     assert all(entry["verdict"] == "pass" for entry in mine)
@@ -140,12 +113,12 @@ def test_a_check_reads_a_snapshot_and_versions_are_checked_in_arrival_order(node
 # --- 2: close handling ---------------------------------------------------------------------------
 def test_an_aborted_resend_is_counted_and_rechecked(node, plans):
     folder = plans("ABORTED-RESEND")
-    assert pynetdicom_send(node.port, files_of(folder)) == [SUCCESS] * 3
-    wait_until(lambda: reports(node, "ABORTED-RESEND"), "the first report")
-    assert pynetdicom_send(node.port, files_of(folder, "RD"), calling_ae="ABORTER", abort=True) == [SUCCESS]
-    wait_until(lambda: "ABORTER at 127.0.0.1 ended without a release: aborted, dropped, or not DICOM; "
+    assert net.pynetdicom_send(node.port, files_of(folder)) == [SUCCESS] * 3
+    net.wait_until(lambda: reports(node, "ABORTED-RESEND"), "the first report")
+    assert net.pynetdicom_send(node.port, files_of(folder, "RD"), calling_ae="ABORTER", abort=True) == [SUCCESS]
+    net.wait_until(lambda: "ABORTER at 127.0.0.1 ended without a release: aborted, dropped, or not DICOM; "
                        "1 object(s) of it were kept" in node.stderr(), "the truthful close line")
-    assert [r["verdict"] for r in wait_until(lambda: len(reports(node, "ABORTED-RESEND")) >= 2
+    assert [r["verdict"] for r in net.wait_until(lambda: len(reports(node, "ABORTED-RESEND")) >= 2
                                              and reports(node, "ABORTED-RESEND"), "the re-check")] == ["pass"] * 2
 
 
@@ -156,8 +129,8 @@ def peak_memory_kb(process: subprocess.Popen) -> int:
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
-    """Whether the node has closed this connection (waits at most DEADLINE_S for it)."""
-    sock.settimeout(DEADLINE_S)
+    """Whether the node has closed this connection (waits at most net.DEADLINE_S for it)."""
+    sock.settimeout(net.DEADLINE_S)
     try:
         while sock.recv(65536):
             pass
@@ -170,24 +143,24 @@ def test_slow_and_idle_clients_neither_block_senders_nor_stay(node, plans):
     """70 sockets that send one byte (inside a PDU header) and stall: a real sender associates at
     once (the limit counts associations, per host, after the AE check) and every stalled socket
     is dropped by the idle timeout."""
-    stalled = [socket.create_connection(("127.0.0.1", node.port), timeout=DEADLINE_S) for _ in range(70)]
+    stalled = [socket.create_connection(("127.0.0.1", node.port), timeout=net.DEADLINE_S) for _ in range(70)]
     try:
         for sock in stalled:
             sock.sendall(b"\x01")
-        assert echoscu(node.port)
-        assert storescu(node.port, files_of(plans("BESIDE-SLOW"))).returncode == 0
+        assert net.echoscu(node.port)
+        assert net.storescu(node.port, files_of(plans("BESIDE-SLOW"))).returncode == 0
         assert all(closed_by_peer(sock) for sock in stalled)
     finally:
         for sock in stalled:
             sock.close()
     # Dropped by the timeout inside the PDU or by the association timer, and logged.
-    wait_until(lambda: "connection from (no AE title) at 127.0.0.1 ended without a release" in node.stderr(),
+    net.wait_until(lambda: "connection from (no AE title) at 127.0.0.1 ended without a release" in node.stderr(),
                "the drops in the log")
 
 
 def test_declared_huge_pdu_is_refused_before_it_is_read(node):
     before = peak_memory_kb(node.process)
-    with socket.create_connection(("127.0.0.1", node.port), timeout=DEADLINE_S) as raw:
+    with socket.create_connection(("127.0.0.1", node.port), timeout=net.DEADLINE_S) as raw:
         raw.sendall(struct.pack(">BBL", 0x01, 0, 400 << 20))
         try:
             for _ in range(100):  # 100 MB offered; the node hangs up after the header
@@ -195,9 +168,9 @@ def test_declared_huge_pdu_is_refused_before_it_is_read(node):
         except OSError:
             pass
         assert closed_by_peer(raw)
-    wait_until(lambda: "a PDU declaring 419430400 bytes is over the limit" in node.stderr(), "the refusal logged")
+    net.wait_until(lambda: "a PDU declaring 419430400 bytes is over the limit" in node.stderr(), "the refusal logged")
     assert peak_memory_kb(node.process) - before < 32 << 10
-    assert echoscu(node.port)
+    assert net.echoscu(node.port)
 
 
 def test_an_object_over_the_limit_is_never_in_memory(tmp_path, plans):
@@ -211,33 +184,33 @@ def test_an_object_over_the_limit_is_never_in_memory(tmp_path, plans):
     big.GridFrameOffsetVector = [float(i) for i in range(big.NumberOfFrames)]
     path = tmp_path / "big.dcm"
     big.save_as(path, enforce_file_format=True)
-    running = NodeProcess(tmp_path / "out", "--max-object-mb", "1", "--jobs", "1")
+    running = net.NodeProcess(tmp_path / "out", "--max-object-mb", "1", "--jobs", "1")
     try:
         before = peak_memory_kb(running.process)
-        assert pynetdicom_send(running.port, [path], as_is=True) in ([], [-1])
-        wait_until(lambda: "a data set over the limit of 3145728 bytes" in running.stderr(), "the drop logged")
+        assert net.pynetdicom_send(running.port, [path], as_is=True) in ([], [-1])
+        net.wait_until(lambda: "a data set over the limit of 3145728 bytes" in running.stderr(), "the drop logged")
         assert peak_memory_kb(running.process) - before < 32 << 10
         assert not list((running.out / "store").rglob("*.dcm"))
-        assert echoscu(running.port)
+        assert net.echoscu(running.port)
     finally:
         assert running.stop() == 0
 
 
 def test_sigterm_stops_the_node_with_a_client_stalled_inside_a_pdu(tmp_path):
-    running = NodeProcess(tmp_path / "out", "--jobs", "1")  # idle timeout 60 s: longer than the stop's bound
-    with socket.create_connection(("127.0.0.1", running.port), timeout=DEADLINE_S) as stalled:
+    running = net.NodeProcess(tmp_path / "out", "--jobs", "1")  # idle timeout 60 s: longer than the stop's bound
+    with socket.create_connection(("127.0.0.1", running.port), timeout=net.DEADLINE_S) as stalled:
         stalled.sendall(struct.pack(">BBL", 0x01, 0, 1000) + b"\0" * 10)
-        assert echoscu(running.port)
-        assert running.stop() == 0  # stop() waits DEADLINE_S at most, then fails the test
+        assert net.echoscu(running.port)
+        assert running.stop() == 0  # stop() waits net.DEADLINE_S at most, then fails the test
     assert "stopped" in running.stderr()
 
 
 def test_workers_die_with_a_killed_node(tmp_path):
-    running = NodeProcess(tmp_path / "out", "--jobs", "2")
-    children = wait_until(lambda: _descendants(running.process.pid) if len(_descendants(running.process.pid)) >= 3
+    running = net.NodeProcess(tmp_path / "out", "--jobs", "2")
+    children = net.wait_until(lambda: _descendants(running.process.pid) if len(_descendants(running.process.pid)) >= 3
                           else None, "the forkserver and two workers")
     running.kill()
-    wait_until(lambda: not [pid for pid in children if Path(f"/proc/{pid}").exists()
+    net.wait_until(lambda: not [pid for pid in children if Path(f"/proc/{pid}").exists()
                             and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[:1]],
                "the node's processes to end")
 
@@ -260,7 +233,7 @@ def _descendants(pid: int) -> list[int]:
 
 # --- 7: who gets in ------------------------------------------------------------------------------
 def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=DEADLINE_S)
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=net.DEADLINE_S)
 
 
 def _key_and_cert(folder: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
@@ -289,20 +262,22 @@ def test_tls_requires_client_certificates_of_the_ca_and_pins_ae_titles(tmp_path,
     tps = _key_and_cert(tmp_path, "tps.example", ca)
     other = _key_and_cert(tmp_path, "other.example", ca)
     rogue = _key_and_cert(tmp_path, "rogue.example")
-    running = NodeProcess(tmp_path / "out", "--tls-cert", str(node_cert), "--tls-key", str(node_key),
+    running = net.NodeProcess(tmp_path / "out", "--tls-cert", str(node_cert), "--tls-key", str(node_key),
                           "--tls-ca", str(ca[1]), "--pin-ae", "TPS=cn:tps.example", "--jobs", "1",
                           "--idle-timeout", "2")
     try:
-        with socket.create_connection(("127.0.0.1", running.port), timeout=DEADLINE_S) as silent:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=net.DEADLINE_S) as silent:
             # A connection that never says ClientHello does not hold up anyone else.
             files = files_of(plans("TLS-CA"))
-            assert pynetdicom_send(running.port, files, calling_ae="TPS", tls=_client(node_cert, *tps)) == [SUCCESS] * 3
+            sent = net.pynetdicom_send(running.port, files, calling_ae="TPS", tls=_client(node_cert, *tps))
+            assert sent == [SUCCESS] * 3
             assert closed_by_peer(silent)
-        assert pynetdicom_send(running.port, files, calling_ae="TPS", tls=_client(node_cert, *rogue)) == []
-        assert pynetdicom_send(running.port, files, calling_ae="TPS", tls=_client(node_cert, *other)) == []
-        assert pynetdicom_send(running.port, files, calling_ae="OTHER", tls=_client(node_cert, *other)) == [SUCCESS] * 3
-        assert not echoscu(running.port)  # plain DICOM on the TLS port
-        log = wait_until(lambda: "refused a plain (not TLS) DICOM association attempt from 127.0.0.1" in
+        assert net.pynetdicom_send(running.port, files, calling_ae="TPS", tls=_client(node_cert, *rogue)) == []
+        assert net.pynetdicom_send(running.port, files, calling_ae="TPS", tls=_client(node_cert, *other)) == []
+        sent = net.pynetdicom_send(running.port, files, calling_ae="OTHER", tls=_client(node_cert, *other))
+        assert sent == [SUCCESS] * 3
+        assert not net.echoscu(running.port)  # plain DICOM on the TLS port
+        log = net.wait_until(lambda: "refused a plain (not TLS) DICOM association attempt from 127.0.0.1" in
                          running.stderr() and running.stderr(), "the plain attempt logged")
         assert "no TLS handshake within 2 s" in log
         assert "refused a TLS connection from 127.0.0.1: handshake failed" in log
@@ -316,15 +291,15 @@ def test_tls_requires_client_certificates_of_the_ca_and_pins_ae_titles(tmp_path,
 @pytest.mark.parametrize("allowed", ["", " , ", ","])
 def test_blank_allow_ae_is_an_error(tmp_path, allowed):
     done = subprocess.run([sys.executable, "-m", "sbrt_check", "listen", "--out", str(tmp_path), "--port", "0",
-                           "--allow-ae", allowed], capture_output=True, text=True, timeout=DEADLINE_S)
+                           "--allow-ae", allowed], capture_output=True, text=True, timeout=net.DEADLINE_S)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "--allow-ae" in done.stderr
 
 
 def test_called_ae_title_is_enforced(node, plans):
-    done = storescu(node.port, files_of(plans("WRONG-CALLED")), called_ae="SOMEONE-ELSE")
+    done = net.storescu(node.port, files_of(plans("WRONG-CALLED")), called_ae="SOMEONE-ELSE")
     assert done.returncode != 0
-    wait_until(lambda: "called AE title 'SOMEONE-ELSE' is not this node's (SBRTCHECK)" in node.stderr(),
+    net.wait_until(lambda: "called AE title 'SOMEONE-ELSE' is not this node's (SBRTCHECK)" in node.stderr(),
                "the refusal logged")
     assert not reports(node, "WRONG-CALLED")
 
@@ -333,7 +308,7 @@ def test_called_ae_title_is_enforced(node, plans):
 FORGED = "X\nPASS  VICTIM-01 LIVER_SBRT  31 pass, 0 fail  0.10 s"
 
 
-def test_a_newline_in_a_plan_label_forges_no_line(node, plans, protocol, tmp_path):
+def test_a_newline_in_a_plan_label_forges_no_line(node, plans, quick_protocol, tmp_path):
     folder = tmp_path / "forged"
     folder.mkdir()
     for source in files_of(plans("FORGER", "hot_stomach")):
@@ -341,14 +316,14 @@ def test_a_newline_in_a_plan_label_forges_no_line(node, plans, protocol, tmp_pat
         if dataset.Modality == "RTPLAN":
             dataset.RTPlanLabel = FORGED
         dataset.save_as(folder / source.name)
-    assert pynetdicom_send(node.port, files_of(folder)) == [SUCCESS] * 3
-    wait_until(lambda: reports(node, "FORGER"), "the report")
-    wait_until(lambda: "FAIL  FORGER X\\nPASS  VICTIM-01" in node.stdout(), "the escaped console line")
+    assert net.pynetdicom_send(node.port, files_of(folder)) == [SUCCESS] * 3
+    net.wait_until(lambda: reports(node, "FORGER"), "the report")
+    net.wait_until(lambda: "FAIL  FORGER X\\nPASS  VICTIM-01" in node.stdout(), "the escaped console line")
     quiet = subprocess.run([sys.executable, "-m", "sbrt_check", "check", str(folder), "-q", "--protocol",
-                            str(protocol)], capture_output=True, text=True, timeout=DEADLINE_S)
-    audit = subprocess.run([sys.executable, "-m", "sbrt_check", "audit", str(folder), "--protocol", str(protocol),
+                            str(quick_protocol)], capture_output=True, text=True, timeout=net.DEADLINE_S)
+    audit = subprocess.run([sys.executable, "-m", "sbrt_check", "audit", str(folder), "--protocol", str(quick_protocol),
                             "--out", str(tmp_path / "audit.csv"), "--jobs", "1"],
-                           capture_output=True, text=True, timeout=DEADLINE_S)
+                           capture_output=True, text=True, timeout=net.DEADLINE_S)
     for output in (node.stdout(), node.stderr(), quiet.stdout, quiet.stderr, audit.stdout, audit.stderr):
         assert not [line for line in output.splitlines() if "VICTIM-01" in line and not line.count("\\n")], output
     assert len(quiet.stdout.strip().splitlines()) == 1 and quiet.stdout.startswith("FAIL")

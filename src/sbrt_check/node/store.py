@@ -23,6 +23,9 @@ STORE_FOLDER = "store"
 REPORTS_FOLDER = "reports"
 STATE_FOLDER = "state"
 PARTIAL_SUFFIX = ".part"
+# A kept object is replaced (a new file renamed over it), never written in place: read-only
+# files say so, and keep a running check's hard-linked snapshot (node.scp) what it was.
+READ_ONLY = 0o444
 MAX_NAME = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MODALITY_PREFIX = {"RTPLAN": "RP", "RTDOSE": "RD", "RTSTRUCT": "RS", "CT": "CT"}
@@ -109,6 +112,7 @@ def write_durably(path: Path, data: bytes | Path, validate=None) -> None:
             os.fsync(handle.fileno())
         if validate is not None:
             validate(Path(temp))
+        os.chmod(temp, READ_ONLY)
         os.replace(temp, path)
         _fsync_folder(path.parent)
     except BaseException:

@@ -109,8 +109,10 @@ def warm(protocol_path: str | None, node_pid: int | None = None) -> bool:
 
 
 def report_stem(plan: ReadyPlan, when: datetime) -> str:
-    """<time>_<plan label>_<fingerprint>: sorts by time; a re-check never overwrites a report."""
-    return f"{when:%Y%m%dT%H%M%S}_{safe_name(plan.plan_label, 'plan')}_{plan.fingerprint[:8]}"
+    """<time to the microsecond>_<plan label>_<fingerprint>: sorts by time, and a plan's checks
+    run one after the other in the order its versions arrived, so its reports sort in that
+    order too; a re-check never overwrites a report."""
+    return f"{when:%Y%m%dT%H%M%S.%f}_{safe_name(plan.plan_label, 'plan')}_{plan.fingerprint[:8]}"
 
 
 def check_plan(plan: ReadyPlan, settings: CheckSettings, report_dir: str,
