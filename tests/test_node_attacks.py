@@ -327,3 +327,34 @@ def test_a_newline_in_a_plan_label_forges_no_line(node, plans, quick_protocol, t
     for output in (node.stdout(), node.stderr(), quiet.stdout, quiet.stderr, audit.stdout, audit.stderr):
         assert not [line for line in output.splitlines() if "VICTIM-01" in line and not line.count("\\n")], output
     assert len(quiet.stdout.strip().splitlines()) == 1 and quiet.stdout.startswith("FAIL")
+
+
+def test_the_association_limit_counts_per_host_after_the_ae_checks(tmp_path):
+    """--per-host 1: while one association is open, a second from the same host is rejected as
+    over the limit, but an AE title that is not allowed is rejected for that, and a title pinned
+    to another host is rejected for the pin."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    running = net.NodeProcess(tmp_path / "out", "--jobs", "1", "--per-host", "1", "--allow-ae", "PLANNING,TPS",
+                              "--pin-ae", "TPS=host:10.9.9.9")
+    try:
+        ae = AE(ae_title="PLANNING")
+        ae.add_requested_context(Verification)
+        held = ae.associate("127.0.0.1", running.port, ae_title="SBRTCHECK")
+        assert held.is_established
+        try:
+            assert not net.echoscu(running.port, calling_ae="PLANNING")
+            assert not net.echoscu(running.port, calling_ae="INTRUDER")
+            assert not net.echoscu(running.port, calling_ae="TPS")
+        finally:
+            held.release()
+        assert net.echoscu(running.port, calling_ae="PLANNING")
+        log = running.stderr()
+        assert "refused an association from PLANNING at 127.0.0.1: 1 associations from this host already " \
+               "(limit 1)" in log
+        assert "refused an association from INTRUDER at 127.0.0.1: calling AE title not in --allow-ae" in log
+        assert "refused an association from TPS at 127.0.0.1: AE title pinned to host:10.9.9.9, " \
+               "connection is 127.0.0.1" in log
+    finally:
+        assert running.stop() == 0

@@ -183,7 +183,7 @@ class Assembly:
                     reason = group.problem.problem if group.problem else beams_pending(group)
                     if reason:
                         label = line_text(_text(group.plan.dataset, "RTPlanLabel"))
-                        lines.append(f"{patient.name} {label}: waiting: {reason}")
+                        lines.append(f"{patient.name} {label}: waiting: {line_text(reason)}")
         return lines
 
     def load_existing(self) -> tuple[list[ReadyPlan], list[str]]:
