@@ -281,10 +281,11 @@ class GuardedServer(ThreadedAssociationServer):
         return True
 
     def process_request_thread(self, request, client_address) -> None:
+        connection = request  # the TLS socket once wrapped: the one to close if anything fails
         try:
-            secured = self._secure(request, client_address[0])
-            if secured is not None:
-                self.finish_request(secured, client_address)  # starts the association's thread
+            connection = self._secure(request, client_address[0])
+            if connection is not None:
+                self.finish_request(connection, client_address)  # starts the association's thread
                 return
         except Exception as exc:  # a connection's surprise must not reach the accept loop
             log.warning("dropped the connection from %s: %s: %s", client_address[0], type(exc).__name__,
@@ -292,10 +293,11 @@ class GuardedServer(ThreadedAssociationServer):
         finally:
             with self._lock:
                 self._securing -= 1
-        self.shutdown_request(request)
+        self.shutdown_request(request if connection is None else connection)
 
     def _secure(self, raw: socket.socket, host: str) -> socket.socket | None:
-        """The connection as the association will use it: TLS-wrapped and verified when TLS is on."""
+        """The connection as the association will use it: TLS-wrapped and verified when TLS is on;
+        None when it was refused (and is closed, or `raw` is left for the caller to close)."""
         raw.settimeout(self.gate.idle_s)
         if self.tls is None:
             return raw
@@ -307,13 +309,14 @@ class GuardedServer(ThreadedAssociationServer):
         if first == bytes([A_ASSOCIATE_RQ]):
             log.warning("refused a plain (not TLS) DICOM association attempt from %s on the TLS port", host)
             return None
+        wrapped = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         try:
-            wrapped = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
             wrapped.settimeout(self.gate.idle_s)
             wrapped.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or type(exc).__name__
             log.warning("refused a TLS connection from %s: handshake failed (%s)", host, line_text(reason))
+            wrapped.close()  # `raw` gave its descriptor to `wrapped`
             return None
         self.peer_names[wrapped] = certificate_names(wrapped.getpeercert())
         return wrapped
