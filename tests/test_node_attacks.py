@@ -35,7 +35,7 @@ def plans(tmp_path_factory, liver_anatomy):
 @pytest.fixture(scope="module")
 def node(tmp_path_factory, quick_protocol):
     running = net.NodeProcess(tmp_path_factory.mktemp("attacked") / "out", "--jobs", "2", "--protocol",
-                              str(quick_protocol), "--idle-timeout", "2")
+                              str(quick_protocol))
     yield running
     assert running.stop() == 0
 
@@ -139,23 +139,24 @@ def closed_by_peer(sock: socket.socket) -> bool:
     return True
 
 
-def test_slow_and_idle_clients_neither_block_senders_nor_stay(node, plans):
-    """70 sockets that send one byte (inside a PDU header) and stall: a real sender associates at
-    once (the limit counts associations, per host, after the AE check) and every stalled socket
-    is dropped by the idle timeout."""
-    stalled = [socket.create_connection(("127.0.0.1", node.port), timeout=net.DEADLINE_S) for _ in range(70)]
+def test_slow_and_idle_clients_neither_block_senders_nor_stay(tmp_path):
+    """70 sockets (more than the 64 associations pynetdicom counted before the AE check) that send
+    one byte (inside a PDU header) and stall: a real sender associates at once (the limit counts
+    associations, per host, after the AE check) and every stalled socket is dropped by the idle
+    timeout (1 s here, its own node: a sender of the shared node must never be near it)."""
+    running = net.NodeProcess(tmp_path / "out", "--jobs", "1", "--idle-timeout", "1")
+    stalled = [socket.create_connection(("127.0.0.1", running.port), timeout=net.DEADLINE_S) for _ in range(70)]
     try:
         for sock in stalled:
             sock.sendall(b"\x01")
-        assert net.echoscu(node.port)
-        assert net.storescu(node.port, files_of(plans("BESIDE-SLOW"))).returncode == 0
+        assert net.echoscu(running.port)
         assert all(closed_by_peer(sock) for sock in stalled)
     finally:
         for sock in stalled:
             sock.close()
+        assert running.stop() == 0
     # Dropped by the timeout inside the PDU or by the association timer, and logged.
-    net.wait_until(lambda: "connection from (no AE title) at 127.0.0.1 ended without a release" in node.stderr(),
-               "the drops in the log")
+    assert "connection from (no AE title) at 127.0.0.1 ended without a release" in running.stderr()
 
 
 def test_declared_huge_pdu_is_refused_before_it_is_read(node):
@@ -264,7 +265,7 @@ def test_tls_requires_client_certificates_of_the_ca_and_pins_ae_titles(tmp_path,
     rogue = _key_and_cert(tmp_path, "rogue.example")
     running = net.NodeProcess(tmp_path / "out", "--tls-cert", str(node_cert), "--tls-key", str(node_key),
                           "--tls-ca", str(ca[1]), "--pin-ae", "TPS=cn:tps.example", "--jobs", "1",
-                          "--idle-timeout", "2")
+                          "--idle-timeout", "3")
     try:
         with socket.create_connection(("127.0.0.1", running.port), timeout=net.DEADLINE_S) as silent:
             # A connection that never says ClientHello does not hold up anyone else.
@@ -279,7 +280,7 @@ def test_tls_requires_client_certificates_of_the_ca_and_pins_ae_titles(tmp_path,
         assert not net.echoscu(running.port)  # plain DICOM on the TLS port
         log = net.wait_until(lambda: "refused a plain (not TLS) DICOM association attempt from 127.0.0.1" in
                          running.stderr() and running.stderr(), "the plain attempt logged")
-        assert "no TLS handshake within 2 s" in log
+        assert "no TLS handshake within 3 s" in log
         assert "refused a TLS connection from 127.0.0.1: handshake failed" in log
         assert "refused an association from TPS at 127.0.0.1: AE title pinned to cn:tps.example, " \
                "connection is 127.0.0.1 with certificate other.example" in log
@@ -288,12 +289,19 @@ def test_tls_requires_client_certificates_of_the_ca_and_pins_ae_titles(tmp_path,
         assert running.stop() == 0
 
 
-@pytest.mark.parametrize("allowed", ["", " , ", ","])
-def test_blank_allow_ae_is_an_error(tmp_path, allowed):
+def test_blank_allow_ae_is_an_error(tmp_path):
+    from sbrt_check.errors import InputError
+    from sbrt_check.node.gate import parse_allowed
+
+    for blank in ("", " , ", ",", "A,,B"):
+        with pytest.raises(InputError, match="--allow-ae .* has an empty AE title"):
+            parse_allowed(blank)
+    assert parse_allowed(" A , B ") == ("A", "B") and parse_allowed(None) == ()
     done = subprocess.run([sys.executable, "-m", "sbrt_check", "listen", "--out", str(tmp_path), "--port", "0",
-                           "--allow-ae", allowed], capture_output=True, text=True, timeout=net.DEADLINE_S)
+                           "--allow-ae", " , "], capture_output=True, text=True, timeout=net.DEADLINE_S)
     assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1 and "--allow-ae" in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "sbrt-check: error: --allow-ae ' , ' has an empty AE title (give comma-separated titles)"]
 
 
 def test_called_ae_title_is_enforced(node, plans):

@@ -6,6 +6,7 @@ event the test sets at its end, so nothing here waits for a sleep."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from sbrt_check.errors import InputError
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_net import DEADLINE_S
 from tests.fixtures.dicom_writer import write_plan_folder
@@ -107,58 +109,85 @@ def archive(tmp_path_factory, liver_anatomy):
     running.stop()
 
 
-def fetch(archive: HostileArchive, tmp_path: Path, *patients: str, options: tuple[str, ...] = (),
-          **behaviour) -> subprocess.CompletedProcess:
+def fetch(archive: HostileArchive, tmp_path: Path, *patients: str, **behaviour) -> subprocess.CompletedProcess:
+    """`sbrt-check audit --from-pacs` of these patients, in a process of its own."""
     archive.behaviour = Behaviour(**behaviour)
     listing = tmp_path / "patients.txt"
     listing.write_text("\n".join(patients) + "\n")
     try:
         return subprocess.run([sys.executable, "-m", "sbrt_check", "audit", str(tmp_path / "fetched"), "--from-pacs",
                                f"{HostileArchive.AE}@127.0.0.1:{archive.port}", "--patients", str(listing),
-                               "--pacs-timeout", "2", "--min-free-mb", "0", *options],
+                               "--pacs-timeout", str(DEADLINE_S), "--min-free-mb", "0"],
                               capture_output=True, text=True, timeout=DEADLINE_S * 2)
     finally:
         archive.behaviour.released.set()
 
 
-def one_error_line(done: subprocess.CompletedProcess) -> str:
+@pytest.fixture
+def fetch_here(archive, tmp_path, monkeypatch):
+    """fetch_plans in this process (faster than a CLI run); pynetdicom's process-wide setting that
+    the fetch turns on is put back afterwards."""
+    from pynetdicom import _config
+
+    from sbrt_check.node.pacs import Archive, fetch_plans
+    from sbrt_check.node.store import Limits
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
+
+    def run(*patients: str, min_free_bytes: int = 0, timeout_s: float = DEADLINE_S, **behaviour):
+        archive.behaviour = Behaviour(**behaviour)
+        (tmp_path / "fetched").mkdir(exist_ok=True)
+        try:
+            return fetch_plans(Archive(HostileArchive.AE, "127.0.0.1", archive.port), tmp_path / "fetched", "AUDIT",
+                               list(patients), None, Limits(min_free_bytes=min_free_bytes), timeout_s)
+        finally:
+            archive.behaviour.released.set()
+
+    return run
+
+
+def test_a_count_that_is_no_count_is_one_line_exit_2(archive, tmp_path):
+    done = fetch(archive, tmp_path, "TRIAL-001", count="abc")
     assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith("sbrt-check: error: "), done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("sbrt-check: error: ")
+    assert "NumberOfSeriesRelatedInstances 'abc'" in done.stderr
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr
-    return lines[-1]
 
 
-@pytest.mark.parametrize("count", ["abc", "-3", "99999999999"])
-def test_a_count_that_is_no_count_is_one_line(archive, tmp_path, count):
-    line = one_error_line(fetch(archive, tmp_path, "TRIAL-001", count=count))
-    assert f"NumberOfSeriesRelatedInstances '{count}'" in line
+@pytest.mark.parametrize("count", ["-3", "99999999999", "1e3"])
+def test_counts_out_of_range_stop_the_fetch(fetch_here, count):
+    with pytest.raises(InputError, match=f"NumberOfSeriesRelatedInstances '{re.escape(count)}'"):
+        fetch_here("TRIAL-001", count=count)
 
 
-def test_an_archive_that_never_answers_c_get_is_one_line(archive, tmp_path):
-    line = one_error_line(fetch(archive, tmp_path, "TRIAL-001", get="silent"))
-    assert "did not finish the C-GET" in line
+def test_an_archive_that_never_answers_c_get_stops_the_fetch(fetch_here):
+    with pytest.raises(InputError, match="did not finish the C-GET"):
+        fetch_here("TRIAL-001", get="silent", timeout_s=2)  # the archive answers only when the test ends
 
 
-def test_answers_are_filtered_to_the_patients_asked_for(archive, tmp_path):
-    done = fetch(archive, tmp_path, "TRIAL-001", loose=True)
-    assert "1 studies with RT plans, 1 series (1 objects) retrieved" in done.stderr, done.stderr
+def test_answers_are_filtered_to_the_patients_asked_for(fetch_here, tmp_path):
+    fetched = fetch_here("TRIAL-001", loose=True)
+    assert (fetched.studies, fetched.retrieved, fetched.instances) == (1, 1, 1)
     assert [p.name for p in (tmp_path / "fetched" / "store").iterdir()] == ["TRIAL-001"]
 
 
 @pytest.mark.parametrize("line", ["*", "TRIAL-00?", "TRIAL-001\\TRIAL-002"])
-def test_wildcards_in_the_patient_list_are_refused(archive, tmp_path, line):
-    assert "is not one patient ID" in one_error_line(fetch(archive, tmp_path, line))
-    assert not (tmp_path / "fetched" / "store").exists()
+def test_wildcards_in_the_patient_list_are_refused(tmp_path, line):
+    from sbrt_check.node.pacs import read_patient_list
+
+    listing = tmp_path / "patients.txt"
+    listing.write_text(f"TRIAL-003\n{line}  # a comment\n")
+    with pytest.raises(InputError, match="line 2: .* is not one patient ID"):
+        read_patient_list(listing)
 
 
-def test_a_transfer_beyond_the_announced_count_is_stopped(archive, tmp_path):
-    line = one_error_line(fetch(archive, tmp_path, "TRIAL-001", get="flood"))
-    assert "sent more objects than the 1 it announced" in line
+def test_a_transfer_beyond_the_announced_count_is_stopped(fetch_here, tmp_path):
+    with pytest.raises(InputError, match="sent more objects than the 1 it announced"):
+        fetch_here("TRIAL-001", get="flood")
     assert len(list((tmp_path / "fetched" / "store").rglob("*.dcm"))) == 1
 
 
-def test_fetches_honour_the_free_disk_floor(archive, tmp_path):
-    line = one_error_line(fetch(archive, tmp_path, "TRIAL-001", options=("--min-free-mb", str(1 << 40))))
-    assert "fetch stopped: only" in line and "must stay free" in line
-    assert not list((tmp_path / "fetched").rglob("*.dcm"))
+def test_fetches_honour_the_free_disk_floor(fetch_here, tmp_path):
+    with pytest.raises(InputError, match="fetch stopped: only .* must stay free"):
+        fetch_here("TRIAL-001", min_free_bytes=1 << 62)
+    assert not list((tmp_path / "fetched").rglob("*.dcm"))  # nor any partial file

@@ -254,6 +254,7 @@ class GuardedServer(ThreadedAssociationServer):
     """Accepts connections; TLS and the connection limit are handled off the accept loop."""
 
     daemon_threads = True  # a connection's thread never holds up the node's exit
+    request_queue_size = 128  # the listen backlog: a burst of connections waits in the kernel, not in SYN retries
 
     def __init__(self, *args, gate: Gate, tls: ssl.SSLContext | None, **kwargs) -> None:
         super().__init__(*args, request_handler=GuardedHandler, **kwargs)
