@@ -366,3 +366,51 @@ def test_the_association_limit_counts_per_host_after_the_ae_checks(tmp_path):
                "connection is 127.0.0.1" in log
     finally:
         assert running.stop() == 0
+
+
+def test_a_close_reported_while_an_object_is_still_being_stored_loses_no_recheck(tmp_path, caplog):
+    """pynetdicom may report an aborted association's close while its C-STORE handler still
+    writes. The plans are settled once that handler has finished, and the log counts its object."""
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    from sbrt_check.node.scp import Node, NodeConfig
+
+    started, release = threading.Event(), threading.Event()
+    stored = tmp_path / "store" / "P" / "RD.1.dcm"
+
+    class SlowStore:
+        def store(self, event):
+            started.set()
+            assert release.wait(net.DEADLINE_S)
+            return stored, [], {"1.2.3"}
+
+    class Assembly:
+        settled: list = []
+
+        def settle(self, touched, paths):
+            self.settled.append((set(touched), set(paths)))
+            return []
+
+        def waiting(self, paths):
+            return []
+
+    class Aborted:
+        is_released, is_rejected, is_aborted = False, False, True
+        requestor = SimpleNamespace(ae_title="SENDER", address="127.0.0.1")
+
+    node = Node(NodeConfig(out=tmp_path))
+    node.store, node.assembly = SlowStore(), Assembly()
+    event = SimpleNamespace(assoc=Aborted())
+    handler = threading.Thread(target=node._on_store, args=(event,))
+    with caplog.at_level(logging.INFO, logger="sbrt_check.node"):
+        handler.start()
+        assert started.wait(net.DEADLINE_S)
+        node._on_close(event)  # the abort, while the object is being written
+        assert node.assembly.settled == []
+        release.set()
+        handler.join(net.DEADLINE_S)
+    assert node.assembly.settled == [({"1.2.3"}, {stored})]
+    assert "SENDER at 127.0.0.1 ended without a release: aborted, dropped, or not DICOM; 1 object(s) of it " \
+           "were kept" in caplog.text
