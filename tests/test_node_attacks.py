@@ -414,3 +414,32 @@ def test_a_close_reported_while_an_object_is_still_being_stored_loses_no_recheck
     assert node.assembly.settled == [({"1.2.3"}, {stored})]
     assert "SENDER at 127.0.0.1 ended without a release: aborted, dropped, or not DICOM; 1 object(s) of it " \
            "were kept" in caplog.text
+
+
+def test_the_p_data_stream_is_limited_as_it_arrives(tmp_path, caplog):
+    """The guarded socket's bookkeeping, fragment by fragment: a command set past its limit, a
+    data set past its limit, and a data set whose spool disk falls under the floor all end the
+    connection when that fragment arrives; a message's last fragment starts the count afresh."""
+    from sbrt_check.node.gate import Gate, GuardedSocket
+
+    def guarded(**limits) -> GuardedSocket:
+        sock = object.__new__(GuardedSocket)  # its bookkeeping only: no association, no network
+        sock.adopt(Gate(**limits), "192.0.2.1")
+        return sock
+
+    sock = guarded(max_command_bytes=1000, max_object_bytes=10_000)
+    for _ in range(3):
+        sock._count(command=True, size=600, last=True)  # three small command sets
+        sock._count(command=False, size=9_000, last=True)  # and their data sets
+    with pytest.raises(OSError, match="a command set over the limit of 1000 bytes"):
+        sock._count(command=True, size=600, last=False)
+        sock._count(command=True, size=600, last=True)
+    sock = guarded(max_object_bytes=10_000)
+    with pytest.raises(OSError, match="a data set over the limit of 10000 bytes"):
+        for _ in range(3):
+            sock._count(command=False, size=4_000, last=False)
+    sock = guarded(spool=str(tmp_path), min_free_bytes=1 << 62)
+    sock._count(command=False, size=(16 << 20) - 1, last=False)
+    with pytest.raises(OSError, match="bytes free while receiving a data set"):
+        sock._count(command=False, size=2, last=False)
+    assert "dropped the connection from 192.0.2.1: less than" in caplog.text

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import shutil
 import socket
 import ssl
 import struct
@@ -100,6 +101,9 @@ class Gate:
     pdu_s: float = 120.0  # one whole PDU must arrive within this
     max_pdu_bytes: int = 4 << 20  # a PDU declaring a longer body is refused before it is read
     max_object_bytes: int = 2 << 30  # a data set streaming past this ends its association
+    max_command_bytes: int = 1 << 20  # a command set (a few hundred bytes in practice) likewise
+    spool: str = ""  # where data sets are received to disk (the node's incoming folder) ...
+    min_free_bytes: int = 0  # ... and the free space that must stay there while one streams in
 
     def refusal(self, calling: str, called: str, peer: Peer,
                 established: int) -> tuple[str, tuple[int, int, int]] | None:
@@ -151,9 +155,12 @@ class GuardedSocket(AssociationSocket):
     who: str
     _body_of: int | None
     _stream: int
+    _command: int
+    _command_done: bool
 
     def adopt(self, gate: Gate, who: str) -> None:
         self.gate, self.who, self._body_of, self._stream = gate, who, None, 0
+        self._command, self._command_done = 0, True
 
     def _drop(self, why: str, error: type[OSError] = OSError) -> OSError:
         log.warning("dropped the connection from %s: %s", self.who, why)
@@ -197,13 +204,27 @@ class GuardedSocket(AssociationSocket):
         offset = 0
         while offset + 6 <= len(data):
             length, control = struct.unpack_from(">L", data, offset)[0], data[offset + 5]
-            if not control & 1:  # a data-set fragment (bit 0 set: command)
-                self._stream += max(0, length - 2)
-                if self._stream > self.gate.max_object_bytes:
-                    raise self._drop(f"a data set over the limit of {self.gate.max_object_bytes} bytes")
-                if control & 2:  # its last fragment
-                    self._stream = 0
+            self._count(bool(control & 1), max(0, length - 2), bool(control & 2))
             offset += 4 + length
+
+    def _count(self, command: bool, size: int, last: bool) -> None:
+        """One P-DATA fragment of a command or data set: its message must stay within the limits,
+        and the disk the data set is spooled to must keep its free space (checked every 16 MiB)."""
+        gate = self.gate
+        if command:
+            self._command = (0 if self._command_done else self._command) + size
+            self._command_done = last
+            if self._command > gate.max_command_bytes:
+                raise self._drop(f"a command set over the limit of {gate.max_command_bytes} bytes")
+            return
+        before, self._stream = self._stream, self._stream + size
+        if self._stream > gate.max_object_bytes:
+            raise self._drop(f"a data set over the limit of {gate.max_object_bytes} bytes")
+        crossed = self._stream >> 24 != before >> 24
+        if gate.spool and crossed and shutil.disk_usage(gate.spool).free < gate.min_free_bytes:
+            raise self._drop(f"less than {gate.min_free_bytes} bytes free while receiving a data set")
+        if last:
+            self._stream = 0
 
 
 class GatedACSE(ACSE):

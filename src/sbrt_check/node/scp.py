@@ -25,7 +25,7 @@ import time
 import weakref
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..dicom.files import read_dataset, scan_files
@@ -448,7 +448,8 @@ class Node:
         if removed:
             log.info("removed %d unacknowledged partial file(s) of an earlier run", removed)
         pending, problems = self.assembly.load_existing()
-        gate = self.config.gate
+        gate = replace(self.config.gate, spool=str(state / INCOMING_FOLDER),
+                       min_free_bytes=self.config.limits.min_free_bytes)
         ae = AE(ae_title=gate.ae_title)
         ae.maximum_associations = gate.max_connections + 1  # the gate counts, per host, after the AE check
         ae.network_timeout = ae.acse_timeout = gate.idle_s
