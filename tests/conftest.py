@@ -65,3 +65,13 @@ def dicompyler_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for packed in DICOMPYLER_EXAMPLE.glob("*.dcm.xz"):
         (folder / packed.name.removesuffix(".xz")).write_bytes(lzma.decompress(packed.read_bytes()))
     return folder
+
+
+@pytest.fixture(scope="session")
+def quick_protocol(tmp_path_factory) -> Path:
+    """The node tests' two-limit protocol (tests/fixtures/dicom_net.QUICK_PROTOCOL) as a file."""
+    from tests.fixtures.dicom_net import QUICK_PROTOCOL
+
+    path = tmp_path_factory.mktemp("protocol") / "quick.yaml"
+    path.write_text(QUICK_PROTOCOL)
+    return path

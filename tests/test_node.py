@@ -29,7 +29,14 @@ from sbrt_check.node.store import (
     write_durably,
 )
 from tests.fixtures import liver_plan
-from tests.fixtures.dicom_net import QUICK_PROTOCOL, NodeProcess, echoscu, pynetdicom_send, storescu, wait_until
+from tests.fixtures.dicom_net import (
+    NodeProcess,
+    echoscu,
+    liver_plans,
+    pynetdicom_send,
+    storescu,
+    wait_until,
+)
 from tests.fixtures.dicom_writer import write_plan_folder
 
 EXPECTED_VERDICT = {"compliant": "pass", "hot_stomach": "fail"}
@@ -39,17 +46,7 @@ SUCCESS, CANNOT_UNDERSTAND = 0x0000, 0xC000
 @pytest.fixture(scope="module")
 def plan_factory(tmp_path_factory, liver_anatomy):
     """name -> (folder, variant): liver plans with their own patient ID and UIDs, written on demand."""
-    specs = {variant: liver_plan.plan_spec(variant, rois=liver_anatomy) for variant in EXPECTED_VERDICT}
-    root = tmp_path_factory.mktemp("node_plans")
-
-    def make(patient_id: str, variant: str = "compliant") -> Path:
-        folder = root / patient_id
-        if not folder.exists():
-            folder.mkdir()
-            write_plan_folder(folder, replace(specs[variant], patient_id=patient_id, seed=f"node/{patient_id}"))
-        return folder
-
-    return make
+    return liver_plans(tmp_path_factory.mktemp("node_plans"), liver_anatomy, "node")
 
 
 def assert_same_dataset(stored: pydicom.Dataset, sent: pydicom.Dataset) -> None:
@@ -73,13 +70,6 @@ def assert_same_dataset(stored: pydicom.Dataset, sent: pydicom.Dataset) -> None:
 
 def files_of(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.dcm"))
-
-
-@pytest.fixture(scope="module")
-def quick_protocol(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("protocol") / "quick.yaml"
-    path.write_text(QUICK_PROTOCOL)
-    return path
 
 
 @pytest.fixture(scope="module")

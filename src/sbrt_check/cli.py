@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated
 import typer
 
 from .errors import CheckError, InputError, ProtocolError
+from .report.escaping import line_text
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard", "listen")
@@ -285,7 +287,6 @@ def dvh(
         plan_label=plan, dose_holds=_holds(dose_summation),
     )
     from .report import dvh_export
-    from .report.escaping import line_text
 
     if format_ is DvhFormat.json:
         _write(dvh_export.render_dvh_json(items, header), output)
@@ -324,6 +325,10 @@ def audit(
     patients: Annotated[Path | None, typer.Option(help="With --from-pacs: file of patient IDs, one a line.")] = None,
     since: Annotated[str | None, typer.Option(help="With --from-pacs: studies from this date (YYYY-MM-DD).")] = None,
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="With --from-pacs: our AE title.")] = "SBRTCHECK",
+    pacs_timeout: Annotated[float, typer.Option(
+        help="With --from-pacs: seconds the archive may stay silent (C-FIND, C-GET) before the fetch stops.")] = 120,
+    min_free_mb: Annotated[float, typer.Option(
+        help="With --from-pacs: refuse an object that leaves less free disk; the fetch stops.")] = 1024,
     contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
     dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
 ) -> None:
@@ -347,7 +352,10 @@ def audit(
         raise InputError(None, f"--jobs {n_jobs} is not a positive number")
     outputs = list(out or ([resume] if resume else []))
     if from_pacs:
-        root = _fetch_from_pacs(from_pacs, root, outputs, patients, since, calling_ae)
+        _number("--pacs-timeout", pacs_timeout)
+        _number("--min-free-mb", min_free_mb, zero=True)
+        root = _fetch_from_pacs(from_pacs, root, outputs, patients, since, calling_ae, pacs_timeout,
+                                int(min_free_mb * 2**20))
     elif patients or since:
         raise InputError(None, "--patients and --since select what --from-pacs fetches")
     if root is None:
@@ -399,9 +407,10 @@ def audit(
 
 
 def _fetch_from_pacs(archive_text: str, root: Path | None, outputs: list[Path], patients: Path | None,
-                     since: str | None, calling_ae: str) -> Path:
+                     since: str | None, calling_ae: str, timeout_s: float, min_free_bytes: int) -> Path:
     """Fetch the selected plans into `root` (default: beside the first output, `<name>.dicom/`)."""
     from .node.pacs import fetch_plans, parse_archive, parse_since, read_patient_list
+    from .node.store import Limits
 
     if patients and since:
         raise InputError(None, "--patients and --since: give one of them")
@@ -410,9 +419,9 @@ def _fetch_from_pacs(archive_text: str, root: Path | None, outputs: list[Path], 
         root = outputs[0].with_suffix(".dicom") if outputs else Path("sbrt-check-pacs")
     root.mkdir(parents=True, exist_ok=True)
     fetched = fetch_plans(archive, root, calling_ae, read_patient_list(patients) if patients else None,
-                          parse_since(since) if since else None)
+                          parse_since(since) if since else None, Limits(min_free_bytes=min_free_bytes), timeout_s)
     for problem in fetched.problems:
-        typer.echo(f"sbrt-check: warning: {problem}", err=True)
+        typer.echo(f"sbrt-check: warning: {line_text(problem)}", err=True)
     typer.echo(f"fetched from {archive}: {fetched.studies} studies with RT plans, {fetched.retrieved} series "
                f"({fetched.instances} objects) retrieved, {fetched.skipped} already in {root}", err=True)
     return root
@@ -509,13 +518,16 @@ def review(
 def merge(
     sources: Annotated[list[str], typer.Argument(help="Results databases to combine (e.g. one per shard).")],
     db: Annotated[str, typer.Option("--db", help="Database to merge into (created if missing).")],
+    on_conflict: Annotated[str, typer.Option(
+        help="A check two databases hold with different results: refuse (default), keep (the target's) "
+             "or replace (take the source's).")] = "refuse",
 ) -> None:
     """Combine results databases (of `audit --shard` jobs) without duplicates."""
     from . import store
 
-    opened = [store.connect(source, create=False) for source in sources]
+    opened = [(source, store.connect(source, read_only=True)) for source in sources]
     target = store.connect(db)
-    new_checks, new_reviews = store.merge(target, opened)
+    new_checks, new_reviews = store.merge(target, opened, on_conflict)
     typer.echo(f"merged {len(sources)} databases into {db}: {new_checks} new checks, {new_reviews} new reviews; "
                f"{store.count_rows(target, 'checks')} checks in all")
 
@@ -531,7 +543,7 @@ def dashboard(
 
     if html is None and patients_csv is None:
         raise InputError(None, "nothing to write: give --html FILE and/or --patients-csv FILE")
-    connection = store.connect(db, create=False)
+    connection = store.connect(db, read_only=True)
     _write_store_outputs(connection, html, patients_csv)
     connection.close()
 class NodeFormat(str, Enum):
@@ -566,6 +578,14 @@ def listen(
     min_free_mb: Annotated[float, typer.Option(help="Refuse an object that leaves less free disk.")] = 1024,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate: accept TLS connections only.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert.")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(
+        help="PEM CA certificate(s): clients must present a certificate signed by one (needs --tls-cert).")] = None,
+    pin_ae: Annotated[list[str] | None, typer.Option(
+        "--pin-ae", help="AE=cn:NAME or AE=host:ADDRESS: this calling AE title only with that client "
+                         "certificate name (needs --tls-ca) or from that address. Repeatable.")] = None,
+    per_host: Annotated[int, typer.Option(help="Associations at once per calling host.")] = 16,
+    idle_timeout: Annotated[float, typer.Option(
+        help="Seconds without a byte (TLS handshake, inside or between PDUs) before a client is dropped.")] = 60,
     dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
     contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription dose in Gy (overrides the plans').")] = None,
@@ -580,6 +600,7 @@ def listen(
     from dataclasses import asdict
 
     from .audit import default_jobs
+    from .node.gate import Gate, parse_allowed, parse_pin
     from .node.scp import Node, NodeConfig
     from .node.store import Limits
     from .node.worker import NodeSettings
@@ -594,14 +615,22 @@ def listen(
         raise InputError(None, f"--ae-title '{ae_title}' must be 1 to 16 characters")
     if (tls_cert is None) != (tls_key is None):
         raise InputError(None, "--tls-cert and --tls-key go together")
+    if tls_ca is not None and tls_cert is None:
+        raise InputError(None, "--tls-ca needs --tls-cert and --tls-key (client certificates are a TLS matter)")
+    pins = tuple(parse_pin(text) for text in pin_ae or ())
+    if any(pin.kind == "cn" for pin in pins) and tls_ca is None:
+        raise InputError(None, "--pin-ae AE=cn:NAME needs --tls-ca (an unverified certificate proves nothing)")
+    _number("--idle-timeout", idle_timeout)
+    if per_host < 1:
+        raise InputError(None, f"--per-host {per_host} must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
     settings = NodeSettings(**asdict(check_settings), formats=_parse_formats(format_))
+    limits = Limits(int(max_object_mb * 2**20), int(min_free_mb * 2**20))
+    gate = Gate(ae_title=ae_title.strip(), allow_ae=parse_allowed(allow_ae), pins=pins, per_host=per_host,
+                idle_s=idle_timeout, max_object_bytes=2 * limits.max_object_bytes + (1 << 20))
     config = NodeConfig(
-        out=out, ae_title=ae_title.strip(), port=port, bind=bind,
-        allow_ae=tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip()),
-        tls_cert=tls_cert, tls_key=tls_key,
-        limits=Limits(int(max_object_mb * 2**20), int(min_free_mb * 2**20)),
+        out=out, gate=gate, port=port, bind=bind, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, limits=limits,
         workers=max(1, jobs if jobs is not None else default_jobs()), settings=settings,
     )
     node = Node(config)
@@ -654,11 +683,18 @@ def main() -> None:
     except (CheckError, ProtocolError) as exc:
         if os.environ.get("SBRT_CHECK_DEBUG"):
             raise
-        typer.echo(f"sbrt-check: error: {exc}", err=True)
+        typer.echo(f"sbrt-check: error: {line_text(exc)}", err=True)  # one line, whatever a file holds
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         typer.echo("sbrt-check: interrupted", err=True)
         sys.exit(130)
+    except (OSError, sqlite3.Error) as exc:  # the machine, not the input: a full disk, a damaged database
+        if os.environ.get("SBRT_CHECK_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        what = getattr(exc, "strerror", None) or exc
+        typer.echo(f"sbrt-check: error: {line_text(where)}{line_text(what)}", err=True)
+        sys.exit(EXIT_ERROR)
     except Exception as exc:  # the last line of defence: never a traceback
         if os.environ.get("SBRT_CHECK_DEBUG"):
             raise
@@ -667,7 +703,7 @@ def main() -> None:
             sys.exit(EXIT_ERROR)
         if type(exc).__name__ == "Abort":
             sys.exit(130)
-        typer.echo(f"sbrt-check: internal error: {type(exc).__name__}: {exc} "
+        typer.echo(f"sbrt-check: internal error: {type(exc).__name__}: {line_text(exc)} "
                    "(set SBRT_CHECK_DEBUG=1 for details)", err=True)
         sys.exit(EXIT_ERROR)
     sys.exit(code if isinstance(code, int) else EXIT_OK)

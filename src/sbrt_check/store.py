@@ -45,6 +45,7 @@ from typing import Any
 
 from .errors import InputError
 from .provenance import provenance_of
+from .report.escaping import line_text
 
 BUSY_TIMEOUT_S = 60.0
 DECISIONS = ("accepted", "deviation")
@@ -134,9 +135,15 @@ REVIEW_COLUMNS = ("review_key", "plan_uid", "check_key", "reviewer", "decision",
 TRANSIENT_ERRORS = ("worker process", "out of memory")
 
 
-def connect(location: str | Path, create: bool = True) -> sqlite3.Connection:
-    """Open (creating unless `create` is False, and upgrading) the store at a file path; a
-    database URL is refused for now."""
+def connect(location: str | Path, create: bool = True, read_only: bool = False) -> sqlite3.Connection:
+    """Open the store at a file path; a database URL is refused for now.
+
+    Writers (`create`: the file may be new) check the file is a results store (or empty), run
+    `PRAGMA quick_check` before anything is written, and upgrade the schema. Readers
+    (`read_only`) open with `mode=ro` (and `immutable=1` where even that cannot open, a store
+    on a read-only file system), write nothing at all, and refuse a file that is not a
+    results store of this schema. Either way a damaged or foreign file is one InputError.
+    """
     text = str(location)
     if text.startswith(("postgresql:", "postgres:")):
         raise InputError(None, f"--db {text.split('@')[-1]}: PostgreSQL is an extension point, not built in; "
@@ -144,18 +151,63 @@ def connect(location: str | Path, create: bool = True) -> sqlite3.Connection:
     path = Path(text)
     if path.is_dir():
         raise InputError(path, "is a folder, not a database file")
-    if not create and not path.is_file():
+    if (not create or read_only) and not path.is_file():
         raise InputError(path, "no such database file")
     try:
+        if read_only:
+            return _open_read_only(path)
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         connection.row_factory = sqlite3.Row
         connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        if text != ":memory:":
+            _check_is_store(connection, path, empty_allowed=True)
+            _check_integrity(connection, path)
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA foreign_keys = ON")
         migrate(connection)
     except sqlite3.DatabaseError as exc:
         raise InputError(path, f"cannot use it as a results database ({exc})") from None
     return connection
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    uri = path.resolve().as_uri()
+    try:
+        connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:  # a WAL store on a read-only file system cannot make its -shm file
+        connection = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+    connection.row_factory = sqlite3.Row
+    _check_is_store(connection, path, empty_allowed=False)
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise InputError(path, f"schema version {version} is newer than this sbrt-check knows ({SCHEMA_VERSION}); "
+                               "upgrade sbrt-check")
+    if version < SCHEMA_VERSION:
+        raise InputError(path, f"schema version {version} is older than this sbrt-check reads ({SCHEMA_VERSION}); "
+                               "a writing command (e.g. `merge` into it) upgrades it in place")
+    return connection
+
+
+STORE_TABLES = {"checks", "results", "reviews"}
+
+
+def _check_is_store(connection: sqlite3.Connection, path: Path, empty_allowed: bool) -> None:
+    """Refuse a SQLite file of another application (its tables are not ours to add to)."""
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables and empty_allowed:
+        return
+    if not STORE_TABLES.issubset(tables):
+        what = f"holds other tables ({', '.join(sorted(tables)[:5])})" if tables else "is empty"
+        raise InputError(path, f"is not an sbrt-check results database: it {what}")
+
+
+def _check_integrity(connection: sqlite3.Connection, path: Path) -> None:
+    """`PRAGMA quick_check` before writing: nothing is added to a damaged store."""
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise InputError(path, f"the results database is damaged ({'; '.join(problems[:3])}); restore it from a "
+                               "backup or merge its readable checks into a new one")
 
 
 def migrate(connection: sqlite3.Connection, migrations: dict[int, tuple[str, ...]] = MIGRATIONS) -> int:
@@ -321,22 +373,93 @@ def add_review(connection: sqlite3.Connection, plan_uid: str, reviewer: str, dec
     return review
 
 
-def merge(target: sqlite3.Connection, sources: Iterable[sqlite3.Connection]) -> tuple[int, int]:
-    """Copy every check (with its results) and review of `sources` into `target`, without duplicates.
+# Columns whose values must be numbers (or NULL); every other column is text (or NULL), and the
+# JSON ones must parse. SQLite stores what it is given whatever the declared type, so a value
+# is checked when it crosses into or out of the store, never trusted from the file.
+NUMBER_COLUMNS = {"prescription_gy", "fractions", "lesions", "sum_diameters_cm", "seconds", "position", "value",
+                  "required", "margin", "target"}
+JSON_COLUMNS = {"messages", "plan_header", "cells", "details"}
+CONFLICTS = ("refuse", "keep", "replace")
 
-    Returns (new checks, new reviews). One transaction per source store.
+
+def typed(row: dict[str, Any], table: str, where: object) -> dict[str, Any]:
+    """`row` when every value has its column's type; InputError naming the check otherwise."""
+    for column, value in row.items():
+        if value is None:
+            continue
+        if column in NUMBER_COLUMNS:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+            if ok and column in JSON_COLUMNS:
+                try:
+                    json.loads(value)
+                except ValueError:
+                    ok = False
+        if not ok:
+            kind = "number" if column in NUMBER_COLUMNS else "JSON text" if column in JSON_COLUMNS else "text"
+            raise InputError(None, f"{where}: {table}.{column} of check {str(row.get('check_key', '?'))[:12]} "
+                                   f"holds {str(value)[:40]!r}, not a {kind}: the database is damaged")
+    return row
+
+
+def _outcome(check: dict, results: list[dict]) -> tuple:
+    """What a check found (verdict, error, each result's status and numbers): two stores holding
+    the same check must agree on it; when and where it ran may differ."""
+    return (check["verdict"], check["error"],
+            tuple((r["position"], r["status"], r["value"], r["margin"]) for r in results))
+
+
+def merge(target: sqlite3.Connection, sources: Iterable[tuple[str, sqlite3.Connection]],
+          on_conflict: str = "refuse") -> tuple[int, int]:
+    """Copy every check (with its results) and review of `sources` (name, connection) into
+    `target`, without duplicates. Returns (new checks, new reviews).
+
+    A check (same plan bytes, protocol and model) that a source and the target hold with
+    different outcomes is a conflict: `on_conflict` 'refuse' raises InputError naming them and
+    writes nothing of that source, 'keep' keeps the target's, 'replace' takes the source's.
+    Every value is type-checked on the way in. One transaction per source store.
     """
+    if on_conflict not in CONFLICTS:
+        raise InputError(None, f"--on-conflict {on_conflict}: expected one of {', '.join(CONFLICTS)}")
     new_checks = new_reviews = 0
-    for source in sources:
-        checks = source.execute(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks").fetchall()
+    for name, source in sources:
+        checks = [typed(dict(c), "checks", name) for c in
+                  source.execute(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks").fetchall()]
         with transaction(target):
+            conflicts = []
             for check in checks:
-                results = source.execute(f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE check_key = ? "
-                                         "ORDER BY position", (check["check_key"],)).fetchall()
-                new_checks += _insert_check(target, CheckRecord(dict(check), [dict(r) for r in results]))
+                results = [typed(dict(r), "results", name) for r in source.execute(
+                    f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE check_key = ? ORDER BY position",
+                    (check["check_key"],)).fetchall()]
+                held = _held(target, check["check_key"])
+                if held is not None and _outcome(*held) != _outcome(check, results):
+                    conflicts.append((check, held[0]))
+                    if on_conflict != "replace":
+                        continue
+                    target.execute("DELETE FROM results WHERE check_key = ?", (check["check_key"],))
+                    target.execute("DELETE FROM checks WHERE check_key = ?", (check["check_key"],))
+                new_checks += _insert_check(target, CheckRecord(check, results)) and held is None
+            if conflicts and on_conflict == "refuse":
+                check, held = conflicts[0]
+                raise InputError(None, f"merge refused: {len(conflicts)} check(s) of {name} differ from the same "
+                                       f"check already in the target (first: plan {line_text(check['plan_uid'])}: "
+                                       f"{held['verdict']} there, {check['verdict']} in {name}); choose with "
+                                       "--on-conflict keep (the target's) or replace (the source's)")
             for review in source.execute(f"SELECT {', '.join(REVIEW_COLUMNS)} FROM reviews").fetchall():
-                new_reviews += _insert(target, "reviews", REVIEW_COLUMNS, dict(review), "review_key")
+                new_reviews += _insert(target, "reviews", REVIEW_COLUMNS, typed(dict(review), "reviews", name),
+                                       "review_key")
     return new_checks, new_reviews
+
+
+def _held(connection: sqlite3.Connection, key: str) -> tuple[dict, list[dict]] | None:
+    check = connection.execute(f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks WHERE check_key = ?",
+                               (key,)).fetchone()
+    if check is None:
+        return None
+    results = connection.execute(f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE check_key = ? "
+                                 "ORDER BY position", (key,)).fetchall()
+    return dict(check), [dict(r) for r in results]
 
 
 # --- reading: the trial's view -------------------------------------------------------------
@@ -387,7 +510,7 @@ def plan_states(connection: sqlite3.Connection) -> list[PlanState]:
     latest: dict[str, dict] = {}
     for check in checks:
         first_seen.setdefault(check["plan_key"], check["checked_at"])
-        latest[check["plan_key"]] = dict(check)
+        latest[check["plan_key"]] = typed(dict(check), "checks", "results database")
     return [PlanState(check, first_seen[key], reviews.get(check["check_key"])) for key, check in latest.items()]
 
 
@@ -400,7 +523,7 @@ def results_of(connection: sqlite3.Connection, check_keys: Iterable[str]) -> dic
         query = (f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE check_key IN "
                  f"({', '.join('?' for _ in chunk)}) ORDER BY check_key, position")
         for row in connection.execute(query, chunk):
-            out[row["check_key"]].append(dict(row))
+            out[row["check_key"]].append(typed(dict(row), "results", "results database"))
     return out
 
 
@@ -485,7 +608,7 @@ def stored_rows(connection: sqlite3.Connection, check_keys: list[str]) -> dict[s
         chunk = check_keys[start:start + 500]
         query = f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks WHERE check_key IN ({', '.join('?' for _ in chunk)})"
         for row in connection.execute(query, chunk):
-            check = dict(row)
+            check = typed(dict(row), "checks", "results database")
             report = None if check["error"] else report_of(check, results[check["check_key"]])
             rows[check["check_key"]] = (cells_of(row), report)
     return rows

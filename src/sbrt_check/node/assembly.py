@@ -31,7 +31,7 @@ from ..dicom.files import FolderContents, RtFile, list_files, scan_files
 from ..dicom.rtdose import referenced_beams
 from ..dicom.rtplan import read_plan
 from ..errors import InputError
-from ..report.escaping import plain_text
+from ..report.escaping import line_text
 from .store import STORE_FOLDER
 
 
@@ -182,8 +182,8 @@ class Assembly:
                 for group in self._groups(patient):
                     reason = group.problem.problem if group.problem else beams_pending(group)
                     if reason:
-                        label = plain_text(_text(group.plan.dataset, "RTPlanLabel"))
-                        lines.append(f"{patient.name} {label}: waiting: {reason}")
+                        label = line_text(_text(group.plan.dataset, "RTPlanLabel"))
+                        lines.append(f"{patient.name} {label}: waiting: {line_text(reason)}")
         return lines
 
     def load_existing(self) -> tuple[list[ReadyPlan], list[str]]:

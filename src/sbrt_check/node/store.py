@@ -23,6 +23,9 @@ STORE_FOLDER = "store"
 REPORTS_FOLDER = "reports"
 STATE_FOLDER = "state"
 PARTIAL_SUFFIX = ".part"
+# A kept object is replaced (a new file renamed over it), never written in place: read-only
+# files say so, and keep a running check's hard-linked snapshot (node.scp) what it was.
+READ_ONLY = 0o444
 MAX_NAME = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MODALITY_PREFIX = {"RTPLAN": "RP", "RTDOSE": "RD", "RTSTRUCT": "RS", "CT": "CT"}
@@ -60,6 +63,7 @@ class StoreRefused(Exception):
 
 
 OUT_OF_RESOURCES = 0xA700
+DUPLICATE_INSTANCE = 0x0111  # PS3.7 C.4: Duplicate SOP Instance (a failure)
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
@@ -88,8 +92,9 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
-def write_durably(path: Path, data: bytes, validate=None) -> None:
-    """Write `data` to `path` so that `path` is either absent, the old file, or all of `data`.
+def write_durably(path: Path, data: bytes | Path, validate=None) -> None:
+    """Write `data` (bytes, or the content of a file, copied in chunks) to `path` so that `path`
+    is either absent, the old file, or all of `data`.
 
     `validate(temp_path)` may raise to refuse the content after it is on disk but before it
     takes the final name (the written file is what gets checked, not a copy in memory).
@@ -98,11 +103,16 @@ def write_durably(path: Path, data: bytes, validate=None) -> None:
     descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, Path):
+                with open(data, "rb") as source:
+                    shutil.copyfileobj(source, handle, 1 << 20)
+            else:
+                handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         if validate is not None:
             validate(Path(temp))
+        os.chmod(temp, READ_ONLY)
         os.replace(temp, path)
         _fsync_folder(path.parent)
     except BaseException:
@@ -121,3 +131,30 @@ def remove_partials(root: Path) -> int:
                     os.unlink(os.path.join(folder, name))
                     removed += 1
     return removed
+
+
+def _data_set_offset(head: bytes) -> int:
+    """Where the data set starts in a DICOM file (after preamble and file meta), 0 when unsure."""
+    # preamble (128) + "DICM" + (0002,0000) UL, explicit VR: tag 4 + VR 2 + length 2 + value 4
+    if len(head) >= 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
+        return 144 + int.from_bytes(head[140:144], "little")
+    return 0
+
+
+def same_data_set(first: Path, second: Path) -> bool:
+    """Whether two stored objects hold the same data set, byte for byte (the file meta, which
+    names the sending application, may differ). Read in chunks: an RTDOSE may be large."""
+    with open(first, "rb") as a, open(second, "rb") as b:
+        offsets = []
+        for handle in (a, b):
+            offset = _data_set_offset(handle.read(144))
+            offsets.append(offset)
+            handle.seek(offset)
+        if os.fstat(a.fileno()).st_size - offsets[0] != os.fstat(b.fileno()).st_size - offsets[1]:
+            return False
+        while True:
+            chunk = a.read(1 << 20)
+            if chunk != b.read(1 << 20):
+                return False
+            if not chunk:
+                return True

@@ -10,7 +10,9 @@ atomically, so a reader (or a crash) never sees half a report.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,12 +21,13 @@ from pathlib import Path
 from ..audit import write_atomic
 from ..checking import CheckSettings
 from ..errors import CheckError
-from ..report.escaping import plain_text
+from ..report.escaping import line_text
 from .assembly import ReadyPlan
 from .store import safe_name
 
 FORMATS = ("json", "html", "junit")
 SUFFIX = {"json": ".json", "html": ".html", "junit": ".xml"}
+WATCHDOG_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,9 @@ class CheckSummary:
 
     def line(self) -> str:
         """`PASS  PAT01 LIVER_SBRT  31 pass, 0 fail  0.31 s` (fields from DICOM without control characters)."""
-        who = f"{plain_text(self.plan.patient_id) or '-'} {plain_text(self.plan.plan_label) or '-'}"
+        who = f"{line_text(self.plan.patient_id) or '-'} {line_text(self.plan.plan_label) or '-'}"
         if self.error:
-            return f"ERROR  {who}  {plain_text(self.error)}"
+            return f"ERROR  {who}  {line_text(self.error)}"
         count = {status: self.counts.get(status, 0) + self.counts.get(status + "_optional", 0)
                  for status in ("pass", "fail", "variation")}
         counts = f"{count['pass']} pass, {count['fail']} fail"
@@ -60,10 +63,38 @@ class CheckSummary:
         return f"{self.verdict.upper()}  {who}  {counts}  {self.seconds:.2f} s"
 
 
-def warm(protocol_path: str | None) -> bool:
-    """Run in each worker at start: pay imports and the protocol's parsing before any plan."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the parent's to handle:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it lets running checks finish, then stops us.
+def node_alive(pid: int) -> bool:
+    """Whether the node process `pid` still runs (a killed node not yet reaped is a zombie: dead)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _exit_with(pid: int) -> None:
+    """A worker's watchdog: a worker outlives a node killed with -9 by no more than a second."""
+    while node_alive(pid):
+        time.sleep(WATCHDOG_S)
+    os._exit(1)
+
+
+def warm(protocol_path: str | None, node_pid: int | None = None) -> bool:
+    """Run in each worker at start: pay imports and the protocol's parsing before any plan.
+
+    Ctrl-C reaches the whole process group; the node handles it (it lets running checks
+    finish), so workers ignore SIGINT. SIGTERM keeps its default: whoever sends it to a worker
+    wants it gone, and a check cut short is not in the ledger, so it is done again at start-up.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if node_pid is not None:
+        threading.Thread(target=_exit_with, args=(node_pid,), name="node-watchdog", daemon=True).start()
     import numpy.ma  # noqa: F401  (imported lazily by the first check otherwise)
 
     from ..checking import protocol_of
@@ -76,12 +107,18 @@ def warm(protocol_path: str | None) -> bool:
 
 
 def report_stem(plan: ReadyPlan, when: datetime) -> str:
-    """<time>_<plan label>_<fingerprint>: sorts by time; a re-check never overwrites a report."""
-    return f"{when:%Y%m%dT%H%M%S}_{safe_name(plan.plan_label, 'plan')}_{plan.fingerprint[:8]}"
+    """<time to the microsecond>_<plan label>_<fingerprint>: sorts by time, and a plan's checks
+    run one after the other in the order its versions arrived, so its reports sort in that
+    order too; a re-check never overwrites a report."""
+    return f"{when:%Y%m%dT%H%M%S.%f}_{safe_name(plan.plan_label, 'plan')}_{plan.fingerprint[:8]}"
 
 
-def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str) -> CheckSummary:
-    """Check one plan as `check` does and write its reports; an error becomes an error report."""
+def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str,
+               read_from: tuple[str, ...] | None = None) -> CheckSummary:
+    """Check one plan as `check` does and write its reports; an error becomes an error report.
+
+    `read_from`: the files to read, when not `plan.files` (the node's snapshot of them).
+    """
     from ..audit import _json_default
 
     started = time.perf_counter()
@@ -92,7 +129,7 @@ def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str) -> Chec
         from ..checking import check_plan as check
         from ..report.json_report import render_json
 
-        checked = check([Path(f) for f in plan.files], settings, plan.plan_uid)
+        checked = check([Path(f) for f in read_from or plan.files], settings, plan.plan_uid)
         report, evaluator = checked.report, checked.evaluator
         written = []
         for kind in settings.formats:

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..audit import AuditRow
+from .escaping import line_text
 
 VERDICT_LABEL = {
     "pass": ("PASS", "bold green"),
@@ -62,9 +63,9 @@ def summary_table(rows: list[AuditRow]) -> Table:
         optional = cells.get("not_evaluated_optional")
         if optional not in (None, "", 0, "0"):
             not_evaluated += f" (+{optional} opt)"
-        detail = str(cells.get("error") or cells.get("worst") or "")
+        detail = line_text(cells.get("error") or cells.get("worst") or "")
         table.add_row(
-            escape(str(cells.get("patient_id") or "?")), escape(str(cells.get("plan_label") or "")),
+            escape(line_text(cells.get("patient_id") or "?")), escape(line_text(cells.get("plan_label") or "")),
             _number(cells.get("prescription_gy")), _number(cells.get("fractions")),
             Text(label, style=style), _count(cells.get("fail")), _count(cells.get("variation")), not_evaluated,
             Text(_short(detail), style="red" if row.is_error else ""),
@@ -76,10 +77,10 @@ def progress_line(done: int, total: int, row: AuditRow) -> str:
     """One plain line per finished plan, for logs and pipes (no terminal)."""
     label, _ = verdict_label(row)
     cells = row.cells
-    where = f"{cells.get('patient_id') or '?'} {cells.get('plan_label') or ''}".strip()
+    where = f"{line_text(cells.get('patient_id') or '?')} {line_text(cells.get('plan_label') or '')}".strip()
     line = f"[{done}/{total}] {label:<13} {where} ({_number(cells.get('seconds'))} s)"
     if row.is_error:
-        line += f": {cells.get('error')}"
+        line += f": {line_text(cells.get('error'))}"
     return line
 
 

@@ -17,6 +17,8 @@ import re
 _INVALID_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # C0/C1 controls (an ESC could recolour a terminal or a log viewer); kept: tab, LF, CR.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Everything a terminal, log viewer or editor may take for the end of a line (CR LF counts once).
+_LINE_BREAK = re.compile("\r\n|[\n\r\u2028\u2029]")
 # Inline markup a table cell can open: escapes, code, emphasis, links, strike-through, math.
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~$])")
 
@@ -37,7 +39,7 @@ def line_text(value: object) -> str:
     A DICOM value holding a newline would otherwise start a line of its own, one that could
     pass for a heading or a verdict.
     """
-    return plain_text(value).replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
+    return _LINE_BREAK.sub("\\\\n", plain_text(value))
 
 
 def html_text(value: object) -> str:

@@ -42,7 +42,7 @@ def _sourced(value: float | None, source: str, unit: str) -> str:
 def header_text(report: Report) -> Text:
     plan = report.plan
     lines = [
-        f"Patient  {plan.get('patient_id', '')}   Plan  {plan.get('plan_label', '')}",
+        f"Patient  {line_text(plan.get('patient_id', ''))}   Plan  {line_text(plan.get('plan_label', ''))}",
         "Rx       " + _sourced(plan.get("prescription_gy"), plan.get("prescription_source", ""), " Gy")
         + "   Fractions  " + _sourced(plan.get("fractions"), plan.get("fractions_source", ""), ""),
         f"Protocol {report.protocol.get('name', '')} v{report.protocol.get('version', '')}"
@@ -91,9 +91,9 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
         name = ""
         if (result.structure, result.key) != previous:
-            name = escape(result.structure)
+            name = escape(line_text(result.structure))
             if result.roi and normalize_name(result.roi) != normalize_name(result.structure):
-                name += f" [dim]({escape(result.roi)})[/dim]"
+                name += f" [dim]({escape(line_text(result.roi))})[/dim]"
         status = _status_text(result)
         note = "; ".join(t for t in (result.reason, borderline_text(result)) if t)
         if note:
@@ -142,8 +142,8 @@ def verdict_line(report: Report) -> str:
     optional = sum(r.status is Status.NOT_EVALUATED and not r.required for r in report.results)
     required = counts[Status.NOT_EVALUATED] - optional
     return (
-        f"{report.verdict.value.upper()}: {report.plan.get('patient_id', '')} "
-        f"{report.plan.get('plan_label', '')} - {counts[Status.PASS]} pass, "
+        f"{report.verdict.value.upper()}: {line_text(report.plan.get('patient_id', ''))} "
+        f"{line_text(report.plan.get('plan_label', ''))} - {counts[Status.PASS]} pass, "
         f"{counts[Status.VARIATION]} variation, {counts[Status.FAIL]} fail, "
         f"{required} not evaluated" + (f" (+{optional} optional not evaluated)" if optional else "")
     )
