@@ -50,9 +50,10 @@ def reports(node: net.NodeProcess, patient_id: str) -> list[dict]:
 
 
 def halved_copy(dose_file: Path, to: Path, **changes) -> Path:
-    """The same RTDOSE (same SOP Instance UID) with every dose halved: a plan that fails (PTV coverage)."""
+    """The same RTDOSE (same SOP Instance UID) with every dose at 85 %: a plan that fails (PTV coverage),
+    at a scale that still fits the plan (a dose at half the prescription is refused as implausible)."""
     dataset = pydicom.dcmread(dose_file)
-    dataset.DoseGridScaling = float(dataset.DoseGridScaling) * 0.5
+    dataset.DoseGridScaling = float(dataset.DoseGridScaling) * 0.85
     for keyword, value in changes.items():
         setattr(dataset, keyword, value)
     dataset.save_as(to, enforce_file_format=True)

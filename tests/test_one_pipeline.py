@@ -11,13 +11,17 @@ report the truncated ones, to the last digit, with the model named.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures import liver_plan
 from tests.fixtures.dicom_net import QUICK_PROTOCOL, NodeProcess, storescu, wait_until
+from tests.fixtures.dicom_writer import write_plan_folder
 
 # The node tests' quick protocol, with values that depend on the contour model (volumes, the ends' doses).
 TRUNCATED_PROTOCOL = QUICK_PROTOCOL + """\
@@ -82,3 +86,42 @@ def test_the_command_line_model_wins_over_the_protocols_at_the_node(tmp_path, co
     finally:
         assert node.stop() == 0
     assert received["protocol"]["contour_model"] == "slab" and values(received) == values(slab)
+
+
+def test_the_node_records_every_check_in_the_store_beside_an_audit(tmp_path, compliant, anatomy):
+    """`listen --db` writes the rows `audit --db` writes, into the same store at the same time: the
+    node's checks carry the calling AE title as institution (the fixture plans name none), and the
+    dashboard shows them with the audit's."""
+    db = tmp_path / "results.sqlite"
+    sent = {}
+    for index in range(2):
+        folder = tmp_path / "sent" / f"NODE-{index}"
+        write_plan_folder(folder, replace(liver_plan.plan_spec("compliant", rois=list(anatomy)),
+                                          patient_id=f"NODE-{index}", seed=f"pipeline/node/{index}"))
+        sent[f"NODE-{index}"] = folder
+    audited = tmp_path / "audited"
+    for index in range(2):
+        write_plan_folder(audited / f"AUDIT-{index}", replace(liver_plan.plan_spec("hot_stomach", rois=list(anatomy)),
+                                                               patient_id=f"AUDIT-{index}", seed=f"pipeline/a/{index}"))
+    node = NodeProcess(tmp_path / "node", "--jobs", "1", "--db", str(db))
+    try:
+        audit = subprocess.Popen([sys.executable, "-m", "sbrt_check", "audit", str(audited), "--jobs", "1",
+                                  "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for folder in sent.values():
+            assert storescu(node.port, sorted(folder.glob("*.dcm")), calling_ae="HOSPITAL_A").returncode == 0
+        node.wait_for_reports(2)
+        _, audit_err = audit.communicate(timeout=300)
+        assert audit.returncode == 1, audit_err  # the audited plans have a hot stomach
+        wait_until(lambda: node.stdout().count("PASS  NODE-") == 2, "both node checks printed")
+    finally:
+        assert node.stop() == 0
+    with sqlite3.connect(db) as connection:
+        rows = sorted(connection.execute("SELECT patient_id, verdict, institution, contour_model FROM checks"))
+    assert rows == [("AUDIT-0", "fail", "", "slab"), ("AUDIT-1", "fail", "", "slab"),
+                    ("NODE-0", "pass", "HOSPITAL_A", "slab"), ("NODE-1", "pass", "HOSPITAL_A", "slab")]
+    page = tmp_path / "dashboard.html"
+    done = subprocess.run([sys.executable, "-m", "sbrt_check", "dashboard", "--db", str(db), "--html", str(page)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert all(patient in text for patient in ("NODE-0", "NODE-1", "AUDIT-0", "AUDIT-1")) and "HOSPITAL_A" in text

@@ -453,6 +453,34 @@ def worst_constraint(results: list[dict]) -> str:
     return ""
 
 
+def record_check(
+    db: str, files: Iterable[str], report: dict | None, protocol: Any, key: str, *,
+    sender: str = "", error: str | None = None, contour_model: str = DEFAULT_CONTOUR_MODEL,
+    identity: tuple[str, str, str] = ("", "", ""),
+) -> None:
+    """One check (or one plan that could not be checked) into the results store, as the audit
+    records it: `check --db` and `listen --db` write the same rows the dashboard reads.
+
+    The submitting institution is the plan's InstitutionName, else `sender` (the node's calling
+    AE title); `identity` (patient ID, name, plan label) names an error row, which has no report.
+    """
+    from . import store
+    from .provenance import protocol_record
+
+    files = tuple(files)
+    patient_id, patient_name, plan_label = identity
+    job = PlanJob(key=key, files=files, patient_id=patient_id, patient_name=patient_name, plan_label=plan_label,
+                  institution=institution_of_files(files) or sender)
+    outcome = Outcome(job, input_hash(files), 0.0, report=report, error=error)
+    row = make_row(outcome, Path(os.path.commonpath(files)).parent if files else Path("."), protocol, contour_model)
+    fallback = (report or {}).get("protocol") or protocol_record(protocol, contour_model)
+    connection = store.connect(db)
+    try:
+        store.save_check(connection, store.record_of(row.cells, row.report, job.key, job.institution, fallback))
+    finally:
+        connection.close()
+
+
 def make_row(outcome: Outcome, root: Path, protocol: Any, contour_model: str = DEFAULT_CONTOUR_MODEL) -> AuditRow:
     """The flat row of one outcome (an error row when the plan could not be checked).
 

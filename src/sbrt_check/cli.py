@@ -218,19 +218,13 @@ def _record_check(db: str, plan_data, report, protocol) -> None:
     """One `check` into the results store, as the audit would record the same plan."""
     import json
 
-    from . import audit as au
-    from . import store
+    from .audit import record_check
     from .report.json_report import render_json
 
     files = tuple(str(p) for p in plan_data.inputs.files)
     info = plan_data.inputs.plan
-    job = au.PlanJob(key=info.sop_instance_uid if info else "file:" + files[0], files=files,
-                     institution=au.institution_of_files(files))
-    outcome = au.Outcome(job, au.input_hash(files), 0.0, report=json.loads(render_json(report)))
-    row = au.make_row(outcome, Path(os.path.commonpath(files)).parent if files else Path("."), protocol)
-    connection = store.connect(db)
-    store.save_check(connection, store.record_of(row.cells, row.report, job.key, job.institution, report.protocol))
-    connection.close()
+    record_check(db, files, json.loads(render_json(report)), protocol,
+                 info.sop_instance_uid if info else "file:" + files[0])
 
 
 def _console(width_when_piped: int):
@@ -589,6 +583,9 @@ def listen(
     dose_summation: Annotated[DoseHolds | None, typer.Option("--dose-summation", help=DOSE_HOLDS_HELP)] = None,
     contour_model: Annotated[ContourModel | None, typer.Option("--contour-model", help=CONTOUR_MODEL_HELP)] = None,
     rx: Annotated[float | None, typer.Option("--rx", help="Prescription dose in Gy (overrides the plans').")] = None,
+    db: Annotated[str | None, typer.Option(
+        "--db", help="Also record every check in this results store (as audit --db; the calling AE title is the "
+                     "institution when a plan names none).")] = None,
 ) -> None:
     """Run a DICOM node: plans sent to it (C-STORE) are checked as soon as they are whole.
 
@@ -625,7 +622,11 @@ def listen(
         raise InputError(None, f"--per-host {per_host} must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own messages are logged as ours
-    settings = NodeSettings(**asdict(check_settings), formats=_parse_formats(format_))
+    if db is not None:  # a store that cannot be written is refused now, not at the first plan
+        from . import store
+
+        store.connect(db).close()
+    settings = NodeSettings(**asdict(check_settings), formats=_parse_formats(format_), db=db)
     limits = Limits(int(max_object_mb * 2**20), int(min_free_mb * 2**20))
     gate = Gate(ae_title=ae_title.strip(), allow_ae=parse_allowed(allow_ae), pins=pins, per_host=per_host,
                 idle_s=idle_timeout, max_object_bytes=2 * limits.max_object_bytes + (1 << 20))

@@ -100,6 +100,7 @@ class Session:
     running: int = 0
     closed: bool = False
     ended_by: str = ""
+    sender: str = ""  # the calling AE title (the submitting institution when a plan names none)
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
@@ -111,10 +112,14 @@ def pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+def _calling_ae(assoc) -> str:
+    """The association's calling AE title as sent (escaped wherever it is shown)."""
+    return str(assoc.requestor.ae_title or "").strip()
+
+
 def _who(assoc) -> str:
     """'AE TITLE at 127.0.0.1' for the log; the AE title is the sender's text, so controls are dropped."""
-    title = line_text(str(assoc.requestor.ae_title or "").strip()) or "(no AE title)"
-    return f"{title} at {assoc.requestor.address}"
+    return f"{line_text(_calling_ae(assoc)) or '(no AE title)'} at {assoc.requestor.address}"
 
 
 def _hang_up(assoc) -> None:
@@ -240,6 +245,7 @@ class Node:
         self._server: GuardedServer | None = None
         self._running: dict[str, Future] = {}  # plan UID -> its check in progress
         self._queued: dict[str, ReadyPlan] = {}  # plan UID -> its newest version, checked after it
+        self._senders: dict[str, str] = {}  # plan UID -> the calling AE title that last completed it
         self._snapshots = itertools.count(1)
         self._stopping = False
         self.assembly = Assembly(self.root, self._read_ledger())
@@ -284,7 +290,7 @@ class Node:
         return ProcessPoolExecutor(self.config.workers, mp_context=pool_context(), initializer=warm,
                                    initargs=(settings.protocol_path, os.getpid()))
 
-    def dispatch(self, plan: ReadyPlan) -> None:
+    def dispatch(self, plan: ReadyPlan, sender: str = "") -> None:
         """Hand one whole plan to a worker; never blocks the calling association thread.
 
         One check per plan at a time: a version arriving while its plan is being checked waits
@@ -292,6 +298,7 @@ class Node:
         lines follow the order in which versions arrived, never the order checks happen to end.
         """
         with self._pool_lock:
+            self._senders[plan.plan_uid] = sender or self._senders.get(plan.plan_uid, "")
             if self._stopping:  # received while stopping: not in the ledger, so checked at the next start
                 log.info("not checking %s %s now: stopping", line_text(plan.patient_id), line_text(plan.plan_label))
                 return
@@ -314,7 +321,8 @@ class Node:
             return
         if self._pool is None:
             self._pool = self._new_pool()
-        args = (check_plan, plan, self.config.settings, report_dir, tuple(str(p) for p in sorted(snapshot.iterdir())))
+        args = (check_plan, plan, self.config.settings, report_dir, tuple(str(p) for p in sorted(snapshot.iterdir())),
+                self._senders.get(plan.plan_uid, ""))
         try:
             future = self._pool.submit(*args)
         except BrokenProcessPool:  # a worker died (killed for memory?): start afresh
@@ -360,7 +368,7 @@ class Node:
         with self._sessions_lock:
             session = self._sessions.get(assoc)
             if session is None:
-                session = self._sessions[assoc] = Session()
+                session = self._sessions[assoc] = Session(sender=_calling_ae(assoc))
             return session
 
     def _on_store(self, event) -> int:
@@ -382,7 +390,7 @@ class Node:
                 session.touched.update(later)
                 session.stored.add(path)
             for plan in now:
-                self.dispatch(plan)
+                self.dispatch(plan, session.sender)
             return SUCCESS
         finally:
             self._store_done(session)
@@ -417,7 +425,7 @@ class Node:
                         "%d object(s) of it were kept", session.ended_by, len(stored))
             session.ended_by = ""
         for plan in self.assembly.settle(touched, stored):
-            self.dispatch(plan)
+            self.dispatch(plan, session.sender)
         for line in self.assembly.waiting(stored):
             log.info("%s", line)
 

@@ -35,6 +35,7 @@ class NodeSettings(CheckSettings):
     """The check's settings (the same object `check` and `audit` build) and the report formats to write."""
 
     formats: tuple[str, ...] = ("json",)
+    db: str | None = None  # --db: every check is also recorded in this results store
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,14 @@ class CheckSummary:
     seconds: float
     reports: tuple[str, ...]
     error: str = ""
+    not_recorded: str = ""  # why the check is not in the results store (--db), when it is not
 
     def line(self) -> str:
         """`PASS  PAT01 LIVER_SBRT  31 pass, 0 fail  0.31 s` (fields from DICOM without control characters)."""
         who = f"{line_text(self.plan.patient_id) or '-'} {line_text(self.plan.plan_label) or '-'}"
         if self.error:
-            return f"ERROR  {who}  {line_text(self.error)}"
+            recorded = f"  (not in the results store: {line_text(self.not_recorded)})" if self.not_recorded else ""
+            return f"ERROR  {who}  {line_text(self.error)}{recorded}"
         count = {status: self.counts.get(status, 0) + self.counts.get(status + "_optional", 0)
                  for status in ("pass", "fail", "variation")}
         counts = f"{count['pass']} pass, {count['fail']} fail"
@@ -60,7 +63,8 @@ class CheckSummary:
             number = count.get(status, self.counts.get(status, 0))
             if number:
                 counts += f", {number} {label}"
-        return f"{self.verdict.upper()}  {who}  {counts}  {self.seconds:.2f} s"
+        line = f"{self.verdict.upper()}  {who}  {counts}  {self.seconds:.2f} s"
+        return line + (f"  (not in the results store: {line_text(self.not_recorded)})" if self.not_recorded else "")
 
 
 def node_alive(pid: int) -> bool:
@@ -114,10 +118,12 @@ def report_stem(plan: ReadyPlan, when: datetime) -> str:
 
 
 def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str,
-               read_from: tuple[str, ...] | None = None) -> CheckSummary:
+               read_from: tuple[str, ...] | None = None, sender: str = "") -> CheckSummary:
     """Check one plan as `check` does and write its reports; an error becomes an error report.
 
-    `read_from`: the files to read, when not `plan.files` (the node's snapshot of them).
+    `read_from`: the files to read, when not `plan.files` (the node's snapshot of them);
+    `sender`: the calling AE title that completed the plan (the institution in the store when
+    the plan names none).
     """
     from ..audit import _json_default
 
@@ -140,7 +146,9 @@ def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str,
         for result in report.results:
             key = result.status.value + ("" if result.required else "_optional")
             counts[key] = counts.get(key, 0) + 1
-        return CheckSummary(plan, report.verdict.value, counts, time.perf_counter() - started, tuple(written))
+        document = json.loads(render_json(report))
+        return CheckSummary(plan, report.verdict.value, counts, time.perf_counter() - started, tuple(written),
+                            not_recorded=_record(settings, plan, document, sender))
     except CheckError as exc:
         error = str(exc)
     except MemoryError:
@@ -152,7 +160,26 @@ def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str,
                          "files": list(plan.files)}}
     path = stem.with_name(stem.name + ".json")
     write_atomic(path, json.dumps(document, indent=2, ensure_ascii=False, default=_json_default) + "\n")
-    return CheckSummary(plan, "error", {}, time.perf_counter() - started, (str(path),), error)
+    return CheckSummary(plan, "error", {}, time.perf_counter() - started, (str(path),), error,
+                        _record(settings, plan, None, sender, error))
+
+
+def _record(settings: NodeSettings, plan: ReadyPlan, report: dict | None, sender: str, error: str | None = None) -> str:
+    """Record the check in the results store (--db) as `audit --db` does; '' or why it could not be."""
+    if settings.db is None:
+        return ""
+    from ..audit import record_check
+    from ..checking import protocol_of
+
+    try:
+        record_check(settings.db, plan.files, report, protocol_of(settings.protocol_path), plan.plan_uid,
+                     sender=sender, error=error, contour_model=settings.model(protocol_of(settings.protocol_path)),
+                     identity=(plan.patient_id, "", plan.plan_label))
+    except CheckError as exc:
+        return str(exc)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
 
 
 def _render(kind: str, report, evaluator, render_json) -> str:
