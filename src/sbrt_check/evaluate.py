@@ -23,6 +23,7 @@ from .protocol import Constraint, Protocol
 from .provenance import protocol_record
 from .rules import RuleContext, evaluate_rules
 from .rules.base import judge
+from .slices import target_statistics
 from .targets import Member, TargetSet, find_targets
 
 UNCOVERED_TOLERANCE_CC = 1e-6
@@ -218,9 +219,10 @@ class Evaluator:
         rules = self.evaluate_rules()  # on this thread while the DVHs are computed
         results = [r for c in self.protocol.constraints for r in self.evaluate_constraint(c)] + rules
         results += self.target_results() + (extra_results or [])
+        statistics = target_statistics(results, self.dvhs, self.rx.value)  # kept: a stored check has no DVHs
         return Report(
             verdict=overall_verdict(results),
-            plan={**self.plan_header(), **self.header_extra},
+            plan={**self.plan_header(), **self.header_extra, "target_stats": statistics},
             results=tuple(results),
             messages=tuple(
                 self.plan.notes + [scale_note] + self._choice_messages() + list(targets.notes) + self.matcher.notes

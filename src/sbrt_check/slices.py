@@ -13,13 +13,15 @@ derived structure (`Liver - GTV`) is the same sampled region its DVH was compute
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from .dvh import trilinear
-from .models import DoseGrid, Report, Result
+from .metrics import MetricError, compute, parse_metric
+from .models import DoseGrid, Dvh, Report, Result
 from .plandata import PlanData
 
 WINDOW_MARGIN_MM = 25.0
@@ -73,6 +75,41 @@ def target_structures(results: Iterable[Result]) -> list[str]:
     asks for a minimum there (`V95% >= 95`, `Min > 90%`), while organs at risk only get maxima.
     """
     return _dose_limited(results, lower=True)
+
+
+def own_prescription(results: Iterable[Result], name: str, plan_rx: float | None) -> float | None:
+    """A lesion's own prescription (its per-target rows carry it), else the plan's."""
+    own = (r.details.get("prescription_gy") for r in results if r.key == name and r.details)
+    return next((rx for rx in own if rx), plan_rx)
+
+
+TARGET_STATS = ("Volume[cc]", "Min[Gy]", "D98%[Gy]", "D95%[Gy]", "D50%[Gy]", "Mean[Gy]", "D2%[Gy]", "Max[Gy]",
+                "V100%[%]", "V95%[%]")
+
+
+def target_statistics(results: Iterable[Result], dvhs: Mapping[str, Dvh], plan_rx: float | None
+                      ) -> dict[str, dict[str, float | None]]:
+    """Each target's dose statistics (TARGET_STATS), from its DVH, with its own prescription.
+
+    Computed when the check is made and kept in the report (`plan.target_stats`), so a check
+    re-rendered from the results store, which keeps no DVH, shows them as it did at the time.
+    """
+    results = list(results)
+    statistics: dict[str, dict[str, float | None]] = {}
+    for name in target_structures(results):
+        dvh = dvhs.get(name)
+        if dvh is None:
+            continue
+        rx = own_prescription(results, name, plan_rx)
+        row: dict[str, float | None] = {}
+        for text in TARGET_STATS:
+            try:
+                value = compute(parse_metric(text), dvh, rx)
+            except MetricError:
+                value = None
+            row[text] = round(value, 4) if value is not None and math.isfinite(value) else None
+        statistics[name] = row
+    return statistics
 
 
 def oar_structures(results: Iterable[Result]) -> list[str]:

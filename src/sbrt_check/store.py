@@ -117,7 +117,14 @@ _SCHEMA_1 = (
 )
 
 # version -> the statements that upgrade the previous version to it. Append, never edit.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1}
+# 2: a result keeps what it is about ('PTV (PTV2)'), the planning system's value and its borderline
+# flag, so a stored two-lesion check re-renders with its per-lesion rows, TPS values and flags.
+_SCHEMA_2 = (
+    "ALTER TABLE results ADD COLUMN subject TEXT",
+    "ALTER TABLE results ADD COLUMN tps REAL",
+    "ALTER TABLE results ADD COLUMN borderline TEXT",
+)
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _SCHEMA_1, 2: _SCHEMA_2}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 CHECK_COLUMNS = (
@@ -129,6 +136,7 @@ CHECK_COLUMNS = (
 RESULT_COLUMNS = (
     "check_key", "position", "structure", "roi", "metric", "value", "unit", "pass_limit", "variation_limit",
     "status", "reason", "required", "result_group", "margin", "source", "details", "target",
+    "subject", "tps", "borderline",
 )
 REVIEW_COLUMNS = ("review_key", "plan_uid", "check_key", "reviewer", "decision", "note", "reviewed_at")
 # Errors worth a retry on the next audit (the machine, not the plan): everything else is kept.
@@ -183,10 +191,16 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     if version > SCHEMA_VERSION:
         raise InputError(path, f"schema version {version} is newer than this sbrt-check knows ({SCHEMA_VERSION}); "
                                "upgrade sbrt-check")
-    if version < SCHEMA_VERSION:
-        raise InputError(path, f"schema version {version} is older than this sbrt-check reads ({SCHEMA_VERSION}); "
-                               "a writing command (e.g. `merge` into it) upgrades it in place")
-    return connection
+    if version < 1:
+        raise InputError(path, f"schema version {version}: not a results store this sbrt-check reads")
+    return connection  # an older store is read as it is (results_select); a writer upgrades it in place
+
+
+def results_select(connection: sqlite3.Connection) -> str:
+    """The results columns to SELECT: those of an older schema that a store lacks read as NULL,
+    so a read-only command shows a store kept for years without writing to it."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(results)")}
+    return ", ".join(c if c in present else f"NULL AS {c}" for c in RESULT_COLUMNS)
 
 
 STORE_TABLES = {"checks", "results", "reviews"}
@@ -314,7 +328,9 @@ def record_of(cells: dict[str, Any], report: dict | None, plan_key: str, institu
         "reason": r.get("reason", ""), "required": int(bool(r.get("required", True))),
         "result_group": r.get("group", ""), "margin": _number(r.get("margin")), "source": r.get("source", ""),
         "details": json.dumps(r["details"], ensure_ascii=False, default=str) if r.get("details") else None,
-        "target": r.get("target"),
+        "target": r.get("target"), "subject": r.get("subject") or None,
+        "tps": _number((r.get("tps") or {}).get("value")),
+        "borderline": json.dumps(r["borderline"], ensure_ascii=False, default=str) if r.get("borderline") else None,
     } for position, r in enumerate(results)]
     return CheckRecord(check, rows)
 
@@ -377,8 +393,8 @@ def add_review(connection: sqlite3.Connection, plan_uid: str, reviewer: str, dec
 # JSON ones must parse. SQLite stores what it is given whatever the declared type, so a value
 # is checked when it crosses into or out of the store, never trusted from the file.
 NUMBER_COLUMNS = {"prescription_gy", "fractions", "lesions", "sum_diameters_cm", "seconds", "position", "value",
-                  "required", "margin", "target"}
-JSON_COLUMNS = {"messages", "plan_header", "cells", "details"}
+                  "required", "margin", "target", "tps"}
+JSON_COLUMNS = {"messages", "plan_header", "cells", "details", "borderline"}
 CONFLICTS = ("refuse", "keep", "replace")
 
 
@@ -430,7 +446,7 @@ def merge(target: sqlite3.Connection, sources: Iterable[tuple[str, sqlite3.Conne
             conflicts = []
             for check in checks:
                 results = [typed(dict(r), "results", name) for r in source.execute(
-                    f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE check_key = ? ORDER BY position",
+                    f"SELECT {results_select(source)} FROM results WHERE check_key = ? ORDER BY position",
                     (check["check_key"],)).fetchall()]
                 held = _held(target, check["check_key"])
                 if held is not None and _outcome(*held) != _outcome(check, results):
@@ -457,7 +473,7 @@ def _held(connection: sqlite3.Connection, key: str) -> tuple[dict, list[dict]] |
                                (key,)).fetchone()
     if check is None:
         return None
-    results = connection.execute(f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE check_key = ? "
+    results = connection.execute(f"SELECT {results_select(connection)} FROM results WHERE check_key = ? "
                                  "ORDER BY position", (key,)).fetchall()
     return dict(check), [dict(r) for r in results]
 
@@ -520,7 +536,7 @@ def results_of(connection: sqlite3.Connection, check_keys: Iterable[str]) -> dic
     out: dict[str, list[dict]] = {key: [] for key in keys}
     for start in range(0, len(keys), 500):  # SQLite's default limit on bound parameters
         chunk = keys[start:start + 500]
-        query = (f"SELECT {', '.join(RESULT_COLUMNS)} FROM results WHERE check_key IN "
+        query = (f"SELECT {results_select(connection)} FROM results WHERE check_key IN "
                  f"({', '.join('?' for _ in chunk)}) ORDER BY check_key, position")
         for row in connection.execute(query, chunk):
             out[row["check_key"]].append(typed(dict(row), "results", "results database"))
@@ -541,7 +557,10 @@ def report_of(check: dict[str, Any], results: list[dict]) -> dict:
             "reason": r["reason"], "required": bool(r["required"]), "group": r["result_group"],
             "margin": r["margin"], "source": r["source"],
             **({"target": r["target"]} if r["target"] is not None else {}),
+            **({"subject": r["subject"]} if r.get("subject") else {}),
             **({"details": json.loads(r["details"])} if r["details"] else {}),
+            **({"tps": {"value": r["tps"]}} if r.get("tps") is not None else {}),
+            **({"borderline": json.loads(r["borderline"])} if r.get("borderline") else {}),
         } for r in results],
         "messages": json.loads(check["messages"]),
     }

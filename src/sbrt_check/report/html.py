@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metrics import MetricError, compute, parse_metric
+from ..metrics import MetricError, parse_metric
 from ..models import Dvh, Report, Result, Status
 from ..provenance import provenance_items
-from ..slices import DoseSlice, SliceSet, report_slices, target_structures
+from ..slices import TARGET_STATS, DoseSlice, SliceSet, own_prescription, report_slices, target_statistics
 from .dvh_export import resampled
 from .escaping import html_text, plain_text
 from .table import VERDICT_STYLE, _sourced, verdict_line
@@ -35,8 +35,6 @@ ISODOSE_COLORS = ("#1f77ff", "#00b050", "#ffd000", "#ff2020")
 STATUS_COLOR = {Status.PASS: "#1a9641", Status.VARIATION: "#e69500", Status.FAIL: "#d7191c",
                 Status.NOT_EVALUATED: "#7b3294"}
 VERDICT_COLOR = {"pass": "#1a9641", "variation": "#e69500", "fail": "#d7191c", "error": "#7b3294"}
-TARGET_STATS = ("Volume[cc]", "Min[Gy]", "D98%[Gy]", "D95%[Gy]", "D50%[Gy]", "Mean[Gy]", "D2%[Gy]", "Max[Gy]",
-                "V100%[%]", "V95%[%]")
 # Contours: solid, in colours away from the (dashed) isodose lines' blue, green, yellow and red.
 ROI_COLORS = ("#ff00ff", "#00e5ff", "#ff8c00", "#b388ff", "#c5e1a5", "#ff80ab", "#a1887f", "#18ffff",
               "#ea80fc", "#ffcc80", "#80cbc4", "#f48fb1")
@@ -225,7 +223,6 @@ def _header(report: Report) -> str:
         ("Prescription", sourced("prescription_gy", "prescription_source", " Gy")),
         ("Fractions", sourced("fractions", "fractions_source", "")),
         ("Dose summation", plan.get("dose_summation", "")),
-        ("Contour model", plan.get("contour_model", "slab")),
         ("Protocol", f"{report.protocol.get('name', '')} v{report.protocol.get('version', '')}"),
         *provenance_items(report.protocol, plan, name_and_version=False),
     ]
@@ -253,26 +250,14 @@ def _results_table(report: Report) -> str:
     return f'<table class="results"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
-def _prescription_of(report: Report, name: str) -> float | None:
-    """A lesion's own prescription (per-target rows carry it), else the plan's."""
-    own = (r.details.get("prescription_gy") for r in report.results if r.key == name and r.details)
-    return next((rx for rx in own if rx), report.plan.get("prescription_gy"))
-
-
-def _target_stats(report: Report, targets: list[str]) -> str:
+def _target_stats(report: Report) -> str:
+    """The targets' statistics: kept in the report when it was made, else from its DVHs."""
+    statistics = report.plan.get("target_stats") or target_statistics(
+        report.results, report.dvhs, report.plan.get("prescription_gy"))
     head = "<tr><th>Structure</th>" + "".join(f"<th>{html_text(m)}</th>" for m in TARGET_STATS) + "</tr>"
     rows = []
-    for name in targets:
-        dvh = report.dvhs.get(name)
-        if dvh is None:
-            continue
-        rx = _prescription_of(report, name)
-        cells = []
-        for text in TARGET_STATS:
-            try:
-                cells.append(f"{compute(parse_metric(text), dvh, rx):.2f}")
-            except MetricError:
-                cells.append("-")
+    for name, values in statistics.items():
+        cells = ["-" if values.get(text) is None else f"{values[text]:.2f}" for text in TARGET_STATS]
         rows.append(f"<tr><td>{html_text(name)}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
     return f'<table class="target-stats">{head}{"".join(rows)}</table>' if rows else "<p>No target evaluated.</p>"
 
@@ -282,7 +267,7 @@ def _dvh_figures(report: Report) -> str:
     for name, dvh in report.dvhs.items():
         if not dvh.volume_cc > 0:
             continue
-        rx = _prescription_of(report, name)
+        rx = own_prescription(report.results, name, report.plan.get("prescription_gy"))
         results = [r for r in report.results if r.key == name]
         markers = [m for m in (limit_marker(r, dvh, rx) for r in results) if m is not None]
         roi = next((r.roi for r in results if r.roi), "")
@@ -314,7 +299,6 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
     """The whole report as one HTML document (UTF-8 text)."""
     verdict_text = VERDICT_STYLE[report.verdict][0]
     title = f"sbrt-check: {report.plan.get('patient_id', '')} {report.plan.get('plan_label', '')}"
-    targets = target_structures(report.results)
     notes = list(report.messages) + list(slices.notes if slices else ())
     parts = [
         "<!DOCTYPE html>",
@@ -330,7 +314,7 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
     ]
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{html_text(n)}</li>" for n in notes) + "</ul>")
-    parts += ["<h2>Target dose statistics</h2>", _target_stats(report, targets),
+    parts += ["<h2>Target dose statistics</h2>", _target_stats(report),
               "<h2>Dose-volume histograms</h2>",
               "<p>Markers: each constraint's limit on the cumulative DVH, green where it passes, red where it "
               "fails (orange: acceptable variation, purple: not evaluated).</p>",

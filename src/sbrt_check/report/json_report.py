@@ -32,6 +32,7 @@ def result_dict(result: Result) -> dict:
         "margin": _number(result.margin),
         "source": result.source,
         **({"target": result.target} if result.target is not None else {}),
+        **({"subject": result.subject} if result.subject else {}),
         **({"details": result.details} if result.details else {}),
         **({"tps": {"value": _number(result.tps)}} if result.tps is not None else {}),
         **({"borderline": result.borderline} if result.borderline else {}),
@@ -60,12 +61,19 @@ def _default(value: object) -> object:
 
 
 def report_from_dict(document: dict) -> Report:
-    """A Report back from its JSON form (no DVHs), to render a stored check in another format."""
+    """A Report back from its JSON form (no DVHs), to render a stored check in another format.
+
+    Every field result_dict writes is read back (target, subject, the planning system's value,
+    the borderline flag, details), so a check re-rendered from the results store is the report
+    printed when it was made.
+    """
     results = tuple(Result(
         structure=r["structure"], roi=r.get("roi"), metric=r["metric"], value=r.get("value"), unit=r.get("unit", ""),
         pass_limit=r.get("pass", ""), variation_limit=r.get("variation"), status=Status(r["status"]),
         reason=r.get("reason", ""), required=bool(r.get("required", True)), group=r.get("group", "dose"),
         margin=r.get("margin"), source=r.get("source", ""), details=r.get("details") or {},
+        tps=(r.get("tps") or {}).get("value"), borderline=r.get("borderline") or None,
+        target=r.get("target"), subject=r.get("subject") or "",
     ) for r in document.get("results", []))
     return Report(verdict=Verdict(document["verdict"]), plan=dict(document.get("plan") or {}), results=results,
                   messages=tuple(document.get("messages") or ()), protocol=dict(document.get("protocol") or {}))
