@@ -308,17 +308,36 @@ def test_a_worker_crash_is_retried_but_a_plan_error_is_kept(tmp_path):
 
 
 # --- schema --------------------------------------------------------------------------------
+def test_a_schema_1_store_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path):
+    """A store kept for years: the dashboard reads schema 1 without writing; a writer upgrades it."""
+    db = tmp_path / "old.sqlite"
+    store.connect(db).close()
+    results_1 = next(s for s in store.MIGRATIONS[1] if s.lstrip().startswith("CREATE TABLE results"))
+    raw = sqlite3.connect(db)
+    raw.executescript(f"DROP TABLE results; {results_1}; PRAGMA user_version = 1;")
+    raw.close()
+    old = store.connect(db, read_only=True)
+    assert old.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert "NULL AS subject" in store.results_select(old)
+    old.close()
+    writer = store.connect(db)
+    assert writer.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert "NULL AS" not in store.results_select(writer)
+    writer.close()
+
+
 def test_schema_is_versioned_and_migrated_in_place(tmp_path):
     db = tmp_path / "s.sqlite"
     connection = store.connect(db)
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 1
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.save_check(connection, _record(1))
-    upgraded = {**store.MIGRATIONS, 2: ("ALTER TABLE checks ADD COLUMN site_note TEXT",)}
-    assert store.migrate(connection, upgraded) == 2
+    newer = store.SCHEMA_VERSION + 1
+    upgraded = {**store.MIGRATIONS, newer: ("ALTER TABLE checks ADD COLUMN site_note TEXT",)}
+    assert store.migrate(connection, upgraded) == newer
     assert [tuple(r) for r in connection.execute("SELECT patient_id, site_note FROM checks")] == [("C001", None)]
     connection.close()
-    for location, message in ((db, "schema version 2 is newer"), (tmp_path, "is a folder"),
+    for location, message in ((db, f"schema version {newer} is newer"), (tmp_path, "is a folder"),
                               ("postgresql://u@host/trial", "PostgreSQL is an extension point")):
         run = _sbrt_check("dashboard", "--db", location, "--html", tmp_path / "x.html", cwd=tmp_path)
         assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1, run.stderr
