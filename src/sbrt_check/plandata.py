@@ -35,7 +35,7 @@ from .geometry import (
     sample_shape,
 )
 from .interpolated import contour_probes, grid_nodes_in_region, interpolated_region
-from .models import DoseGrid, Dvh, Roi
+from .models import DoseGrid, Dvh, Planes, Roi
 
 DEFAULT_SLICE_MM = 3.0
 DVH_THREADS = min(4, os.cpu_count() or 1)  # the GIL-bound remainder makes more not worth it
@@ -108,11 +108,10 @@ class PlanData:
     def region(self, tokens: tuple[str, ...]) -> Region:
         """Sampled region of an ROI key or of an expression over ROI keys."""
         leaves = [t for t in tokens if t.startswith("#")]
-        if len(tokens) == 1 and self.contour_model == "interpolated":
-            self.shape(tokens[0])  # refuses an ROI without contours, as for the other models
-            return interpolated_region(self.roi(tokens[0]).planes, self._default_thickness(), self.max_spacing)
         if len(tokens) == 1:
-            return sample_shape(self.shape(tokens[0]), self.max_spacing)
+            self.shape(tokens[0])  # refuses an ROI without contours, under every model
+            return roi_region(self.roi(tokens[0]).planes, self.contour_model, self._default_thickness(),
+                              self.max_spacing)
         shapes = {key: self.shape(key) for key in leaves}
         return derive_region(list(tokens), shapes, self.max_spacing)
 
@@ -204,19 +203,11 @@ class PlanData:
 
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
         grid = self.dose
-        if len(tokens) == 1 and self.contour_model == "interpolated":
-            region = self.region(tokens)
-            probes = np.concatenate([
-                contour_probes(self.shape(tokens[0]), self.max_spacing / 2),
-                grid_nodes_in_region(region, grid.x, grid.y, grid.z),
-            ])
-            return compute_dvh(region, grid, self.axis, probes)
-        elif len(tokens) == 1:
-            shape = self.shape(tokens[0])
-            probes = np.concatenate([
-                shape.boundary_points(self.max_spacing / 2), shape.grid_nodes_inside(grid.x, grid.y, grid.z)
-            ])
-        elif tokens in self.coarse_extremes:
+        if len(tokens) == 1:
+            self.shape(tokens[0])  # refuses an ROI without contours
+            return roi_dvh(self.roi(tokens[0]).planes, grid, self.contour_model, self._default_thickness(),
+                           self.max_spacing, self.axis)
+        if tokens in self.coarse_extremes:
             probes = None
         else:
             shapes = {key: self.shape(key) for key in tokens if key.startswith("#")}
@@ -224,6 +215,31 @@ class PlanData:
                 list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2, lambda p: dose_at_points(p, grid)
             )
         return compute_dvh(self.region(tokens), self.dose, self.axis, probes)
+
+
+def roi_region(planes: Planes, contour_model: str, default_thickness: float, max_spacing: float) -> Region:
+    """One contoured ROI sampled under a contour model: the region every number of it comes from."""
+    if contour_model == "interpolated":
+        return interpolated_region(planes, default_thickness, max_spacing)
+    return sample_shape(SlabShape.from_planes(planes, default_thickness, contour_model), max_spacing)
+
+
+def roi_dvh(planes: Planes, grid: DoseGrid, contour_model: str, default_thickness: float, max_spacing: float,
+            axis: np.ndarray) -> Dvh:
+    """The DVH of one contoured ROI under a contour model, with the exact-extreme probes of that
+    model's region (its surface and the dose-grid nodes inside it, end caps included)."""
+    region = roi_region(planes, contour_model, default_thickness, max_spacing)
+    if contour_model == "interpolated":
+        probes = np.concatenate([
+            contour_probes(SlabShape.from_planes(planes, default_thickness), max_spacing / 2),
+            grid_nodes_in_region(region, grid.x, grid.y, grid.z),
+        ])
+    else:
+        shape = SlabShape.from_planes(planes, default_thickness, contour_model)
+        probes = np.concatenate([
+            shape.boundary_points(max_spacing / 2), shape.grid_nodes_inside(grid.x, grid.y, grid.z)
+        ])
+    return compute_dvh(region, grid, axis, probes)
 
 
 def _load(
