@@ -4,12 +4,13 @@
 Cases: tests/fixtures/real_shapes.CASES (spheres of 5, 6.3, 10, 20 mm, a z cylinder, a cone, a
 cylinder lying along x, an ellipsoid tilted 35 deg out of the axial plane, the cone tilted 40 deg
 off z; gradients of 2 Gy/mm along z and x; contours on 1, 2, 3 mm planes; dose grids of 1, 2.5,
-3 mm) and real_shapes.EXTRA_CASES (issue 20: solids of revolution whose ends lie at arbitrary
-offsets from the planes, cones pointing both ways, in gradients along the plane normal and across).
+3 mm) and real_shapes.EXTRA_CASES (issue 20: a sphere whose poles and cones whose apices lie at
+arbitrary offsets from the planes, cones pointing both ways, gradients along the normal and across).
 Endpoints: Volume, Min, Max, Mean, D99%, D95%, D5%, D1%, D0.03cc; an endpoint passes within 3 % of
 the real shape's value. With `--independent`, the set built like the issue's independent dataset
-(tests/fixtures/revolved.INDEPENDENT_CASES: 270 endpoints) instead. Prints markdown for
-docs/accuracy.md. Run from the repository root: `python benchmarks/real_shape_matrix.py [--independent]`.
+(tests/fixtures/revolved.INDEPENDENT_CASES: 270 endpoints) instead; with `--floor`, flat ends at
+arbitrary offsets (revolved.FLOOR_CASES), which no contour model can place. Prints markdown for
+docs/accuracy.md. Run from the repository root: `python benchmarks/real_shape_matrix.py [--independent | --floor]`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def matrix_cases() -> list[Scored]:
                     for c in rs.EXTRA_CASES]
 
 
+def floor_cases() -> list[Scored]:
+    return [Scored(c.name, c.slice_mm, c.truth.value, lambda model, c=c: c.measure(model, rs.ENDPOINTS))
+            for c in revolved.FLOOR_CASES]
+
+
 def independent_cases() -> list[Scored]:
     return [Scored(c.name, c.slice_mm, revolved.independent_truth(c).value,
                    lambda model, c=c: rs.measure_planes(c.planes, c.grid(), c.slice_mm, revolved.DOSE_GRID_MM, model,
@@ -57,9 +63,13 @@ def independent_cases() -> list[Scored]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--independent", action="store_true", help="the set built like the issue's dataset")
+    parser.add_argument("--floor", action="store_true", help="flat ends at arbitrary offsets (revolved.FLOOR_CASES)")
     parser.add_argument("--models", default=",".join(ALL_CONTOUR_MODELS))
     args = parser.parse_args()
-    cases, endpoints = (independent_cases(), revolved.ENDPOINTS) if args.independent else (matrix_cases(), rs.ENDPOINTS)
+    if args.independent:
+        cases, endpoints = independent_cases(), revolved.ENDPOINTS
+    else:
+        cases, endpoints = (floor_cases() if args.floor else matrix_cases()), rs.ENDPOINTS
     models = args.models.split(",")
     lines = [
         "| model | endpoints within 3 % | share | worst errors (case, endpoint: ours / real) | time |",

@@ -39,6 +39,7 @@ class Region:
     z_hi: np.ndarray
     masks: np.ndarray
     cell_area_mm2: np.ndarray
+    surface: np.ndarray | None = None  # (x, y, z) points on the modelled surface off the contour planes (end caps)
 
     @property
     def volume_cc(self) -> float:

@@ -233,6 +233,7 @@ def roi_dvh(planes: Planes, grid: DoseGrid, contour_model: str, default_thicknes
         probes = np.concatenate([
             contour_probes(SlabShape.from_planes(planes, default_thickness), max_spacing / 2),
             grid_nodes_in_region(region, grid.x, grid.y, grid.z),
+            region.surface if region.surface is not None else np.empty((0, 3)),
         ])
     else:
         shape = SlabShape.from_planes(planes, default_thickness, contour_model)
