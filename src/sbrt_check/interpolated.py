@@ -210,9 +210,11 @@ def closing(distances: np.ndarray, sizes: np.ndarray, spacing: float) -> tuple[f
     * size squared concave in z (a sphere's or ellipsoid's cap, a cylinder across the planes:
       size^2 = (R^2 - z^2) / 4 for a disc) is followed as the parabola through the last three
       planes; it closes at its first root ahead (a simple root, well conditioned);
-    * size squared convex or straight (a cone's apex: size linear, size^2 with a DOUBLE root
-      that rounding of the contours splits or lifts), and any run of two planes: the size itself
-      is followed as the line through the last two planes, closing at its simple root.
+    * size squared convex or straight: either the size is linear (a cone's apex: size^2 has a
+      DOUBLE root there, which rounding of the contours splits or lifts) or its square is (a
+      paraboloid's tip, r^2 proportional to the height); whichever of size and size^2 lies
+      closer to a straight line through the three planes is followed as the line through the
+      last two, closing at its simple root. A run of two planes: the size itself, linearly.
 
     When the trend closes the section before the next, empty plane (one spacing on), the end
     is there. Otherwise (a flat end: the section stays, or grows) the structure is cut off
@@ -233,14 +235,22 @@ def closing(distances: np.ndarray, sizes: np.ndarray, spacing: float) -> tuple[f
 
         closes_at = _first_closing(coefficients)
     else:
-        slope = (values[0] - values[1]) / (u[0] - u[1])
+        power = 1 if len(sizes) == 2 else min((1, 2), key=lambda p: _straightness(u, values**p))
+        slope = (values[0] ** power - values[1] ** power) / (u[0] - u[1])
+        start = end_size**power
 
         def trend(at: float) -> float:
-            return max(end_size + slope * at, 0.0) ** 2
+            return max(start + slope * at, 0.0) ** (2 / power)
 
-        closes_at = -end_size / slope if slope < 0 else np.inf
+        closes_at = -start / slope if slope < 0 else np.inf
     length = closes_at if closes_at <= spacing * (1 + 1e-9) else spacing / 2
     return float(length), lambda at: min(np.sqrt(max(trend(at), 0.0)) / end_size, GROWTH_BOUND)
+
+
+def _straightness(u: np.ndarray, values: np.ndarray) -> float:
+    """How far three values lie from a straight line through them, relative to their range."""
+    residual = values - np.polyval(np.polyfit(u, values, 1), u)
+    return float(np.abs(residual).max() / max(np.ptp(values), 1e-12))
 
 
 def _first_closing(coefficients: np.ndarray) -> float:
@@ -340,11 +350,13 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
         depth[outside[candidates]] *= -1
         deepest = float(depth.max())
         outline, euler = perimeter(polygons[k]), euler_characteristic(polygons[k])
+        cap_masks = []
         for j, t in enumerate(fractions):
             ratio = end.shrink(t * end.length)
             kept = candidates[depth >= deepest * (1 - ratio) - 1e-9]
             mask = np.zeros(masks[k].size, dtype=bool)
             mask[kept] = True
+            cap_masks.append(mask.reshape(masks[k].shape))
             # Weighed as the end contour eroded to this thickness (its own weight where Steiner fails).
             target = eroded_area(float(areas[k]), outline, euler, ratio)
             factor = float(factors[k])
@@ -353,7 +365,8 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
             near = z[k] + sign * j * end.length / SUBSLABS
             far = z[k] + sign * (j + 1) * end.length / SUBSLABS
             add(min(near, far), max(near, far), mask.reshape(masks[k].shape), factor)
-        probes.append(_cap_probes(end, polygons[k], z[k], deepest, max_spacing / 2))
+        surface = _cap_probes(end, polygons[k], z[k], deepest, max_spacing / 2)
+        probes.append(surface[_beside(surface, cap_masks, x, y)])
     if not layers:
         return Region(x, y, np.empty(0), np.empty(0), np.zeros((0, len(y), len(x)), bool), np.empty(0))
     surface = np.concatenate(probes) if probes else np.empty((0, 3))
@@ -409,8 +422,8 @@ def _cap_probes(end: End, polygons: list[np.ndarray], z_end: float, deepest: flo
     erosion (inwards) or growth (outwards) at each sub-slab face, where the trend puts it.
 
     The cap's samples stand at their cells' centres; these give its Max and Min where it reaches
-    furthest, as the contour points do on the planes (exact for a disc; at a concave corner a
-    point may fall a little outside, which widens the extremes, never narrows them).
+    furthest, as the contour points do on the planes (exact for a disc). Points a normal carries
+    out of the section are dropped by _beside. SUBSLABS faces of equally many points each.
     """
     blocks = []
     rings = [(densify(p, step_mm), _normals(p, polygons)) for p in polygons]
@@ -421,6 +434,27 @@ def _cap_probes(end: End, polygons: list[np.ndarray], z_end: float, deepest: flo
         for ring, normal in rings:
             blocks.append(np.column_stack([ring - erosion * normal(ring), np.full(len(ring), height)]))
     return np.concatenate(blocks)
+
+
+def _beside(points: np.ndarray, cap_masks: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Which cap surface points (SUBSLABS rings per face, in _cap_probes' order) lie within a cell
+    of their sub-slab's samples: a point a normal carried out of the section (a concave corner,
+    a narrow neck) is not on the modelled surface and must not set its Max or Min."""
+    per_face = len(points) // SUBSLABS
+    dx = x[1] - x[0] if len(x) > 1 else 1.0
+    dy = y[1] - y[0] if len(y) > 1 else 1.0
+    column = np.clip(np.rint((points[:, 0] - x[0]) / dx).astype(int), 0, len(x) - 1)
+    row = np.clip(np.rint((points[:, 1] - y[0]) / dy).astype(int), 0, len(y) - 1)
+    keep = np.zeros(len(points), dtype=bool)
+    for j, mask in enumerate(cap_masks):
+        grown = mask.copy()  # the kept samples and their eight neighbours
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        face = slice(j * per_face, (j + 1) * per_face)
+        keep[face] = grown[row[face], column[face]]
+    return keep
 
 
 def _normals(polygon: np.ndarray, polygons: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
