@@ -46,7 +46,7 @@ planes (they lie on the interpolated surface) and the dose-grid nodes inside the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -56,6 +56,7 @@ from .geometry import (
     SlabShape,
     _inside,
     densify,
+    near_region,
     nominal_spacing,
     rasterize,
     sample_axes,
@@ -350,13 +351,11 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
         depth[outside[candidates]] *= -1
         deepest = float(depth.max())
         outline, euler = perimeter(polygons[k]), euler_characteristic(polygons[k])
-        cap_masks = []
         for j, t in enumerate(fractions):
             ratio = end.shrink(t * end.length)
             kept = candidates[depth >= deepest * (1 - ratio) - 1e-9]
             mask = np.zeros(masks[k].size, dtype=bool)
             mask[kept] = True
-            cap_masks.append(mask.reshape(masks[k].shape))
             # Weighed as the end contour eroded to this thickness (its own weight where Steiner fails).
             target = eroded_area(float(areas[k]), outline, euler, ratio)
             factor = float(factors[k])
@@ -365,12 +364,16 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
             near = z[k] + sign * j * end.length / SUBSLABS
             far = z[k] + sign * (j + 1) * end.length / SUBSLABS
             add(min(near, far), max(near, far), mask.reshape(masks[k].shape), factor)
-        surface = _cap_probes(end, polygons[k], z[k], deepest, max_spacing / 2)
-        probes.append(surface[_beside(surface, cap_masks, x, y)])
+        probes.append(_cap_probes(end, polygons[k], z[k], deepest, max_spacing / 2))
     if not layers:
         return Region(x, y, np.empty(0), np.empty(0), np.zeros((0, len(y), len(x)), bool), np.empty(0))
-    surface = np.concatenate(probes) if probes else np.empty((0, 3))
-    return Region(x, y, np.array(lows), np.array(highs), np.stack(layers), np.array(weights), surface)
+    region = Region(x, y, np.array(lows), np.array(highs), np.stack(layers), np.array(weights))
+    if not probes:
+        return region
+    # Cap points a normal carried out of the section (a concave corner, a narrow neck) are not on
+    # the modelled surface and must not set its Max or Min.
+    surface = np.concatenate(probes)
+    return replace(region, surface=surface[near_region(region, surface)])
 
 
 @dataclass(frozen=True)
@@ -423,57 +426,30 @@ def _cap_probes(end: End, polygons: list[np.ndarray], z_end: float, deepest: flo
 
     The cap's samples stand at their cells' centres; these give its Max and Min where it reaches
     furthest, as the contour points do on the planes (exact for a disc). Points a normal carries
-    out of the section are dropped by _beside. SUBSLABS faces of equally many points each.
+    out of the section are dropped (near_region).
     """
     blocks = []
-    rings = [(densify(p, step_mm), _normals(p, polygons)) for p in polygons]
+    rings = [(ring, _normals(ring, p, polygons)) for ring, p in ((densify(p, step_mm), p) for p in polygons)]
     for j in range(1, SUBSLABS + 1):
         u = j * end.length / SUBSLABS
         erosion = deepest * (1 - end.shrink(u))
         height = z_end + end.sign * u
         for ring, normal in rings:
-            blocks.append(np.column_stack([ring - erosion * normal(ring), np.full(len(ring), height)]))
+            blocks.append(np.column_stack([ring - erosion * normal, np.full(len(ring), height)]))
     return np.concatenate(blocks)
 
 
-def _beside(points: np.ndarray, cap_masks: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Which cap surface points (SUBSLABS rings per face, in _cap_probes' order) lie within a cell
-    of their sub-slab's samples: a point a normal carried out of the section (a concave corner,
-    a narrow neck) is not on the modelled surface and must not set its Max or Min."""
-    per_face = len(points) // SUBSLABS
-    dx = x[1] - x[0] if len(x) > 1 else 1.0
-    dy = y[1] - y[0] if len(y) > 1 else 1.0
-    column = np.clip(np.rint((points[:, 0] - x[0]) / dx).astype(int), 0, len(x) - 1)
-    row = np.clip(np.rint((points[:, 1] - y[0]) / dy).astype(int), 0, len(y) - 1)
-    keep = np.zeros(len(points), dtype=bool)
-    for j, mask in enumerate(cap_masks):
-        grown = mask.copy()  # the kept samples and their eight neighbours
-        grown[1:] |= mask[:-1]
-        grown[:-1] |= mask[1:]
-        grown[:, 1:] |= grown[:, :-1].copy()
-        grown[:, :-1] |= grown[:, 1:].copy()
-        face = slice(j * per_face, (j + 1) * per_face)
-        keep[face] = grown[row[face], column[face]]
-    return keep
-
-
-def _normals(polygon: np.ndarray, polygons: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """Outward unit normals (out of the even-odd region) at points of the polygon's outline,
-    each the normal of its nearest vertex (the mean of its two edges' normals)."""
-    edges = np.roll(polygon, -1, axis=0) - polygon
+def _normals(ring: np.ndarray, polygon: np.ndarray, polygons: list[np.ndarray]) -> np.ndarray:
+    """Outward unit normals (out of the even-odd region) at the points of `ring`, the polygon
+    densified: each the mean of its two edges' normals (an edge's own normal between vertices)."""
     signed = float(np.sum(polygon[:, 0] * np.roll(polygon[:, 1], -1) - np.roll(polygon[:, 0], -1) * polygon[:, 1]))
     hole = sum(_inside(polygon[0], other) for other in polygons if other is not polygon) % 2
     orientation = (1.0 if signed > 0 else -1.0) * (-1.0 if hole else 1.0)
+    edges = np.roll(ring, -1, axis=0) - ring
     edge_normal = orientation * np.column_stack([edges[:, 1], -edges[:, 0]])
     edge_normal /= np.maximum(np.hypot(*edge_normal.T), 1e-12)[:, None]
     vertex = edge_normal + np.roll(edge_normal, 1, axis=0)
-    vertex /= np.maximum(np.hypot(*vertex.T), 1e-12)[:, None]
-
-    def at(points: np.ndarray) -> np.ndarray:
-        nearest = np.argmin(((points[:, None, :] - polygon[None, :, :]) ** 2).sum(axis=2), axis=1)
-        return vertex[nearest]
-
-    return at
+    return vertex / np.maximum(np.hypot(*vertex.T), 1e-12)[:, None]
 
 
 def contour_probes(shape: SlabShape, step_mm: float) -> np.ndarray:

@@ -31,6 +31,7 @@ from .geometry import (
     SlabShape,
     derive_region,
     derived_probes,
+    near_region,
     nominal_spacing,
     sample_shape,
 )
@@ -48,6 +49,7 @@ class PlanData:
     read_notes: list[str]
     _rois: dict[str, Roi] = field(default_factory=dict)
     _shapes: dict[str, SlabShape] = field(default_factory=dict)
+    _regions: dict[str, Region] = field(default_factory=dict)  # interpolated regions of single ROIs
     _dvhs: dict[tuple[str, ...], Future] = field(default_factory=dict)
     _volumes: dict[tuple[str, ...], float] = field(default_factory=dict)
     _axis: np.ndarray | None = None
@@ -108,12 +110,27 @@ class PlanData:
     def region(self, tokens: tuple[str, ...]) -> Region:
         """Sampled region of an ROI key or of an expression over ROI keys."""
         leaves = [t for t in tokens if t.startswith("#")]
+        if len(tokens) == 1 and self.contour_model == "interpolated":
+            return self._interpolated_region(tokens[0])
         if len(tokens) == 1:
             self.shape(tokens[0])  # refuses an ROI without contours, under every model
             return roi_region(self.roi(tokens[0]).planes, self.contour_model, self._default_thickness(),
                               self.max_spacing)
         shapes = {key: self.shape(key) for key in leaves}
-        return derive_region(list(tokens), shapes, self.max_spacing)
+        # A derived structure is built of its operands as the model shapes them: under
+        # `interpolated`, their interpolated regions (end caps included), not their slabs.
+        interpolated = self.contour_model == "interpolated"
+        regions = {key: self._interpolated_region(key) for key in leaves} if interpolated else None
+        return derive_region(list(tokens), shapes, self.max_spacing, regions=regions)
+
+    def _interpolated_region(self, key: str) -> Region:
+        """One ROI's interpolated region, computed once (its DVH and every derived structure use it)."""
+        with self._lock:
+            if key not in self._regions:
+                self.shape(key)  # refuses an ROI without contours, under every model
+                self._regions[key] = interpolated_region(self.roi(key).planes, self._default_thickness(),
+                                                         self.max_spacing)
+            return self._regions[key]
 
     def _apart(self, first: str, second: str) -> bool:
         """True when two ROIs' bounding boxes do not meet (they share no volume)."""
@@ -204,17 +221,32 @@ class PlanData:
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
         grid = self.dose
         if len(tokens) == 1:
-            self.shape(tokens[0])  # refuses an ROI without contours
             return roi_dvh(self.roi(tokens[0]).planes, grid, self.contour_model, self._default_thickness(),
-                           self.max_spacing, self.axis)
+                           self.max_spacing, self.axis, self.region(tokens))
         if tokens in self.coarse_extremes:
             probes = None
+        elif self.contour_model == "interpolated":
+            probes = self._derived_interpolated_probes(tokens)
         else:
             shapes = {key: self.shape(key) for key in tokens if key.startswith("#")}
             probes = derived_probes(
                 list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2, lambda p: dose_at_points(p, grid)
             )
         return compute_dvh(self.region(tokens), self.dose, self.axis, probes)
+
+    def _derived_interpolated_probes(self, tokens: tuple[str, ...]) -> np.ndarray:
+        """Max/Min candidates of a derived structure under `interpolated`: its operands' surface
+        points (contours on their planes, end caps) and the dose-grid nodes inside it, those
+        within a sample of the derived region (its surface lies on its operands')."""
+        region, grid = self.region(tokens), self.dose
+        blocks = [grid_nodes_in_region(region, grid.x, grid.y, grid.z)]
+        for key in dict.fromkeys(t for t in tokens if t.startswith("#")):
+            blocks.append(contour_probes(self.shape(key), self.max_spacing / 2))
+            surface = self._interpolated_region(key).surface
+            if surface is not None:
+                blocks.append(surface)
+        candidates = np.concatenate(blocks)
+        return candidates[near_region(region, candidates)]
 
 
 def roi_region(planes: Planes, contour_model: str, default_thickness: float, max_spacing: float) -> Region:
@@ -225,10 +257,12 @@ def roi_region(planes: Planes, contour_model: str, default_thickness: float, max
 
 
 def roi_dvh(planes: Planes, grid: DoseGrid, contour_model: str, default_thickness: float, max_spacing: float,
-            axis: np.ndarray) -> Dvh:
+            axis: np.ndarray, region: Region | None = None) -> Dvh:
     """The DVH of one contoured ROI under a contour model, with the exact-extreme probes of that
-    model's region (its surface and the dose-grid nodes inside it, end caps included)."""
-    region = roi_region(planes, contour_model, default_thickness, max_spacing)
+    model's region (its surface and the dose-grid nodes inside it, end caps included). `region`:
+    that region when already sampled (roi_region)."""
+    if region is None:
+        region = roi_region(planes, contour_model, default_thickness, max_spacing)
     if contour_model == "interpolated":
         probes = np.concatenate([
             contour_probes(SlabShape.from_planes(planes, default_thickness), max_spacing / 2),
