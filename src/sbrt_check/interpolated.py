@@ -27,20 +27,22 @@ thickness follows the trend (see below), by Steiner's formula (exact for a disc 
 within the same bounds.
 
 Ends (the outermost plane of a run of joined planes): the section's thickness s = area /
-perimeter (a disc's radius / 2, a long strip's half-width) is followed beyond the end plane:
-s^2 quadratic in z through the run's last three planes (exact for a sphere's or ellipsoid's
-cap, a cone's apex, a cylinder lying across the planes), s linear through two. If that trend
-closes the section before the next, empty plane (one spacing on), the structure ends there,
-the end contour eroded in proportion (a sample stays while its depth inside the end contour
-exceeds the erosion). If it does not (a flat end, a growing section), the structure is cut
-off somewhere before the next plane, taken half-way as the slab model does, its section
-following the trend meanwhile; a section never grows beyond its end contour. A plane alone
-keeps its section for half the nominal spacing on each side (a slab). Where a flat end lies
-between the last contour and the next, empty plane the contours do not say; half-way is the
-unbiased guess and up to half a spacing off.
+perimeter (a disc's radius / 2, a long strip's half-width) is followed beyond the end plane as the
+last planes show it (closing(); derived in docs/accuracy.md): s^2 as the parabola through the last
+three planes where it is concave (a sphere's or ellipsoid's cap, a cylinder lying across the
+planes); otherwise whichever of s and s^2 runs straighter (a cone's apex, a paraboloid's tip), as
+the line through the last two planes (a run of two: s). If that trend closes the section before
+the next, empty plane (one spacing on), the structure ends there, the end contour eroded in
+proportion (a sample stays while its depth inside the end contour exceeds the erosion). If it
+does not (a flat end), the structure is cut half a spacing on, where the DICOM slab convention and
+the unbiased guess for an end anywhere in the gap put it, its section following the trend
+meanwhile (growing too: the end contour dilated, samples outside it taking part). A plane alone
+keeps its section for half the nominal spacing on each side (a slab).
 
-Max and Min use the samples' values at their slab ends, the contour points on their own
-planes (they lie on the interpolated surface) and the dose-grid nodes inside the region.
+Max and Min use the samples' values at their slab ends, the contour points on their own planes
+(they lie on the interpolated surface), the dose-grid nodes inside the region and the end caps'
+surface (Region.surface: the end contour moved along its normals by the cap's erosion or growth at
+each sub-slab face), so the extremes come from the whole modelled region, caps included.
 """
 
 from __future__ import annotations
