@@ -124,13 +124,19 @@ class PlanData:
         return derive_region(list(tokens), shapes, self.max_spacing, regions=regions)
 
     def _interpolated_region(self, key: str) -> Region:
-        """One ROI's interpolated region, computed once (its DVH and every derived structure use it)."""
+        """One ROI's interpolated region, kept (its DVH and every derived structure use it).
+
+        Sampled outside the lock, so the DVH threads sample different ROIs at once; two threads
+        asking for the same ROI at the same time may both sample it, and the first kept wins.
+        """
         with self._lock:
-            if key not in self._regions:
-                self.shape(key)  # refuses an ROI without contours, under every model
-                self._regions[key] = interpolated_region(self.roi(key).planes, self._default_thickness(),
-                                                         self.max_spacing)
-            return self._regions[key]
+            found = self._regions.get(key)
+        if found is None:
+            self.shape(key)  # refuses an ROI without contours, under every model
+            sampled = interpolated_region(self.roi(key).planes, self._default_thickness(), self.max_spacing)
+            with self._lock:
+                found = self._regions.setdefault(key, sampled)
+        return found
 
     def _apart(self, first: str, second: str) -> bool:
         """True when two ROIs' bounding boxes do not meet (they share no volume)."""
