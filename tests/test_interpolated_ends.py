@@ -87,3 +87,19 @@ def test_a_derived_structure_has_the_shape_of_its_interpolated_operands():
         assert derived.z_lo.min() == pytest.approx(region.z_lo.min()) and derived.z_hi.max() == pytest.approx(
             region.z_hi.max())
         assert derived.z_lo.min() == pytest.approx(case.solid.bottom, abs=0.05)
+
+
+def test_a_union_of_two_apart_rois_has_their_interpolated_numbers(compliant):
+    # Kidney_L | Kidney_R under `interpolated`: the derived structure is the two interpolated
+    # regions (end caps included), so its volume is their sum and its Max / Min their extremes,
+    # found on their surfaces (caps too) as for each of them, up to the shared grid's sampling
+    # (a grid node is judged by its nearest sample: within a cell, here 0.5 % of the Min).
+    from sbrt_check.plandata import load_plan
+
+    plan = load_plan(compliant, contour_model="interpolated")
+    numbers = {r.name: f"#{r.number}" for r in plan.inputs.structure_set.rois}
+    left, right = plan.dvh((numbers["Kidney_L"],)), plan.dvh((numbers["Kidney_R"],))
+    both = plan.dvh((numbers["Kidney_L"], "|", numbers["Kidney_R"]))
+    assert both.volume_cc == pytest.approx(left.volume_cc + right.volume_cc, rel=0.01)
+    assert both.max_gy == pytest.approx(max(left.max_gy, right.max_gy), rel=0.01)
+    assert both.min_gy == pytest.approx(min(left.min_gy, right.min_gy), rel=0.01)
