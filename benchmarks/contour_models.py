@@ -34,7 +34,7 @@ from sbrt_check.report.dvh_export import render_dvh_json  # noqa: E402
 from tests.fixtures import analytic_cases as ac  # noqa: E402
 from tests.fixtures import shapes  # noqa: E402
 
-METRICS = ["Volume[cc]", "Mean[Gy]", "D2cc[Gy]", "D50%[Gy]", "D95%[Gy]", "D2%[Gy]"]
+METRICS = ["Volume[cc]", "Mean[Gy]", "D2cc[Gy]", "D50%[Gy]", "D95%[Gy]", "D2%[Gy]", "Max[Gy]", "Min[Gy]"]
 
 
 def real_volume_cc(shape: str) -> float:

@@ -27,6 +27,21 @@ def test_edge_distances_are_exact_for_a_square():
     assert edge_distances(points, [square]) == pytest.approx([5, 1, 2, 5])
 
 
+def test_edge_distances_in_tiles_equal_every_point_against_every_edge():
+    # The tiles meet only the edges within reach: the distances are those of the full search,
+    # for wavy outlines with a hole and points inside, outside and far away.
+    from sbrt_check.interpolated import _nearest_edge
+
+    rng = np.random.default_rng(20)
+    for _ in range(10):
+        t = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(40, 900))))
+        r = 30 + rng.uniform(0, 15) * np.sin(int(rng.integers(1, 7)) * t) + rng.uniform(0, 3, len(t))
+        polygons = [np.c_[r * np.cos(t), r * np.sin(t)], circle(5.0, 40)[::-1]]
+        points = rng.uniform(-60, 60, (int(rng.integers(10, 4000)), 2))
+        every = _nearest_edge(points, np.concatenate(polygons), np.concatenate([np.roll(p, -1, 0) for p in polygons]))
+        assert np.array_equal(edge_distances(points, polygons), every)
+
+
 def test_between_two_circles_the_section_is_a_frustum():
     # Concentric circles of radius 10 and 16, 3 mm apart, inside a longer run (ends far off):
     # signed-distance interpolation makes the radius linear in z, so the volume between the

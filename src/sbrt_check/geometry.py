@@ -39,6 +39,7 @@ class Region:
     z_hi: np.ndarray
     masks: np.ndarray
     cell_area_mm2: np.ndarray
+    surface: np.ndarray | None = None  # (x, y, z) points on the modelled surface off the contour planes (end caps)
 
     @property
     def volume_cc(self) -> float:
@@ -354,24 +355,36 @@ def evaluate_expression(tokens: list[str], leaf: Callable[[str], np.ndarray]) ->
 
 
 def derive_region(
-    tokens: list[str], shapes: dict[str, SlabShape], max_spacing: float, within: str | None = None
+    tokens: list[str], shapes: dict[str, SlabShape], max_spacing: float, within: str | None = None,
+    regions: dict[str, Region] | None = None,
 ) -> Region:
     """Sample a boolean combination of ROIs on one shared grid and z partition.
 
     `within` names an operand the result cannot leave (`box & Body`): its bounds and area
     alone set the sample grid, so a small box is not sampled as coarsely as the body.
+    `regions` gives operands as another contour model sampled them (the interpolated model:
+    end caps, sub-slabs): those operands take part with that region, each of its layers on the
+    shared grid by nearest sample, so a derived structure has the same shape as its operands.
     """
+    regions = regions or {}
     used = {name: shapes[name] for name in expression_names(tokens)}
     sizing = [used[within]] if within else list(used.values())
-    bounds = np.array([s.bounds for s in sizing])
+    bounds = np.array([s.bounds for s in sizing] + [region_bounds(regions[n]) for n in used if n in regions
+                                                     and not within])
     union_bounds = (bounds[:, 0].min(), bounds[:, 1].max(), bounds[:, 2].min(), bounds[:, 3].max())
     area_sum = max(float(s.areas_mm2.sum()) for s in sizing)
     x, y = sample_axes(union_bounds, area_sum, max_spacing)
-    edges = np.unique(np.concatenate([np.r_[s.z_lo, s.z_hi] for s in used.values()]))
+    edges = np.unique(np.concatenate([
+        np.r_[regions[name].z_lo, regions[name].z_hi] if name in regions else np.r_[shape.z_lo, shape.z_hi]
+        for name, shape in used.items()
+    ]))
     middles = (edges[:-1] + edges[1:]) / 2
     per_interval: dict[str, np.ndarray] = {}
     empty = np.zeros((len(middles), len(y), len(x)), dtype=bool)
     for name, shape in used.items():
+        if name in regions:
+            per_interval[name] = region_masks(regions[name], x, y, middles)
+            continue
         plane_masks = rasterize(list(shape.planes.values()), x, y)
         slab = np.searchsorted(shape.z_hi, middles, side="right")
         inside = (slab < len(shape.z_hi))
@@ -386,6 +399,69 @@ def derive_region(
         x, y, edges[:-1][occupied], edges[1:][occupied], combined[occupied],
         np.full(int(occupied.sum()), cell),
     )
+
+
+def _steps(region: Region) -> tuple[float, float]:
+    return (region.x[1] - region.x[0] if len(region.x) > 1 else 1.0,
+            region.y[1] - region.y[0] if len(region.y) > 1 else 1.0)
+
+
+def region_bounds(region: Region) -> tuple[float, float, float, float]:
+    """The in-plane extent of a region's cells (xmin, xmax, ymin, ymax)."""
+    dx, dy = _steps(region)
+    return (float(region.x[0] - dx / 2), float(region.x[-1] + dx / 2),
+            float(region.y[0] - dy / 2), float(region.y[-1] + dy / 2))
+
+
+def _nearest_cells(
+    region: Region, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The region's sample nearest to each x and each y (column, row), and which lie on its grid."""
+    dx, dy = _steps(region)
+    column = np.rint((np.asarray(x) - region.x[0]) / dx).astype(int)
+    row = np.rint((np.asarray(y) - region.y[0]) / dy).astype(int)
+    return column, row, (column >= 0) & (column < len(region.x)), (row >= 0) & (row < len(region.y))
+
+
+def region_masks(region: Region, x: np.ndarray, y: np.ndarray, middles: np.ndarray) -> np.ndarray:
+    """Which samples of the (y, x) grid lie in the region at each z of `middles` (nearest sample)."""
+    column, row, on_x, on_y = _nearest_cells(region, x, y)
+    result = np.zeros((len(middles), len(y), len(x)), dtype=bool)
+    if not (on_x.any() and on_y.any()):
+        return result
+    ys, xs = np.flatnonzero(on_y), np.flatnonzero(on_x)
+    for k in range(len(region.masks)):
+        covered = np.flatnonzero((middles >= region.z_lo[k]) & (middles < region.z_hi[k]))
+        if covered.size:
+            layer = region.masks[k][np.ix_(row[ys], column[xs])]
+            result[np.ix_(covered, ys, xs)] |= layer[None]
+    return result
+
+
+def grown(mask: np.ndarray) -> np.ndarray:
+    """A (y, x) mask and the eight neighbours of each of its samples."""
+    result = mask.copy()
+    result[1:] |= mask[:-1]
+    result[:-1] |= mask[1:]
+    across = result.copy()
+    result[:, 1:] |= across[:, :-1]
+    result[:, :-1] |= across[:, 1:]
+    return result
+
+
+def near_region(region: Region, points: np.ndarray) -> np.ndarray:
+    """Which (x, y, z) points lie within a sample cell of the region, faces included: the points of
+    its closure, up to the sampling (candidates for its Max and Min)."""
+    keep = np.zeros(len(points), dtype=bool)
+    if region.is_empty or not len(points):
+        return keep
+    column, row, on_x, on_y = _nearest_cells(region, points[:, 0], points[:, 1])
+    on_grid = on_x & on_y
+    for k in range(len(region.masks)):
+        chosen = np.flatnonzero(on_grid & ~keep & (points[:, 2] >= region.z_lo[k]) & (points[:, 2] <= region.z_hi[k]))
+        if chosen.size:
+            keep[chosen] = grown(region.masks[k])[row[chosen], column[chosen]]
+    return keep
 
 
 FACE_STEP_MM = 1e-6  # how far above and below a slab face its two sides are tested

@@ -27,25 +27,28 @@ thickness follows the trend (see below), by Steiner's formula (exact for a disc 
 within the same bounds.
 
 Ends (the outermost plane of a run of joined planes): the section's thickness s = area /
-perimeter (a disc's radius / 2, a long strip's half-width) is followed beyond the end plane:
-s^2 quadratic in z through the run's last three planes (exact for a sphere's or ellipsoid's
-cap, a cone's apex, a cylinder lying across the planes), s linear through two. If that trend
-closes the section before the next, empty plane (one spacing on), the structure ends there,
-the end contour eroded in proportion (a sample stays while its depth inside the end contour
-exceeds the erosion). If it does not (a flat end, a growing section), the structure is cut
-off somewhere before the next plane, taken half-way as the slab model does, its section
-following the trend meanwhile; a section never grows beyond its end contour. A plane alone
-keeps its section for half the nominal spacing on each side (a slab). Where a flat end lies
-between the last contour and the next, empty plane the contours do not say; half-way is the
-unbiased guess and up to half a spacing off.
+perimeter (a disc's radius / 2, a long strip's half-width) is followed beyond the end plane as the
+last planes show it (closing(); derived in docs/accuracy.md): s^2 as the parabola through the last
+three planes where it is concave (a sphere's or ellipsoid's cap, a cylinder lying across the
+planes); otherwise whichever of s and s^2 runs straighter (a cone's apex, a paraboloid's tip), as
+the line through the last two planes (a run of two: s). If that trend closes the section before
+the next, empty plane (one spacing on), the structure ends there, the end contour eroded in
+proportion (a sample stays while its depth inside the end contour exceeds the erosion). If it
+does not (a flat end), the structure is cut half a spacing on, where the DICOM slab convention and
+the unbiased guess for an end anywhere in the gap put it, its section following the trend
+meanwhile (growing too: the end contour dilated, samples outside it taking part). A plane alone
+keeps its section for half the nominal spacing on each side (a slab).
 
-Max and Min use the samples' values at their slab ends, the contour points on their own
-planes (they lie on the interpolated surface) and the dose-grid nodes inside the region.
+Max and Min use the samples' values at their slab ends, the contour points on their own planes
+(they lie on the interpolated surface), the dose-grid nodes inside the region and the end caps'
+surface (Region.surface: the end contour moved along its normals by the cap's erosion or growth at
+each sub-slab face), so the extremes come from the whole modelled region, caps included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -55,6 +58,7 @@ from .geometry import (
     SlabShape,
     _inside,
     densify,
+    near_region,
     nominal_spacing,
     rasterize,
     sample_axes,
@@ -67,10 +71,43 @@ DISTANCE_BLOCK = 2_000_000  # sample x edge pairs per batch (~50 MB of temporari
 WEIGHT_BOUND = 2.0  # a sub-slab's weight per sample stays within its planes' / 2 and x 2
 
 
+TILE_POINTS = 32  # points per spatial tile of edge_distances
+PRUNE_EDGES = 32  # below this many edges every point meets every edge
+
+
 def edge_distances(points: np.ndarray, polygons: list[np.ndarray]) -> np.ndarray:
-    """Euclidean distance from each (x, y) point to the nearest edge of the polygons."""
+    """Euclidean distance from each (x, y) point to the nearest edge of the polygons.
+
+    Exact. An organ's contour has hundreds of edges and a point's nearest lies close to it, so
+    points are taken in spatial tiles, and a tile meets only the edges whose bounding box comes
+    within reach of it: the reach is the farthest of its points' distances to the nearest of a
+    few vertices (an upper bound of each point's distance, vertices lying on edges).
+    """
     start = np.concatenate(polygons)
     end = np.concatenate([np.roll(p, -1, axis=0) for p in polygons])
+    if len(start) <= PRUNE_EDGES or len(points) <= TILE_POINTS:
+        return _nearest_edge(points, start, end)
+    low, high = np.minimum(start, end), np.maximum(start, end)
+    vertices = start[:: len(start) // PRUNE_EDGES]
+    corner = points.min(axis=0)
+    side = max(int(np.sqrt(len(points) / TILE_POINTS)), 1)
+    tile = np.maximum((points.max(axis=0) - corner) / side, 1e-9)
+    cell = np.minimum(((points - corner) / tile).astype(int), side - 1)
+    key = cell[:, 1] * side + cell[:, 0]
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    result = np.empty(len(points))
+    for chosen in np.split(order, bounds):
+        block = points[chosen]
+        reach = np.sqrt(((block[:, None, :] - vertices[None, :, :]) ** 2).sum(axis=2).min(axis=1).max())
+        lo, hi = block.min(axis=0) - reach, block.max(axis=0) + reach
+        near = np.all((high >= lo) & (low <= hi), axis=1)
+        result[chosen] = _nearest_edge(block, start[near], end[near])
+    return result
+
+
+def _nearest_edge(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Distance from each point to the nearest of the edges start -> end (all pairs, in batches)."""
     dx, dy = end[:, 0] - start[:, 0], end[:, 1] - start[:, 1]
     length2 = np.maximum(dx * dx + dy * dy, 1e-18)
     result = np.empty(len(points))
@@ -151,14 +188,15 @@ def euler_characteristic(polygons: list[np.ndarray]) -> int:
 
 
 def eroded_area(area: float, length: float, euler: int, ratio: float) -> float:
-    """Area of a section eroded until its size (area / perimeter) is `ratio` times its own.
+    """Area of a section eroded until its size (area / perimeter) is `ratio` times its own
+    (dilated, for a ratio above 1: the erosion comes out negative).
 
     Steiner's formula: eroded by e, a section of area A and perimeter P keeps A - P e + c e^2 of
     area and P - 2 c e of perimeter, c = pi x euler (exact for convex outlines, holes grow alike).
     The e that gives the size ratio solves a quadratic; the area is s^2 A for a disc, s A for a
     long strip. NaN where the formula has no such e (a section far from convex).
     """
-    if ratio >= 1 or area <= 0 or length <= 0:
+    if ratio == 1 or area <= 0 or length <= 0:
         return area
     c = np.pi * euler
     b = length - 2 * ratio * c * area / length
@@ -195,56 +233,68 @@ def interval_weights(
     return core_weight, np.clip(rest, low, high)
 
 
+GROWTH_BOUND = 2.0  # a flat end's section grows with its trend to at most twice its end section's size
+
+
 def closing(distances: np.ndarray, sizes: np.ndarray, spacing: float) -> tuple[float, Callable[[float], float]]:
     """How far an end reaches beyond its plane, and its section's size at u beyond it, relative
-    to the end section's (1 at the end plane, 0 where it closes).
+    to the end section's (1 at the end plane, 0 where it closes, above 1 where it grows).
 
     `distances` are the planes' distances behind the end (0 first), `sizes` their section_size.
-    The trend: size squared quadratic in z through the last three planes (exact for the quadrics:
-    a sphere's cap, a cone's apex, a cylinder across the planes), size linear through two. When it
-    closes the section before the next, empty plane (one spacing on), the end is there; otherwise
-    the structure is cut off somewhere before that plane, taken half-way (as a slab's end), its
-    section following the trend meanwhile. A section never grows beyond the end contour.
+    The trend, from what the last planes show (docs/accuracy.md derives it):
+
+    * size squared concave in z (a sphere's or ellipsoid's cap, a cylinder across the planes:
+      size^2 = (R^2 - z^2) / 4 for a disc) is followed as the parabola through the last three
+      planes; it closes at its first root ahead (a simple root, well conditioned);
+    * size squared convex or straight: either the size is linear (a cone's apex: size^2 has a
+      DOUBLE root there, which rounding of the contours splits or lifts) or its square is (a
+      paraboloid's tip, r^2 proportional to the height); whichever of size and size^2 lies
+      closer to a straight line through the three planes is followed as the line through the
+      last two, closing at its simple root. A run of two planes: the size itself, linearly.
+
+    When the trend closes the section before the next, empty plane (one spacing on), the end
+    is there. Otherwise (a flat end: the section stays, or grows) the structure is cut off
+    somewhere before that plane, the DICOM slab convention's half a spacing on, its section
+    following the trend meanwhile (a cone's base keeps widening up to the cut, within
+    GROWTH_BOUND).
     """
     end_size = float(sizes[0])
     if len(sizes) == 1 or end_size <= 0:
         return spacing / 2, lambda u: 1.0
     u = -np.asarray(distances, dtype=float)  # behind the end: negative
-    if len(sizes) == 2:
-        slope = (sizes[0] - sizes[1]) / (u[0] - u[1])
-
-        def trend(at: float) -> float:
-            return max(end_size + slope * at, 0.0) ** 2
-
-        closes_at = -end_size / slope if slope < 0 else np.inf
-    else:
-        coefficients = np.polyfit(u, np.asarray(sizes, dtype=float) ** 2, 2)
+    values = np.asarray(sizes, dtype=float)
+    coefficients = np.polyfit(u, values**2, 2) if len(sizes) > 2 else np.zeros(3)
+    if coefficients[0] < 0:
 
         def trend(at: float) -> float:
             return float(np.polyval(coefficients, at))
 
-        closes_at = _first_closing(coefficients, end_size**2)
+        closes_at = _first_closing(coefficients)
+    else:
+        power = 1 if len(sizes) == 2 else min((1, 2), key=lambda p: _straightness(u, values**p))
+        slope = (values[0] ** power - values[1] ** power) / (u[0] - u[1])
+        start = end_size**power
+
+        def trend(at: float) -> float:
+            return max(start + slope * at, 0.0) ** (2 / power)
+
+        closes_at = -start / slope if slope < 0 else np.inf
     length = closes_at if closes_at <= spacing * (1 + 1e-9) else spacing / 2
-    return float(length), lambda at: min(np.sqrt(max(trend(at), 0.0)) / end_size, 1.0)
+    return float(length), lambda at: min(np.sqrt(max(trend(at), 0.0)) / end_size, GROWTH_BOUND)
 
 
-def _first_closing(coefficients: np.ndarray, end_value: float) -> float:
-    """Where the quadratic trend of size squared first reaches zero beyond the end (inf if never).
+def _straightness(u: np.ndarray, values: np.ndarray) -> float:
+    """How far three values lie from a straight line through them, relative to their range."""
+    residual = values - np.polyval(np.polyfit(u, values, 1), u)
+    return float(np.abs(residual).max() / max(np.ptp(values), 1e-12))
 
-    A cone's size squared touches zero at its apex (a double root): rounding of the contour points
-    can lift that vertex a little above zero, so a vertex within 5 % of the end value counts too.
-    """
+
+def _first_closing(coefficients: np.ndarray) -> float:
+    """Where a concave quadratic trend of size squared first reaches zero beyond the end (inf if never)."""
     roots = np.roots(coefficients)
     real = roots[np.isreal(roots)].real if roots.size else np.empty(0)
     ahead = real[real > 0]
-    if ahead.size:
-        return float(ahead.min())
-    a, b, _ = coefficients
-    if a > 0:
-        vertex = -b / (2 * a)
-        if vertex > 0 and np.polyval(coefficients, vertex) <= 0.05 * end_value:
-            return float(vertex)
-    return float(np.inf)
+    return float(ahead.min()) if ahead.size else float(np.inf)
 
 
 def interpolated_region(planes: Planes, default_thickness: float, max_spacing: float) -> Region:
@@ -253,7 +303,12 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
     z = np.array(list(shape.planes), dtype=float)
     polygons = list(shape.planes.values())
     areas = shape.areas_mm2
-    x, y = sample_axes(shape.bounds, float(areas.sum()), max_spacing)
+    joined, half = _runs(z, default_thickness)
+    ends = _ends(z, polygons, areas, joined, half)
+    # A growing end widens beyond its contour: the samples reach that far.
+    xmin, xmax, ymin, ymax = shape.bounds
+    pad = max([end.reach for end in ends], default=0.0)
+    x, y = sample_axes((xmin - pad, xmax + pad, ymin - pad, ymax + pad), float(areas.sum()), max_spacing)
     cell = (x[1] - x[0] if len(x) > 1 else 1.0) * (y[1] - y[0] if len(y) > 1 else 1.0)
     masks = rasterize(polygons, x, y)
     counts = masks.reshape(len(masks), -1).sum(axis=1)
@@ -265,7 +320,6 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
     # Each plane's exact area over its sampled area (0 for a contour of no area).
     factors = areas / (cell * np.maximum(counts, 1))
     grid_points = np.column_stack([np.tile(x, len(y)), np.repeat(y, len(x))])
-    joined, half = _runs(z, default_thickness)
     lows: list[float] = []
     highs: list[float] = []
     layers: list[np.ndarray] = []
@@ -318,38 +372,119 @@ def interpolated_region(planes: Planes, default_thickness: float, max_spacing: f
             mask[chosen] = True
             add(z[k] + j * dz / SUBSLABS, z[k] + (j + 1) * dz / SUBSLABS, mask.reshape(masks[k].shape),
                 float(sub_factors[j]))
+    probes = []
+    for end in ends:
+        k, sign = end.plane, end.sign
+        if not masks[k].any():
+            continue
+        # The end contour eroded by its shrinking (dilated by its growing): a sample stays while
+        # its depth (distance to the contour, negative outside) exceeds the erosion; the deepest
+        # sample is the section's core. Only samples near the contour can be reached by a growth.
+        outside = ~masks[k].ravel() & _near_box(grid_points, polygons[k], end.reach)
+        candidates = np.flatnonzero(masks[k].ravel() | outside)
+        depth = edge_distances(grid_points[candidates], polygons[k])
+        depth[outside[candidates]] *= -1
+        deepest = float(depth.max())
+        outline, euler = perimeter(polygons[k]), euler_characteristic(polygons[k])
+        for j, t in enumerate(fractions):
+            ratio = end.shrink(t * end.length)
+            kept = candidates[depth >= deepest * (1 - ratio) - 1e-9]
+            mask = np.zeros(masks[k].size, dtype=bool)
+            mask[kept] = True
+            # Weighed as the end contour eroded to this thickness (its own weight where Steiner fails).
+            target = eroded_area(float(areas[k]), outline, euler, ratio)
+            factor = float(factors[k])
+            if kept.size and np.isfinite(target):
+                factor = float(np.clip(target / (cell * kept.size), factor / WEIGHT_BOUND, factor * WEIGHT_BOUND))
+            near = z[k] + sign * j * end.length / SUBSLABS
+            far = z[k] + sign * (j + 1) * end.length / SUBSLABS
+            add(min(near, far), max(near, far), mask.reshape(masks[k].shape), factor)
+        probes.append(_cap_probes(end, polygons[k], z[k], deepest, max_spacing / 2))
+    if not layers:
+        return Region(x, y, np.empty(0), np.empty(0), np.zeros((0, len(y), len(x)), bool), np.empty(0))
+    region = Region(x, y, np.array(lows), np.array(highs), np.stack(layers), np.array(weights))
+    if not probes:
+        return region
+    # Cap points a normal carried out of the section (a concave corner, a narrow neck) are not on
+    # the modelled surface and must not set its Max or Min.
+    surface = np.concatenate(probes)
+    return replace(region, surface=surface[near_region(region, surface)])
+
+
+@dataclass(frozen=True)
+class End:
+    """An end of a run of joined planes: its plane, which way it faces (-1 down, +1 up), how far
+    the structure reaches beyond it, and its section's size relative to the end contour's at a
+    distance beyond it (closing())."""
+
+    plane: int
+    sign: float
+    length: float
+    shrink: Callable[[float], float]
+    reach: float  # how far the section grows beyond the end contour, at most (mm; 0 if it does not)
+
+
+def _ends(z: np.ndarray, polygons: list[list[np.ndarray]], areas: np.ndarray, joined: np.ndarray,
+          half: float) -> list[End]:
+    """Every end of every run, with its trend (see closing())."""
+    ends = []
     for k in range(len(z)):
         for sign in (-1.0, 1.0):
             # An end faces away from its run: downwards (sign -1) from a run's first plane,
             # upwards from its last. The planes behind it, end first, give the thickness trend.
             behind = _run_behind(k, -int(sign), joined)
-            inside = np.flatnonzero(masks[k].ravel())
-            if behind is None or not inside.size:
+            if behind is None or areas[k] <= 0:
                 continue
             spacing = abs(z[behind[1]] - z[k]) if len(behind) > 1 else 2 * half
             sizes = np.array([section_size(polygons[plane], areas[plane]) for plane in behind])
             length, shrink = closing(np.abs(z[behind] - z[k]), sizes, spacing)
-            # The end contour eroded by its shrinking: a sample stays while it lies deeper than
-            # the erosion (its depth: distance to the contour; the deepest one is the section's core).
-            depth = edge_distances(grid_points[inside], polygons[k])
-            deepest = float(depth.max())
-            outline, euler = perimeter(polygons[k]), euler_characteristic(polygons[k])
-            for j, t in enumerate(fractions):
-                ratio = shrink(t * length)
-                kept = inside[depth >= deepest * (1 - ratio) - 1e-9]
-                mask = np.zeros(masks[k].size, dtype=bool)
-                mask[kept] = True
-                # Weighed as the end contour eroded to this thickness (its own weight where Steiner fails).
-                target = eroded_area(float(areas[k]), outline, euler, ratio)
-                factor = float(factors[k])
-                if kept.size and np.isfinite(target):
-                    factor = float(np.clip(target / (cell * kept.size), factor / WEIGHT_BOUND, factor * WEIGHT_BOUND))
-                near = z[k] + sign * j * length / SUBSLABS
-                far = z[k] + sign * (j + 1) * length / SUBSLABS
-                add(min(near, far), max(near, far), mask.reshape(masks[k].shape), factor)
-    if not layers:
-        return Region(x, y, np.empty(0), np.empty(0), np.zeros((0, len(y), len(x)), bool), np.empty(0))
-    return Region(x, y, np.array(lows), np.array(highs), np.stack(layers), np.array(weights))
+            # The deepest point of a section lies at most half its narrowest bounding-box side deep.
+            points = np.concatenate(polygons[k])
+            deepest = float(np.ptp(points, axis=0).min()) / 2
+            growth = max(shrink(length * (1 - 0.5 / SUBSLABS)) - 1.0, 0.0)
+            ends.append(End(k, sign, length, shrink, deepest * growth))
+    return ends
+
+
+def _near_box(points: np.ndarray, polygons: list[np.ndarray], margin: float) -> np.ndarray:
+    """Which points lie within `margin` of the polygons' bounding box (none for no margin)."""
+    if margin <= 0:
+        return np.zeros(len(points), dtype=bool)
+    outline = np.concatenate(polygons)
+    low, high = outline.min(axis=0) - margin, outline.max(axis=0) + margin
+    return np.all((points >= low) & (points <= high), axis=1)
+
+
+def _cap_probes(end: End, polygons: list[np.ndarray], z_end: float, deepest: float, step_mm: float) -> np.ndarray:
+    """Points on an end cap's surface: the end contour moved along its normals by the cap's
+    erosion (inwards) or growth (outwards) at each sub-slab face, where the trend puts it.
+
+    The cap's samples stand at their cells' centres; these give its Max and Min where it reaches
+    furthest, as the contour points do on the planes (exact for a disc). Points a normal carries
+    out of the section are dropped (near_region).
+    """
+    blocks = []
+    rings = [(ring, _normals(ring, p, polygons)) for ring, p in ((densify(p, step_mm), p) for p in polygons)]
+    for j in range(1, SUBSLABS + 1):
+        u = j * end.length / SUBSLABS
+        erosion = deepest * (1 - end.shrink(u))
+        height = z_end + end.sign * u
+        for ring, normal in rings:
+            blocks.append(np.column_stack([ring - erosion * normal, np.full(len(ring), height)]))
+    return np.concatenate(blocks)
+
+
+def _normals(ring: np.ndarray, polygon: np.ndarray, polygons: list[np.ndarray]) -> np.ndarray:
+    """Outward unit normals (out of the even-odd region) at the points of `ring`, the polygon
+    densified: each the mean of its two edges' normals (an edge's own normal between vertices)."""
+    signed = float(np.sum(polygon[:, 0] * np.roll(polygon[:, 1], -1) - np.roll(polygon[:, 0], -1) * polygon[:, 1]))
+    hole = sum(_inside(polygon[0], other) for other in polygons if other is not polygon) % 2
+    orientation = (1.0 if signed > 0 else -1.0) * (-1.0 if hole else 1.0)
+    edges = np.roll(ring, -1, axis=0) - ring
+    edge_normal = orientation * np.column_stack([edges[:, 1], -edges[:, 0]])
+    edge_normal /= np.maximum(np.hypot(*edge_normal.T), 1e-12)[:, None]
+    vertex = edge_normal + np.roll(edge_normal, 1, axis=0)
+    return vertex / np.maximum(np.hypot(*vertex.T), 1e-12)[:, None]
 
 
 def contour_probes(shape: SlabShape, step_mm: float) -> np.ndarray:

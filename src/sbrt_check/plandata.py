@@ -31,11 +31,12 @@ from .geometry import (
     SlabShape,
     derive_region,
     derived_probes,
+    near_region,
     nominal_spacing,
     sample_shape,
 )
 from .interpolated import contour_probes, grid_nodes_in_region, interpolated_region
-from .models import DoseGrid, Dvh, Roi
+from .models import DoseGrid, Dvh, Planes, Roi
 
 DEFAULT_SLICE_MM = 3.0
 DVH_THREADS = min(4, os.cpu_count() or 1)  # the GIL-bound remainder makes more not worth it
@@ -48,6 +49,7 @@ class PlanData:
     read_notes: list[str]
     _rois: dict[str, Roi] = field(default_factory=dict)
     _shapes: dict[str, SlabShape] = field(default_factory=dict)
+    _regions: dict[str, Region] = field(default_factory=dict)  # interpolated regions of single ROIs
     _dvhs: dict[tuple[str, ...], Future] = field(default_factory=dict)
     _volumes: dict[tuple[str, ...], float] = field(default_factory=dict)
     _axis: np.ndarray | None = None
@@ -110,12 +112,32 @@ class PlanData:
         """Sampled region of an ROI key or of an expression over ROI keys."""
         leaves = [t for t in tokens if t.startswith("#")]
         if len(tokens) == 1 and self.contour_model == "interpolated":
-            self.shape(tokens[0])  # refuses an ROI without contours, as for the other models
-            return interpolated_region(self.roi(tokens[0]).planes, self._default_thickness(), self.max_spacing)
+            return self._interpolated_region(tokens[0])
         if len(tokens) == 1:
-            return sample_shape(self.shape(tokens[0]), self.max_spacing)
+            self.shape(tokens[0])  # refuses an ROI without contours, under every model
+            return roi_region(self.roi(tokens[0]).planes, self.contour_model, self._default_thickness(),
+                              self.max_spacing)
         shapes = {key: self.shape(key) for key in leaves}
-        return derive_region(list(tokens), shapes, self.max_spacing)
+        # A derived structure is built of its operands as the model shapes them: under
+        # `interpolated`, their interpolated regions (end caps included), not their slabs.
+        interpolated = self.contour_model == "interpolated"
+        regions = {key: self._interpolated_region(key) for key in leaves} if interpolated else None
+        return derive_region(list(tokens), shapes, self.max_spacing, regions=regions)
+
+    def _interpolated_region(self, key: str) -> Region:
+        """One ROI's interpolated region, kept (its DVH and every derived structure use it).
+
+        Sampled outside the lock, so the DVH threads sample different ROIs at once; two threads
+        asking for the same ROI at the same time may both sample it, and the first kept wins.
+        """
+        with self._lock:
+            found = self._regions.get(key)
+        if found is None:
+            self.shape(key)  # refuses an ROI without contours, under every model
+            sampled = interpolated_region(self.roi(key).planes, self._default_thickness(), self.max_spacing)
+            with self._lock:
+                found = self._regions.setdefault(key, sampled)
+        return found
 
     def box(self, key: str) -> tuple[float, float, float, float, float, float]:
         """An ROI's bounding box (x0, x1, y0, y1, z0, z1) in mm, its slabs' z extent included."""
@@ -212,26 +234,61 @@ class PlanData:
 
     def _compute_dvh(self, tokens: tuple[str, ...]) -> Dvh:
         grid = self.dose
-        if len(tokens) == 1 and self.contour_model == "interpolated":
-            region = self.region(tokens)
-            probes = np.concatenate([
-                contour_probes(self.shape(tokens[0]), self.max_spacing / 2),
-                grid_nodes_in_region(region, grid.x, grid.y, grid.z),
-            ])
-            return compute_dvh(region, grid, self.axis, probes)
-        elif len(tokens) == 1:
-            shape = self.shape(tokens[0])
-            probes = np.concatenate([
-                shape.boundary_points(self.max_spacing / 2), shape.grid_nodes_inside(grid.x, grid.y, grid.z)
-            ])
-        elif tokens in self.coarse_extremes:
+        if len(tokens) == 1:
+            return roi_dvh(self.roi(tokens[0]).planes, grid, self.contour_model, self._default_thickness(),
+                           self.max_spacing, self.axis, self.region(tokens))
+        if tokens in self.coarse_extremes:
             probes = None
+        elif self.contour_model == "interpolated":
+            probes = self._derived_interpolated_probes(tokens)
         else:
             shapes = {key: self.shape(key) for key in tokens if key.startswith("#")}
             probes = derived_probes(
                 list(tokens), shapes, (grid.x, grid.y, grid.z), self.max_spacing / 2, lambda p: dose_at_points(p, grid)
             )
         return compute_dvh(self.region(tokens), self.dose, self.axis, probes)
+
+    def _derived_interpolated_probes(self, tokens: tuple[str, ...]) -> np.ndarray:
+        """Max/Min candidates of a derived structure under `interpolated`: its operands' surface
+        points (contours on their planes, end caps) and the dose-grid nodes inside it, those
+        within a sample of the derived region (its surface lies on its operands')."""
+        region, grid = self.region(tokens), self.dose
+        blocks = [grid_nodes_in_region(region, grid.x, grid.y, grid.z)]
+        for key in dict.fromkeys(t for t in tokens if t.startswith("#")):
+            blocks.append(contour_probes(self.shape(key), self.max_spacing / 2))
+            surface = self._interpolated_region(key).surface
+            if surface is not None:
+                blocks.append(surface)
+        candidates = np.concatenate(blocks)
+        return candidates[near_region(region, candidates)]
+
+
+def roi_region(planes: Planes, contour_model: str, default_thickness: float, max_spacing: float) -> Region:
+    """One contoured ROI sampled under a contour model: the region every number of it comes from."""
+    if contour_model == "interpolated":
+        return interpolated_region(planes, default_thickness, max_spacing)
+    return sample_shape(SlabShape.from_planes(planes, default_thickness, contour_model), max_spacing)
+
+
+def roi_dvh(planes: Planes, grid: DoseGrid, contour_model: str, default_thickness: float, max_spacing: float,
+            axis: np.ndarray, region: Region | None = None) -> Dvh:
+    """The DVH of one contoured ROI under a contour model, with the exact-extreme probes of that
+    model's region (its surface and the dose-grid nodes inside it, end caps included). `region`:
+    that region when already sampled (roi_region)."""
+    if region is None:
+        region = roi_region(planes, contour_model, default_thickness, max_spacing)
+    if contour_model == "interpolated":
+        probes = np.concatenate([
+            contour_probes(SlabShape.from_planes(planes, default_thickness), max_spacing / 2),
+            grid_nodes_in_region(region, grid.x, grid.y, grid.z),
+            region.surface if region.surface is not None else np.empty((0, 3)),
+        ])
+    else:
+        shape = SlabShape.from_planes(planes, default_thickness, contour_model)
+        probes = np.concatenate([
+            shape.boundary_points(max_spacing / 2), shape.grid_nodes_inside(grid.x, grid.y, grid.z)
+        ])
+    return compute_dvh(region, grid, axis, probes)
 
 
 def _load(
