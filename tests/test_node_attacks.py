@@ -156,8 +156,11 @@ def test_slow_and_idle_clients_neither_block_senders_nor_stay(tmp_path):
         for sock in stalled:
             sock.close()
         assert running.stop() == 0
-    # Dropped by the timeout inside the PDU or by the association timer, and logged.
-    assert "connection from (no AE title) at 127.0.0.1 ended without a release" in running.stderr()
+    # Dropped by the timeout inside the PDU or by the association timer (which one fires first
+    # depends on the machine's load), and logged either way.
+    log = running.stderr()
+    assert ("connection from (no AE title) at 127.0.0.1 ended without a release" in log
+            or "connection from 127.0.0.1: nothing received for 1 s" in log), log[-2000:]
 
 
 def test_declared_huge_pdu_is_refused_before_it_is_read(node):
