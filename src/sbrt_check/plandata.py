@@ -154,7 +154,7 @@ class PlanData:
         raise them.
         """
         wanted = [t for t in dict.fromkeys(token_sets) if t not in self._dvhs]
-        if threads < 2 or len(wanted) < 2:
+        if threads < 2 or not wanted:
             return
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dvh")
         for tokens in wanted:
@@ -180,6 +180,7 @@ class PlanData:
                 self._siblings[contour_model] = PlanData(
                     self.inputs, self.dose, [], _rois=self._rois, _axis=self.axis, _lock=self._lock,
                     contour_model=contour_model, dose_scale=self.dose_scale,
+                    coarse_extremes=self.coarse_extremes,  # the same metrics are asked of it
                 )
             return self._siblings[contour_model]
 
