@@ -221,7 +221,7 @@ class Outcome:
 
 @functools.lru_cache(maxsize=4)
 def _protocol(path: str | None) -> Any:
-    from .protocol import load_protocol
+    from .rules import load_protocol
 
     return load_protocol(path)
 

@@ -75,11 +75,6 @@ def _contour_model(option: ContourModel | None, protocol) -> str:
     return protocol.contour_model or "slab"
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"sbrt-check: error: {message}", err=True)
-    return typer.Exit(EXIT_ERROR)
-
-
 def _number(option: str, value: float | None, *, zero: bool = False) -> float | None:
     """A number given on the command line (a dose, a count, a size): finite and positive (or zero
     when `zero`), else one error line. Every float option goes through here: click takes '-5',
@@ -144,7 +139,7 @@ def check(
     """Check one exported plan folder against the protocol (the default command)."""
     from .evaluate import Evaluator, Options
     from .plandata import load_plan
-    from .protocol import load_protocol
+    from .rules import load_protocol
 
     _number("--rx", rx)
     loaded_protocol = load_protocol(protocol)
@@ -308,7 +303,7 @@ def audit(
     import time
 
     from . import audit as au
-    from .protocol import load_protocol
+    from .rules import load_protocol
 
     started = time.perf_counter()
     loaded_protocol = load_protocol(protocol)
@@ -553,7 +548,7 @@ def listen(
     from .node.scp import Node, NodeConfig
     from .node.store import Limits
     from .node.worker import CheckSettings
-    from .protocol import load_protocol
+    from .rules import load_protocol
 
     load_protocol(protocol)  # a bad protocol is refused now, not at the first plan
     _number("--max-object-mb", max_object_mb)

@@ -108,19 +108,6 @@ class Sourced:
 
 
 @dataclass(frozen=True)
-class PlanInfo:
-    patient_id: str
-    patient_name: str
-    plan_label: str
-    plan_uid: str
-    frame_of_reference_uid: str
-    prescription_gy: Sourced
-    fractions: Sourced
-    beams: tuple[Beam, ...] = ()
-    files: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Dvh:
     """A cumulative DVH: volume (cc) receiving at least each dose of `dose_gy`.
 
