@@ -315,12 +315,12 @@ class Evaluator:
 
 
 def overall_verdict(results: list[Result]) -> Verdict:
-    """Any FAIL: fail. Else anything required not evaluated: error. Else variation or pass."""
+    """Any FAIL: fail. Else anything required not evaluated: not evaluated. Else variation or pass."""
     statuses = [r.status for r in results]
     if Status.FAIL in statuses:
         return Verdict.FAIL
     if any(r.status is Status.NOT_EVALUATED and r.required for r in results):
-        return Verdict.ERROR
+        return Verdict.NOT_EVALUATED
     if Status.VARIATION in statuses:
         return Verdict.VARIATION
     return Verdict.PASS
