@@ -10,7 +10,6 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from sbrt_check.node.store import (
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_net import QUICK_PROTOCOL, NodeProcess, echoscu, pynetdicom_send, storescu, wait_until
 from tests.fixtures.dicom_writer import write_plan_folder
+from tests.helpers import run_subprocess
 
 EXPECTED_VERDICT = {"compliant": "pass", "hot_stomach": "fail"}
 SUCCESS, CANNOT_UNDERSTAND = 0x0000, 0xC000
@@ -111,9 +111,7 @@ def test_storescu_pushes_give_one_report_each_with_the_right_verdict(node, plan_
     stomach = [r for r in failed[0]["results"] if r["structure"] == "Stomach" and r["status"] == "fail"]
     assert stomach, "the hot stomach is what fails"
     # The node's JSON is `check --format json` of the same files.
-    checked = subprocess.run([sys.executable, "-m", "sbrt_check", "check", str(compliant), "--format", "json",
-                              "--protocol", str(quick_protocol)], capture_output=True, text=True)
-    expected = json.loads(checked.stdout)
+    expected = run_subprocess("check", compliant, "--format", "json", "--protocol", quick_protocol).report()
     assert [(r["metric"], r["value"], r["status"]) for r in passed[0]["results"]] == [
         (r["metric"], r["value"], r["status"]) for r in expected["results"]]
     wait_until(lambda: "FAIL  PUSH-FAIL LIVER_HOTSTOM  " in node.stdout(), "the FAIL console line")
@@ -332,10 +330,9 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "sbrt_check", "listen", "--out", str(tmp_path), "--port",
-                               str(port), "--jobs", "1"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+        done = run_subprocess("listen", "--out", tmp_path, "--port", port, "--jobs", "1")
+    assert done.code == 2
+    assert done.err.strip().splitlines() == [
         f"sbrt-check: error: cannot listen on 127.0.0.1:{port} (Address already in use)"]
 
 

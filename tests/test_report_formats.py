@@ -40,6 +40,7 @@ from sbrt_check.report.table import verdict_line
 from sbrt_check.slices import SliceSet, dose_plane, oar_structures, report_slices, target_structures
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_writer import write_plan_folder
+from tests.helpers import require_tool
 
 SCHEMA = Path(__file__).parent / "data" / "junit-10.xsd"
 SHIPPED_PROTOCOL = Path(sbrt_check.__file__).parent / "protocols" / "rfa_sbrt.yaml"
@@ -449,8 +450,8 @@ def test_html_has_a_dvh_per_structure_and_labelled_slices(hot_stomach_html, hot_
     assert page.count("data:image/png;base64,") == len(dvh_names) + len(slices) + 1
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless chromium installed")
 def test_html_renders_in_headless_chromium(hot_stomach_html, tmp_path):
+    require_tool(shutil.which("chromium"), "no headless chromium installed")
     from PIL import Image
 
     screenshot = tmp_path / "report.png"

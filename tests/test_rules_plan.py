@@ -9,29 +9,24 @@ well under a second, and the anatomy is built once per session.
 from __future__ import annotations
 
 import copy
-import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sbrt_check.cli import main
 from sbrt_check.errors import ProtocolError
 from sbrt_check.protocol import DEFAULT_PROTOCOL
 from sbrt_check.rules import load_protocol
 from tests.conftest import write_variant
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_writer import BeamSpec, DoseSpec
+from tests.helpers import run_cli
 
 
 def run_check(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict]:
-    """`sbrt-check check ARGS --format json` in process: (exit code, parsed JSON)."""
-    monkeypatch.setattr(sys, "argv", ["sbrt-check", *args, "--format", "json"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    out = capsys.readouterr().out
-    return int(exit_.value.code), json.loads(out)
+    """`sbrt-check check ARGS --format json` in process (tests.helpers.run_cli): (exit code, parsed JSON)."""
+    done = run_cli(*args, "--format", "json")
+    return done.code, done.report()
 
 
 def rows(report: dict, metric: str) -> list[dict]:

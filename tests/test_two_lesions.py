@@ -15,7 +15,6 @@ import copy
 import csv
 import json
 import re
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 from pydicom.dataset import Dataset
 from rich.console import Console
 
-from sbrt_check.cli import _write_html, main
+from sbrt_check.cli import _write_html
 from sbrt_check.evaluate import Evaluator, Options
 from sbrt_check.models import Report, Status, Verdict
 from sbrt_check.plandata import load_plan
@@ -39,18 +38,16 @@ from sbrt_check.report.table import render_table
 from tests.fixtures import liver_plan, shapes
 from tests.fixtures import two_lesion_plan as tl
 from tests.fixtures.dicom_writer import BeamSpec, RoiSpec, WriteOptions, quantize_planes, write_plan_folder
+from tests.helpers import run_cli
 from tests.test_rules_plan import row, rows, run_check
 
 TARGET_METRICS = ("V95%[%]", "Max[%]", "Min[%]")
 
 
 def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """`sbrt-check ARGS` in process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["sbrt-check", *args])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    out = capsys.readouterr()
-    return int(exit_.value.code), out.out, out.err
+    """`sbrt-check ARGS` in process (tests.helpers.run_cli; the fixtures are the callers' old signature)."""
+    done = run_cli(*args)
+    return done.code, done.out, done.err
 
 
 @pytest.fixture(scope="session")
