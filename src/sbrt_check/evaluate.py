@@ -238,14 +238,14 @@ class Evaluator:
         token_sets += [m.resolution.tokens for level in self.targets.members.values() for m in level]
         self.plan.coarse_extremes.update(self._no_extremes_needed(resolutions))
         self.plan.prefetch(token_sets, self.options.threads)
+        rules = self.evaluate_rules()  # on this thread while the DVHs are computed
         judged = [j for c in self.protocol.constraints for j in self.judge_constraint(c)]
-        # The other contour model's DVHs of the results near a limit (the borderline band's part)
-        # are computed on the worker threads while this thread evaluates the rules.
+        # The other contour model's DVHs of the results near a limit (the borderline band's part),
+        # computed side by side on the worker threads rather than one after another here.
         other_model(self.plan).prefetch(
             [j.tokens for j in judged if j.constraint and needs_model_spread(j.constraint, j.result.value)],
             self.options.threads,
         )
-        rules = self.evaluate_rules()
         results = [self.annotate(j) for j in judged] + rules
         results += self.target_results() + (extra_results or [])
         return Report(

@@ -154,7 +154,7 @@ class PlanData:
         raise them.
         """
         wanted = [t for t in dict.fromkeys(token_sets) if t not in self._dvhs]
-        if threads < 2 or not wanted:
+        if threads < 2 or len(wanted) < 2:
             return
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dvh")
         for tokens in wanted:
