@@ -273,7 +273,7 @@ def run_measured(command: list[str]) -> tuple[float, float, int, str]:
     return wall, peak_mb, code, text
 
 
-def run_usage(command: list[str]) -> tuple[float, float, float, int, str]:
+def run_usage(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float, int, str]:
     """Wall time (s), CPU time (s, user + system, all its threads), peak RSS (MB) of exactly this child,
     exit code, stdout.
 
@@ -283,7 +283,7 @@ def run_usage(command: list[str]) -> tuple[float, float, float, int, str]:
     """
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=CHILD_ENV)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env or CHILD_ENV)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -292,9 +292,9 @@ def run_usage(command: list[str]) -> tuple[float, float, float, int, str]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, process.returncode, text
 
 
-def compile_package() -> None:
+def compile_package(src: Path = REPO / "src") -> None:
     """Bytecode for the package's modules, as an installed package has (see CHILD_ENV)."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], env=CHILD_ENV, check=False,
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], env=CHILD_ENV, check=False,
                    stdout=subprocess.DEVNULL)
 
 

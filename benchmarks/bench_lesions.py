@@ -16,8 +16,12 @@ pipe, the package compiled to bytecode first (as installed). Wall time and CPU t
 system, all threads) are both given: the check computes DVHs on worker threads, so its CPU
 time may exceed its wall time; on a loaded machine the wall time also holds waiting.
 
+`--before SRC` adds the same two checks run from another source tree (for example
+`git archive a200c40 src | tar -x -C /tmp/before`, the tree before issue 19), in the same
+rounds, so a before/after comparison is side by side too.
+
 Run from the repository root: `python benchmarks/bench_lesions.py [--rounds 9] [--workdir DIR]
-[--write-results]`.
+[--before SRC] [--write-results]`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ for entry in (REPO, REPO / "benchmarks"):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from bench_dvh import compile_package, median, run_usage, table  # noqa: E402
+from bench_dvh import CHILD_ENV, compile_package, median, run_usage, table  # noqa: E402
 
 BAR_RATIO = 1.3
 BAR_BEYOND_FLOOR_S = 0.30
@@ -55,19 +59,24 @@ def write_phantoms(workdir: Path) -> dict[str, Path]:
     return folders
 
 
-def measure(folders: dict[str, Path], rounds: int) -> dict[str, tuple[list[float], list[float]]]:
+def measure(folders: dict[str, Path], rounds: int, before: Path | None = None,
+            ) -> dict[str, tuple[list[float], list[float]]]:
     """name -> (wall times, CPU times), the commands interleaved round by round."""
-    commands = {"floor": FLOOR} | {
-        name: [sys.executable, "-m", "sbrt_check", "check", str(folder)] for name, folder in folders.items()
-    }
-    for name, command in commands.items():  # warm the file cache; a check that fails is no benchmark
-        code, text = run_usage(command)[3:]
+    check = {name: [sys.executable, "-m", "sbrt_check", "check", str(folder)] for name, folder in folders.items()}
+    commands: dict[str, tuple[list[str], dict[str, str] | None]] = {"floor": (FLOOR, None)}
+    commands |= {name: (command, None) for name, command in check.items()}
+    if before is not None:
+        compile_package(before)
+        old = {**CHILD_ENV, "PYTHONPATH": str(before)}
+        commands |= {f"{name} (before)": (command, old) for name, command in check.items()}
+    for name, (command, env) in commands.items():  # warm the file cache; a check that fails is no benchmark
+        code, text = run_usage(command, env)[3:]
         if name != "floor" and code != 0:
             raise SystemExit(f"`sbrt-check check` of the {name} plan exited {code}:\n{text[-2000:]}")
     times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in commands}
     for _ in range(rounds):
-        for name, command in commands.items():
-            wall, cpu = run_usage(command)[:2]
+        for name, (command, env) in commands.items():
+            wall, cpu = run_usage(command, env)[:2]
             times[name][0].append(wall)
             times[name][1].append(cpu)
     return times
@@ -84,6 +93,13 @@ def report(times: dict[str, tuple[list[float], list[float]]], rounds: int) -> li
     def bar(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
+    before = []
+    if "two lesions (before)" in times:
+        before = [["two lesions / one lesion, before",
+                   f"{wall['two lesions (before)'] / wall['one lesion (before)']:.2f}",
+                   f"{cpu['two lesions (before)'] / cpu['one lesion (before)']:.2f}", ""],
+                  ["one-lesion check - floor, before", f"{wall['one lesion (before)'] - wall['floor']:.3f} s",
+                   f"{cpu['one lesion (before)'] - cpu['floor']:.3f} s", ""]]
     return [
         SECTION_START,
         f"## bench_lesions.py: a second lesion, and a cold check beyond the floor (median of {rounds} rounds)",
@@ -96,6 +112,7 @@ def report(times: dict[str, tuple[list[float], list[float]]], rounds: int) -> li
                  f"<= {BAR_RATIO}: {bar(ratio_wall <= BAR_RATIO)}"],
                 ["one-lesion check - floor", f"{beyond_wall:.3f} s", f"{beyond_cpu:.3f} s",
                  f"<= {BAR_BEYOND_FLOOR_S:.2f} s: {bar(beyond_wall <= BAR_BEYOND_FLOOR_S)}"],
+                *before,
             ],
             ["figure", "wall", "CPU", "bar (on wall)"],
         ),
@@ -123,13 +140,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9, help="rounds of the three commands (medians reported)")
     parser.add_argument("--workdir", type=Path, help="keep the generated plans here and reuse them")
+    parser.add_argument("--before", type=Path, help="another tree's src/ to check the same plans with, side by side")
     parser.add_argument("--write-results", action="store_true", help="also write this section of results.md")
     args = parser.parse_args()
     compile_package()
     with tempfile.TemporaryDirectory(prefix="bench_lesions_") as tmp:
         workdir = args.workdir.resolve() if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        lines = report(measure(write_phantoms(workdir), max(1, args.rounds)), max(1, args.rounds))
+        times = measure(write_phantoms(workdir), max(1, args.rounds), args.before)
+        lines = report(times, max(1, args.rounds))
     print("\n".join(lines[1:-1]))
     if args.write_results:
         write_results(lines)
