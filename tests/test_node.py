@@ -30,7 +30,7 @@ from sbrt_check.node.store import (
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_net import QUICK_PROTOCOL, NodeProcess, echoscu, pynetdicom_send, storescu, wait_until
 from tests.fixtures.dicom_writer import write_plan_folder
-from tests.helpers import run_subprocess
+from tests.helpers import DEADLINE_S, run_subprocess
 
 EXPECTED_VERDICT = {"compliant": "pass", "hot_stomach": "fail"}
 SUCCESS, CANNOT_UNDERSTAND = 0x0000, 0xC000
@@ -137,7 +137,7 @@ def test_four_clients_twelve_plans_at_once(node, plan_factory):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(DEADLINE_S)
     for index in (0, 1):
         assert outcomes[index].returncode == 0, outcomes[index].stderr
     for index in (2, 3):
@@ -347,7 +347,7 @@ def test_safe_name_is_one_harmless_path_part(value):
 def test_tls_node_checks_a_plan_sent_over_tls(tmp_path, plan_factory):
     key, cert = tmp_path / "node.key", tmp_path / "node.crt"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=DEADLINE_S)
     running = NodeProcess(tmp_path / "out", "--tls-cert", str(cert), "--tls-key", str(key), "--jobs", "1")
     try:
         assert not echoscu(running.port)  # plain DICOM on a TLS port is refused, and the node lives on

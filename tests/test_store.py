@@ -34,7 +34,7 @@ from sbrt_check.protocol import DEFAULT_PROTOCOL
 from sbrt_check.report.patients import render_patients_csv
 from tests.fixtures import dicom_writer as dw
 from tests.fixtures import liver_plan
-from tests.helpers import CliRun, WatchedProcess, cli_command, require_tool, run_subprocess
+from tests.helpers import DEADLINE_S, CliRun, WatchedProcess, cli_command, require_tool, run_subprocess
 
 PATIENTS = {"T01": "compliant", "T02": "hot_stomach", "T03": "low_coverage", "T04": "hot_cord",
             "T05": "variation_stomach"}
@@ -220,7 +220,7 @@ def _record(index: int, results: int = 13) -> store.CheckRecord:
 def _writer(db: str, indices: list[int], barrier) -> None:
     """One writer process: open the store, wait for the other, write its checks one by one."""
     connection = store.connect(db)
-    barrier.wait()
+    barrier.wait(DEADLINE_S)
     for index in indices:
         store.save_check(connection, _record(index))
     connection.close()

@@ -162,12 +162,9 @@ class Evaluator:
             value = convert_dose(value, self.fractions.value, constraint.alpha_beta, constraint.convert)
         return value
 
-    def evaluate_constraint(self, constraint: Constraint) -> list[Result]:
-        """One result, or one per lesion for a per-target structure (PTV: PTV1, PTV2)."""
-        return [self.annotate(judged) for judged in self.judge_constraint(constraint)]
-
     def judge_constraint(self, constraint: Constraint) -> list[Judged]:
-        """The constraint's results, judged but not yet annotated (see Judged)."""
+        """One result, or one per lesion for a per-target structure (PTV: PTV1, PTV2), judged but
+        not yet annotated (see Judged)."""
         resolution = self.matcher.resolve(constraint.structure)
         if not resolution.ok:
             return [Judged(self._result(constraint, resolution, value=None, status=Status.NOT_EVALUATED,
