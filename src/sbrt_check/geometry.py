@@ -474,6 +474,7 @@ def _holds(
 # numpy; the only Python loops run over planes or polygons, never over points.
 
 DISTANCE_BLOCK = 2_000_000  # grid_distances: line x line pairs per product, ~16 MB
+APART_TOLERANCE_MM = 1e-6  # far below any contour's precision, far above coordinate rounding
 
 
 def slab_of(shape: SlabShape, z: np.ndarray) -> np.ndarray:
@@ -621,8 +622,13 @@ def nearest_distances(points: np.ndarray, cloud: np.ndarray) -> np.ndarray:
 
 
 def at_least_apart(points: np.ndarray, cloud: np.ndarray, distance: float) -> np.ndarray:
-    """Which points are at least `distance` from every cloud point."""
-    return nearest_distances(points, cloud) >= distance
+    """Which points are at least `distance` from every cloud point.
+
+    A point placed at exactly `distance` from a cloud point (D2cm pushes surface points 2 cm
+    out) is at least that far whatever the rounding of its coordinates: without the
+    tolerance, the last bit decided whether it counted.
+    """
+    return nearest_distances(points, cloud) >= distance - APART_TOLERANCE_MM
 
 
 def connected_parts(shape: SlabShape, spacing: float) -> list[SlabShape]:
