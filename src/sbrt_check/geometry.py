@@ -595,40 +595,43 @@ def surface_points(shape: SlabShape, spacing: float) -> np.ndarray:
     return np.concatenate(blocks)
 
 
-def nearest_points(points: np.ndarray, cloud: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distance from each point to the nearest point of a non-empty `cloud`, and that point's index.
+class PointCloud:
+    """Points asked for their nearest one, exactly, by a k-d tree built once.
 
-    Exact, by a k-d tree. Why a tree: sharing the isodose box between two lesions asks this
-    for ~10^5 samples against ~10^4 surface points, which by brute force (every pair) took
-    half a second. pykdtree, not scipy: both are exact, but importing scipy.spatial (or
-    scipy.ndimage) adds ~0.3 s to every cold check, as much as the check's own work, where
-    pykdtree's import takes ~5 ms. It is imported here, on first use.
+    Why a tree: sharing the isodose box between two lesions asks this for ~10^5 samples
+    against ~10^4 surface points, which by brute force (every pair) took half a second.
+    pykdtree, not scipy: both are exact, but importing scipy.spatial (or scipy.ndimage) adds
+    ~0.3 s to every cold check, as much as the check's own work, where pykdtree's import
+    takes ~5 ms. It is imported here, on first use. An empty cloud is infinitely far.
     """
-    from pykdtree.kdtree import KDTree
 
-    points = np.ascontiguousarray(points, dtype=float).reshape(-1, 3)
-    if not len(points):
-        return np.empty(0), np.empty(0, dtype=np.int64)
-    tree = KDTree(np.ascontiguousarray(cloud, dtype=float).reshape(-1, 3))
-    distance, index = tree.query(points, k=1)
-    return np.asarray(distance, dtype=float).reshape(-1), np.asarray(index, dtype=np.int64).reshape(-1)
+    def __init__(self, cloud: np.ndarray) -> None:
+        from pykdtree.kdtree import KDTree
+
+        cloud = np.ascontiguousarray(cloud, dtype=float).reshape(-1, 3)
+        self._tree = KDTree(cloud) if len(cloud) else None
+
+    def nearest(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distance from each point to the nearest cloud point, and that point's index (-1: none)."""
+        points = np.ascontiguousarray(points, dtype=float).reshape(-1, 3)
+        if self._tree is None or not len(points):
+            return np.full(len(points), np.inf), np.full(len(points), -1, dtype=np.int64)
+        distance, index = self._tree.query(points, k=1)
+        return np.asarray(distance, dtype=float).reshape(-1), np.asarray(index, dtype=np.int64).reshape(-1)
+
+    def at_least(self, points: np.ndarray, distance: float) -> np.ndarray:
+        """Which points are at least `distance` from every cloud point.
+
+        A point placed at exactly `distance` from a cloud point (D2cm pushes surface points
+        2 cm out) is at least that far whatever the rounding of its coordinates: without the
+        tolerance, the last bit decided whether it counted.
+        """
+        return self.nearest(points)[0] >= distance - APART_TOLERANCE_MM
 
 
 def nearest_distances(points: np.ndarray, cloud: np.ndarray) -> np.ndarray:
     """Distance from each point to the nearest point of `cloud` (infinite when it is empty)."""
-    if not len(cloud):
-        return np.full(len(np.asarray(points).reshape(-1, 3)), np.inf)
-    return nearest_points(points, cloud)[0]
-
-
-def at_least_apart(points: np.ndarray, cloud: np.ndarray, distance: float) -> np.ndarray:
-    """Which points are at least `distance` from every cloud point.
-
-    A point placed at exactly `distance` from a cloud point (D2cm pushes surface points 2 cm
-    out) is at least that far whatever the rounding of its coordinates: without the
-    tolerance, the last bit decided whether it counted.
-    """
-    return nearest_distances(points, cloud) >= distance - APART_TOLERANCE_MM
+    return PointCloud(cloud).nearest(points)[0]
 
 
 def connected_parts(shape: SlabShape, spacing: float) -> list[SlabShape]:

@@ -27,13 +27,12 @@ import numpy as np
 from ..dvh import compute_dvh, dose_at_volume, trilinear, volume_at_dose
 from ..errors import CheckError
 from ..geometry import (
+    PointCloud,
     Region,
-    at_least_apart,
     box_shape,
     contains_points,
     derive_region,
     grid_distances,
-    nearest_points,
     surface_points,
 )
 from ..matching import Resolution
@@ -121,7 +120,7 @@ def _split_by_nearest(ctx: RuleContext, region: Region, owners: list[str]) -> li
     nearest = np.zeros(len(points), dtype=np.int64)
     if sum(len(cloud) for cloud in clouds):
         owner_of = np.repeat(np.arange(len(owners)), [len(cloud) for cloud in clouds])
-        nearest = owner_of[nearest_points(points, np.concatenate(clouds))[1]]
+        nearest = owner_of[PointCloud(np.concatenate(clouds)).nearest(points)[1]]
     for index in reversed(range(len(shapes))):
         nearest[contains_points(shapes[index], points)] = index
     parts = []
@@ -192,10 +191,10 @@ def max_dose_beyond(ctx: RuleContext, target_keys: list[str], distance_mm: float
     candidates = np.concatenate([nodes[band.ravel()], pushed[hot]])
     dose = np.concatenate([box_dose[band], pushed_dose[hot]])
     order = np.argsort(-dose, kind="stable")
-    apart = at_least_apart(candidates, cloud, distance_mm)  # one search: the tree is built once
+    surface = PointCloud(cloud)  # built once; asked chunk by chunk, the hottest candidates first
     for start in range(0, len(order), CANDIDATE_CHUNK):
         chosen = order[start : start + CANDIDATE_CHUNK]
-        far = apart[chosen]
+        far = surface.at_least(candidates[chosen], distance_mm)
         if far.any():
             inside = np.zeros(int(far.sum()), dtype=bool)
             for shape in shapes:
