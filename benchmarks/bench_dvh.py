@@ -268,7 +268,14 @@ IMPORT_FLOORS = (
 
 
 def run_measured(command: list[str]) -> tuple[float, float, int, str]:
-    """Wall time (s), peak RSS (MB) of exactly this child, exit code, stdout.
+    """Wall time (s), peak RSS (MB) of exactly this child, exit code, stdout."""
+    wall, _, peak_mb, code, text = run_usage(command)
+    return wall, peak_mb, code, text
+
+
+def run_usage(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float, int, str]:
+    """Wall time (s), CPU time (s, user + system, all its threads), peak RSS (MB) of exactly this child,
+    exit code, stdout.
 
     os.wait4 gives the child's own rusage; RUSAGE_CHILDREN would be the maximum over every
     child so far, hiding a small run behind an earlier big one. The child's figure includes
@@ -276,13 +283,19 @@ def run_measured(command: list[str]) -> tuple[float, float, int, str]:
     """
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=CHILD_ENV)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env or CHILD_ENV)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
-    return wall, usage.ru_maxrss / 1024.0, process.returncode, text
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, process.returncode, text
+
+
+def compile_package(src: Path = REPO / "src") -> None:
+    """Bytecode for the package's modules, as an installed package has (see CHILD_ENV)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], env=CHILD_ENV, check=False,
+                   stdout=subprocess.DEVNULL)
 
 
 def _worker(*args: str) -> list[str]:
@@ -556,8 +569,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
         "",
     ]
 
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], env=CHILD_ENV, check=False,
-                   stdout=subprocess.DEVNULL)
+    compile_package()
     floors = {label: median([run_measured([sys.executable, "-c", code])[0] for _ in range(repeat)])
               for label, code in IMPORT_FLOORS}
     checks: dict[str, list[tuple[float, float]]] = {"realistic": [], "fine": []}

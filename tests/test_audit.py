@@ -16,8 +16,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +27,7 @@ from sbrt_check import audit as au
 from sbrt_check.cli import app
 from tests.fixtures import dicom_writer as dw
 from tests.fixtures import liver_plan
+from tests.helpers import CliRun, WatchedProcess, run_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 SALT = "test-salt-not-secret"
@@ -97,11 +96,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "base": base, "protocol": protocol, "folders": folders}
 
 
-def _audit(tree: dict, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SBRT_CHECK_SALT": ""}
-    command = [sys.executable, "-m", "sbrt_check", "audit", str(tree["root"]), "--protocol", str(tree["protocol"]),
-               "--jobs", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tree["base"])
+def _audit(tree: dict, *args: str) -> CliRun:
+    return run_subprocess("audit", tree["root"], "--protocol", tree["protocol"], "--jobs", "2", *args,
+                          cwd=tree["base"], env={**os.environ, "SBRT_CHECK_SALT": ""}, deadline_s=300)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -119,7 +116,7 @@ def full(tree: dict) -> dict:
 
 def test_every_plan_gets_its_verdict_and_each_broken_folder_one_error_row(tree, full):
     run = full["run"]
-    assert run.returncode == 2, run.stderr  # two plans could not be evaluated
+    assert run.code == 2, run.err  # two plans could not be evaluated
     rows = _rows(full["csv"])
     assert len(rows) == len(PLANS) + len(BROKEN)
     by_patient = {r["patient_id"]: r for r in rows}
@@ -141,11 +138,11 @@ def test_every_plan_gets_its_verdict_and_each_broken_folder_one_error_row(tree, 
     assert "RTSTRUCT" in missing["error"] and "not in the folder" in missing["error"]
     # the table shows every plan, and each error with its message
     for patient in PLANS:
-        assert patient in run.stdout
-    assert run.stdout.count("ERROR") == 2
-    assert "7 plans: 1 pass, 1 variation, 3 fail, 0 not evaluated, 2 error" in run.stdout
+        assert patient in run.out
+    assert run.out.count("ERROR") == 2
+    assert "7 plans: 1 pass, 1 variation, 3 fail, 0 not evaluated, 2 error" in run.out
     # non-TTY: one plain progress line per plan on stderr
-    assert len(re.findall(r"^\[\d+/7\] ", run.stderr, flags=re.M)) == 7
+    assert len(re.findall(r"^\[\d+/7\] ", run.err, flags=re.M)) == 7
 
 
 def test_csv_and_json_values_equal_the_single_plan_check_json(tree, full):
@@ -191,10 +188,10 @@ def test_resume_skips_plans_done_with_the_same_protocol_and_files(tree, full):
         run = _audit(tree, "--resume", str(full["csv"]), "--out", str(out))
     finally:
         changed.write_bytes(original)
-    assert run.returncode == 2, run.stderr
+    assert run.code == 2, run.err
     # PAT001's RTPLAN changed and the two error rows are always retried: 3 checked, 4 kept
-    assert "4 kept from the earlier audit; 3 checked" in run.stdout
-    assert len(re.findall(r"^\[\d+/3\] ", run.stderr, flags=re.M)) == 3
+    assert "4 kept from the earlier audit; 3 checked" in run.out
+    assert len(re.findall(r"^\[\d+/3\] ", run.err, flags=re.M)) == 3
     rows = {r["patient_id"]: r for r in _rows(out)}
     assert set(rows) == set(previous)
     for patient in ("PAT002", "PAT003", "PAT004", "PAT005"):
@@ -247,16 +244,16 @@ def test_shards_partition_the_plans_exactly(tree, full):
     run = _audit(tree, "--shard", "2/3", "--resume", str(full["csv"]), "--out", str(out))
     expected = {j.key for j in au.select_shard(jobs, 2, 3)}
     got = {r["plan_uid"] or "file:" + r["files"] for r in _rows(out)}
-    assert got == expected, run.stderr
+    assert got == expected, run.err
 
 
 def test_anonymize_removes_every_patient_id_and_name_from_all_outputs(tree, full):
     out_csv, out_json = tree["base"] / "anon.csv", tree["base"] / "anon.json"
     refused = _audit(tree, "--anonymize", "--out", str(out_csv))
-    assert refused.returncode == 2 and "salt" in refused.stderr and not out_csv.exists()
+    assert refused.code == 2 and "salt" in refused.err and not out_csv.exists()
     run = _audit(tree, "--anonymize", "--salt", SALT, "--out", str(out_csv), "--out", str(out_json))
-    assert run.returncode == 2, run.stderr
-    outputs = {"table": run.stdout, "progress": run.stderr, "csv": out_csv.read_text(), "json": out_json.read_text()}
+    assert run.code == 2, run.err
+    outputs = {"table": run.out, "progress": run.err, "csv": out_csv.read_text(), "json": out_json.read_text()}
     for patient in [*PLANS, *BROKEN]:
         family, given = _name(patient).split("^")
         for where, text in outputs.items():
@@ -280,18 +277,12 @@ def test_ctrl_c_keeps_the_rows_finished_so_far(tree):
     """Deterministic: PAT003's plan blocks its worker (test hook), so with --jobs 1 the audit is
     certainly still running after PAT001 and PAT002 are done, whatever the machine's load."""
     out = tree["base"] / "interrupted.csv"
-    command = [sys.executable, "-m", "sbrt_check", "audit", str(tree["root"]), "--protocol", str(tree["protocol"]),
-               "--jobs", "1", "--out", str(out)]
-    env = {**os.environ, au.HOLD_ENV: "PAT003"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tree["base"],
-                               env=env)
-    assert process.stderr is not None
-    for line in process.stderr:
-        if line.startswith("[2/7]"):  # PAT001 and PAT002 finished; PAT003 is held
-            process.send_signal(signal.SIGINT)
-            break
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    with WatchedProcess("audit", tree["root"], "--protocol", tree["protocol"], "--jobs", "1", "--out", out,
+                        cwd=tree["base"], env={**os.environ, au.HOLD_ENV: "PAT003"}) as audit:
+        audit.wait_for_line("[2/7]")  # PAT001 and PAT002 finished; PAT003 is held
+        audit.process.send_signal(signal.SIGINT)  # to the audit, as Ctrl-C (its workers ignore SIGINT)
+        code, stderr = audit.finish(), audit.stderr()
+    assert code == 130, stderr
     rows = _rows(out)
     assert sorted(r["patient_id"] for r in rows) == ["PAT001", "PAT002"]
     assert [r["verdict"] for r in sorted(rows, key=lambda r: r["patient_id"])] == ["pass", "fail"]

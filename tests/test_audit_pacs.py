@@ -4,8 +4,6 @@ files do from a folder; `--resume` fetches nothing twice and keeps the rows."""
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from pydicom.uid import generate_uid
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_net import QUICK_PROTOCOL, OrthancArchive
 from tests.fixtures.dicom_writer import write_plan_folder
+from tests.helpers import CliRun, run_subprocess
 from tests.test_rules_geometry import write_ct
 
 # Where the files lie, their bytes (re-encoded by the archive) and the time taken may differ;
@@ -50,10 +49,9 @@ def archive_and_folder(tmp_path_factory, liver_anatomy):
         archive.stop()
 
 
-def audit(*args: str, protocol: Path | None = None) -> subprocess.CompletedProcess:
+def audit(*args: str, protocol: Path | None = None) -> CliRun:
     options = ["--protocol", str(protocol)] if protocol else []
-    return subprocess.run([sys.executable, "-m", "sbrt_check", "audit", "--jobs", "2", *options, *args],
-                          capture_output=True, text=True, timeout=300)
+    return run_subprocess("audit", "--jobs", "2", *options, *args, deadline_s=300)
 
 
 def rows(path: Path) -> list[dict]:
@@ -67,11 +65,11 @@ def test_audit_from_orthanc_gives_the_rows_of_the_folder_audit(archive_and_folde
     archive, folder = archive_and_folder
     quick = folder.parent / "quick.yaml"
     from_folder = audit(str(folder), "--out", str(tmp_path / "folder.csv"), protocol=quick)
-    assert from_folder.returncode == 1, from_folder.stderr  # one plan fails
+    assert from_folder.code == 1, from_folder.err  # one plan fails
     pacs = f"{archive.AE}@127.0.0.1:{archive.dicom_port}"
     fetched = audit("--from-pacs", pacs, "--out", str(tmp_path / "pacs.csv"), protocol=quick)
-    assert fetched.returncode == 1, fetched.stderr
-    assert "2 studies with RT plans, 7 series (11 objects) retrieved" in fetched.stderr
+    assert fetched.code == 1, fetched.err
+    assert "2 studies with RT plans, 7 series (11 objects) retrieved" in fetched.err
     expected = rows(tmp_path / "folder.csv")
     assert [r["verdict"] for r in expected] != [] and {r["verdict"] for r in expected} == {"pass", "fail"}
     assert rows(tmp_path / "pacs.csv") == expected
@@ -80,8 +78,8 @@ def test_audit_from_orthanc_gives_the_rows_of_the_folder_audit(archive_and_folde
     assert thickness == {"PACS-PASS": "pass", "PACS-FAIL": "not_evaluated"}
     # --resume: nothing fetched again, every row kept.
     resumed = audit("--from-pacs", pacs, "--resume", str(tmp_path / "pacs.csv"), protocol=quick)
-    assert resumed.returncode == 1, resumed.stderr
-    assert "0 series (0 objects) retrieved, 7 already in" in resumed.stderr
+    assert resumed.code == 1, resumed.err
+    assert "0 series (0 objects) retrieved, 7 already in" in resumed.err
     assert rows(tmp_path / "pacs.csv") == expected
 
 
@@ -91,7 +89,7 @@ def test_patient_list_selects_what_is_fetched(archive_and_folder, tmp_path):
     patients.write_text("# the compliant one only\nPACS-PASS\n")
     done = audit("--from-pacs", f"{archive.AE}@127.0.0.1:{archive.dicom_port}", "--patients", str(patients),
                  str(tmp_path / "copy"), "--out", str(tmp_path / "one.csv"), protocol=folder.parent / "quick.yaml")
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.err
     assert [r["patient_id"] for r in rows(tmp_path / "one.csv")] == ["PACS-PASS"]
 
 
@@ -101,8 +99,8 @@ def test_since_selects_studies_by_date(archive_and_folder, tmp_path):
     later = f"{int(study_date[:4]) + 1}-01-01"
     done = audit("--from-pacs", f"{archive.AE}@127.0.0.1:{archive.dicom_port}", "--since", later,
                  str(tmp_path / "none"))
-    assert "fetched from ORTHANC" in done.stderr and ": 0 studies with RT plans" in done.stderr
-    assert done.returncode == 2 and "no RTPLAN found in the tree" in done.stderr
+    assert "fetched from ORTHANC" in done.err and ": 0 studies with RT plans" in done.err
+    assert done.code == 2 and "no RTPLAN found in the tree" in done.err
 
 
 def test_unreachable_archive_is_one_line_and_exit_2(tmp_path):
@@ -110,8 +108,8 @@ def test_unreachable_archive_is_one_line_and_exit_2(tmp_path):
 
     port = free_port()
     done = audit("--from-pacs", f"NOBODY@127.0.0.1:{port}", str(tmp_path / "copy"))
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+    assert done.code == 2
+    assert done.err.strip().splitlines() == [
         f"sbrt-check: error: cannot associate with NOBODY@127.0.0.1:{port} as SBRTCHECK "
         "(refused, or nothing listens there)"]
 

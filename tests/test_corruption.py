@@ -1,7 +1,7 @@
 """A valid small plan broken many ways: every variant is refused (exit 2) or reads exactly as the clean one.
 
 The property, for every variant: no traceback; exit 2 (one stderr line, or a report whose
-verdict is 'error' because something required could not be evaluated), or else the same
+verdict is 'not_evaluated' because something required could not be checked), or else the same
 verdict, statuses and values as the clean files. So no run is a PASS with a wrong number.
 
 Kinds of damage: truncation at any offset; flipped bytes (only bytes that are not part of
@@ -84,7 +84,7 @@ def assert_safe(run: CliRun, clean: Clean, what: str) -> None:
         if run.err:
             assert len(run.err.strip().splitlines()) == 1, (what, run.err)
         else:
-            assert run.report()["verdict"] == "error", what
+            assert run.report()["verdict"] == "not_evaluated", what
         return
     assert run.err == "", (what, run.err)
     assert outcome(run) == clean.outcome, what

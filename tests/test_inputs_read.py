@@ -11,15 +11,10 @@ each in-process check near 0.1 s.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import struct
-import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +23,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from sbrt_check import cli
 from tests.fixtures import dicom_writer as dw
 from tests.fixtures import shapes
+from tests.helpers import CliRun, run_cli, run_subprocess
 
 STEP = 2.5
 X0 = -25.0
@@ -98,45 +93,6 @@ def write_protocol(folder: Path, text: str = PROTOCOL) -> Path:
     path = folder / "protocol.yaml"
     path.write_text(text, encoding="utf-8")
     return path
-
-
-@dataclass(frozen=True)
-class CliRun:
-    code: int
-    out: str
-    err: str
-
-    def report(self) -> dict:
-        return json.loads(self.out)
-
-    def values(self) -> dict[tuple[str, str], float | None]:
-        return {(r["structure"], r["metric"]): r["value"] for r in self.report()["results"]}
-
-    def statuses(self) -> dict[tuple[str, str], str]:
-        return {(r["structure"], r["metric"]): r["status"] for r in self.report()["results"]}
-
-
-def run_cli(*args: object) -> CliRun:
-    """`sbrt-check ARGS` in this process (cli.main, as the console script runs it)."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv
-    sys.argv = ["sbrt-check", *(str(a) for a in args)]
-    code: int | str | None = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = saved
-    return CliRun(int(code or 0), out.getvalue(), err.getvalue())
-
-
-def run_subprocess(*args: object) -> CliRun:
-    done = subprocess.run(
-        [sys.executable, "-m", "sbrt_check", *(str(a) for a in args)], capture_output=True, text=True, timeout=120
-    )
-    return CliRun(done.returncode, done.stdout, done.stderr)
 
 
 def check_json(folder: Path, protocol: Path, *extra: object) -> CliRun:
@@ -406,7 +362,7 @@ def test_a_required_roi_without_contours_is_not_evaluated(tmp_path, small_protoc
     run = check_json(tmp_path, small_protocol)
     assert run.code == 2 and run.err == ""
     report = run.report()
-    assert report["verdict"] == "error"
+    assert report["verdict"] == "not_evaluated"
     cord = [r for r in report["results"] if r["structure"] == "Cord"]
     assert cord and all(r["status"] == "not_evaluated" and "has no contours" in r["reason"] for r in cord)
     assert all(r["status"] == "pass" for r in report["results"] if r["structure"] != "Cord")

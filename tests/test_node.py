@@ -10,7 +10,6 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from tests.fixtures.dicom_net import (
     wait_until,
 )
 from tests.fixtures.dicom_writer import write_plan_folder
+from tests.helpers import DEADLINE_S, run_subprocess
 
 EXPECTED_VERDICT = {"compliant": "pass", "hot_stomach": "fail"}
 SUCCESS, CANNOT_UNDERSTAND = 0x0000, 0xC000
@@ -101,9 +101,7 @@ def test_storescu_pushes_give_one_report_each_with_the_right_verdict(node, plan_
     stomach = [r for r in failed[0]["results"] if r["structure"] == "Stomach" and r["status"] == "fail"]
     assert stomach, "the hot stomach is what fails"
     # The node's JSON is `check --format json` of the same files.
-    checked = subprocess.run([sys.executable, "-m", "sbrt_check", "check", str(compliant), "--format", "json",
-                              "--protocol", str(quick_protocol)], capture_output=True, text=True)
-    expected = json.loads(checked.stdout)
+    expected = run_subprocess("check", compliant, "--format", "json", "--protocol", quick_protocol).report()
     assert [(r["metric"], r["value"], r["status"]) for r in passed[0]["results"]] == [
         (r["metric"], r["value"], r["status"]) for r in expected["results"]]
     wait_until(lambda: "FAIL  PUSH-FAIL LIVER_HOTSTOM  " in node.stdout(), "the FAIL console line")
@@ -129,7 +127,7 @@ def test_four_clients_twelve_plans_at_once(node, plan_factory):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(DEADLINE_S)
     for index in (0, 1):
         assert outcomes[index].returncode == 0, outcomes[index].stderr
     for index in (2, 3):
@@ -322,10 +320,9 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "sbrt_check", "listen", "--out", str(tmp_path), "--port",
-                               str(port), "--jobs", "1"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+        done = run_subprocess("listen", "--out", tmp_path, "--port", port, "--jobs", "1")
+    assert done.code == 2
+    assert done.err.strip().splitlines() == [
         f"sbrt-check: error: cannot listen on 127.0.0.1:{port} (Address already in use)"]
 
 
@@ -340,7 +337,7 @@ def test_safe_name_is_one_harmless_path_part(value):
 def test_tls_node_checks_a_plan_sent_over_tls(tmp_path, plan_factory):
     key, cert = tmp_path / "node.key", tmp_path / "node.crt"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=DEADLINE_S)
     running = NodeProcess(tmp_path / "out", "--tls-cert", str(cert), "--tls-key", str(key), "--jobs", "1")
     try:
         assert not echoscu(running.port)  # plain DICOM on a TLS port is refused, and the node lives on

@@ -10,8 +10,6 @@ import hashlib
 import io
 import json
 import sqlite3
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -22,15 +20,16 @@ from sbrt_check.report.json_report import report_from_dict
 from sbrt_check.report.junit import render_junit
 from sbrt_check.report.markdown import render_markdown
 from tests.fixtures import dicom_writer as dw
-from tests.test_inputs_read import default_rois, run_cli, small_spec
+from tests.helpers import run_cli, run_subprocess
+from tests.test_inputs_read import default_rois, small_spec
 
 PROTOCOL_SHA = hashlib.sha256(DEFAULT_PROTOCOL.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])
 def test_version_is_a_command_line_flag(flag):
-    done = subprocess.run([sys.executable, "-m", "sbrt_check", flag], capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"sbrt-check {__version__}\n", "")
+    done = run_subprocess(flag)
+    assert (done.code, done.out, done.err) == (0, f"sbrt-check {__version__}\n", "")
 
 
 def test_every_report_format_and_the_database_record_the_provenance(compliant, tmp_path):

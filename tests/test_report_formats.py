@@ -40,6 +40,7 @@ from sbrt_check.report.table import verdict_line
 from sbrt_check.slices import SliceSet, dose_plane, oar_structures, report_slices, target_structures
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_writer import write_plan_folder
+from tests.helpers import require_tool
 
 SCHEMA = Path(__file__).parent / "data" / "junit-10.xsd"
 SHIPPED_PROTOCOL = Path(sbrt_check.__file__).parent / "protocols" / "rfa_sbrt.yaml"
@@ -293,6 +294,45 @@ def test_html_escapes_hostile_text_and_forbids_scripts(hostile):
         assert hostile_text in text  # shown literally, as text
 
 
+
+def test_a_plan_not_evaluated_has_one_name_in_every_format(hostile):
+    """Required items not checked: NOT EVALUATED (JSON "not_evaluated") everywhere, never ERROR, which
+    reads as a crash; JUnit keeps its <error> element for CI; a report stored as "error" still reads."""
+    import json
+
+    from rich.console import Console
+
+    from sbrt_check.evaluate import overall_verdict
+    from sbrt_check.report.json_report import render_json, report_from_dict
+    from sbrt_check.report.table import render_table
+    from sbrt_check.report.text import stored_verdict_label
+
+    evaluator, report = hostile
+    results = [r for r in report.results if r.status is not Status.FAIL]  # Bowel_Small left: not evaluated
+    report = dataclasses.replace(report, results=tuple(results), verdict=overall_verdict(results))
+    assert report.verdict is Verdict.NOT_EVALUATED
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(render_table(report))
+    slices = _slices(evaluator, report)
+    texts = {
+        "quiet": verdict_line(report),
+        "table": console.export_text(),
+        "markdown": render_markdown(report),
+        "html": render_html(report, dataclasses.replace(slices, slices=slices.slices[:1])),
+    }
+    assert texts["quiet"].startswith("NOT EVALUATED: ")
+    for name, text in texts.items():
+        assert "NOT EVALUATED" in text and "ERROR" not in text, name
+    document = json.loads(render_json(report))
+    assert document["verdict"] == "not_evaluated"
+    xml = render_junit(report)
+    assert ET.fromstring(xml).find(".//testcase/error") is not None
+    assert 'name="verdict" value="not_evaluated"' in xml
+    assert report_from_dict({**document, "verdict": "error"}).verdict is Verdict.NOT_EVALUATED
+    assert [stored_verdict_label(v, error) for v, error in (("error", False), ("not_evaluated", False),
+                                                             ("error", True), ("pass", False))] == [
+        "NOT EVALUATED", "NOT EVALUATED", "ERROR", "PASS"]
+
 # --- exit codes and --quiet -------------------------------------------------------------------
 
 @pytest.mark.parametrize(("strict", "code"), [(False, 0), (True, 1)])
@@ -410,8 +450,8 @@ def test_html_has_a_dvh_per_structure_and_labelled_slices(hot_stomach_html, hot_
     assert page.count("data:image/png;base64,") == len(dvh_names) + len(slices) + 1
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless chromium installed")
 def test_html_renders_in_headless_chromium(hot_stomach_html, tmp_path):
+    require_tool(shutil.which("chromium"), "no headless chromium installed")
     from PIL import Image
 
     screenshot = tmp_path / "report.png"

@@ -9,28 +9,24 @@ well under a second, and the anatomy is built once per session.
 from __future__ import annotations
 
 import copy
-import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sbrt_check.cli import main
 from sbrt_check.errors import ProtocolError
-from sbrt_check.protocol import DEFAULT_PROTOCOL, load_protocol
+from sbrt_check.protocol import DEFAULT_PROTOCOL
+from sbrt_check.rules import load_protocol
 from tests.conftest import write_variant
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_writer import BeamSpec, DoseSpec
+from tests.helpers import run_cli
 
 
 def run_check(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict]:
-    """`sbrt-check check ARGS --format json` in process: (exit code, parsed JSON)."""
-    monkeypatch.setattr(sys, "argv", ["sbrt-check", *args, "--format", "json"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    out = capsys.readouterr().out
-    return int(exit_.value.code), json.loads(out)
+    """`sbrt-check check ARGS --format json` in process (tests.helpers.run_cli): (exit code, parsed JSON)."""
+    done = run_cli(*args, "--format", "json")
+    return done.code, done.report()
 
 
 def rows(report: dict, metric: str) -> list[dict]:
@@ -179,6 +175,24 @@ def test_every_problem_of_every_rule_is_reported_at_once(tmp_path):
         load_protocol(_protocol_with(tmp_path, [{"rule": "margn"}, {"rule": "technique", "arcs": "one"}]))
     assert [p.split(":")[0] for p in error.value.problems] == ["rules[0] (margn)", "rules[1] (technique)"]
 
+
+
+def test_a_rule_entry_loaded_without_the_rules_validation_is_never_judged(tmp_path, compliant):
+    """protocol.py does not import the rules: loaded by it alone, a misspelt or optional-by-mistake
+    entry gets through, and the rules refuse to judge it (required, so the plan cannot pass)."""
+    from sbrt_check import protocol
+    from sbrt_check.evaluate import Evaluator, Options
+    from sbrt_check.models import Status, Verdict
+    from sbrt_check.plandata import load_plan
+
+    entries = [{"rule": "margn"}, {"rule": "technique", "arcs": "one", "optional": True}]
+    loaded = protocol.load_protocol(_protocol_with(tmp_path, entries))
+    report = Evaluator(load_plan(compliant), loaded, Options()).report()
+    invalid = [r for r in report.results if r.reason.startswith("invalid rule entry")]
+    assert [(r.metric, r.status, r.required) for r in invalid] == [
+        ("margn", Status.NOT_EVALUATED, True), ("technique", Status.NOT_EVALUATED, True)]
+    assert "unknown rule 'margn'" in invalid[0].reason and "arcs must be a whole number" in invalid[1].reason
+    assert report.verdict is not Verdict.PASS
 
 # --- biology: EQD2 and BED ----------------------------------------------------------------
 

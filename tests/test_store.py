@@ -22,7 +22,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from sbrt_check.protocol import DEFAULT_PROTOCOL
 from sbrt_check.report.patients import render_patients_csv
 from tests.fixtures import dicom_writer as dw
 from tests.fixtures import liver_plan
+from tests.helpers import DEADLINE_S, CliRun, WatchedProcess, cli_command, require_tool, run_subprocess
 
 PATIENTS = {"T01": "compliant", "T02": "hot_stomach", "T03": "low_coverage", "T04": "hot_cord",
             "T05": "variation_stomach"}
@@ -55,9 +55,8 @@ def _set_institution(paths: dict, name: str) -> None:
         dataset.save_as(path)
 
 
-def _sbrt_check(*args: object, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sbrt_check", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env={**os.environ, **(env or {})})
+def _sbrt_check(*args: object, cwd: Path, env: dict | None = None) -> CliRun:
+    return run_subprocess(*args, cwd=cwd, env={**os.environ, **(env or {})}, deadline_s=300)
 
 
 def _checks(db: Path) -> list[dict]:
@@ -98,12 +97,12 @@ def _patients_csv(path: Path) -> dict[str, dict]:
 
 def test_reaudit_after_a_replan_keeps_both_plans_and_checks_only_the_new_one(trial):
     first, second = trial["first"], trial["second"]
-    assert first.returncode == 2, first.stderr  # the broken plan could not be evaluated
-    assert "6 plans:" in first.stdout and "6 checked" in first.stdout
-    assert second.returncode == 2, second.stderr
+    assert first.code == 2, first.err  # the broken plan could not be evaluated
+    assert "6 plans:" in first.out and "6 checked" in first.out
+    assert second.code == 2, second.err
     # the second audit performed one check: the new plan; the six unchanged ones came from the store
-    assert "7 plans:" in second.stdout and "6 kept from the earlier audit; 1 checked" in second.stdout
-    assert len(re.findall(r"^\[\d+/1\] ", second.stderr, flags=re.M)) == 1
+    assert "7 plans:" in second.out and "6 kept from the earlier audit; 1 checked" in second.out
+    assert len(re.findall(r"^\[\d+/1\] ", second.err, flags=re.M)) == 1
     checks = _checks(trial["db"])
     assert len(checks) == 7
     discovered = {job.plan_uid for job in au.discover(trial["root"]).jobs}
@@ -137,7 +136,7 @@ def test_every_stored_result_row_matches_the_single_plan_check(trial, tmp_path):
     check = next(c for c in _checks(trial["db"]) if c["patient_id"] == "T03")
     connection = store.connect(trial["db"])
     stored = store.report_of(check, store.results_of(connection, [check["check_key"]])[check["check_key"]])
-    assert run.returncode == 1 and stored["verdict"] == report["verdict"] == "fail"
+    assert run.code == 1 and stored["verdict"] == report["verdict"] == "fail"
     assert stored["results"] == report["results"]
     assert stored["protocol"] == {k: v for k, v in report["protocol"].items() if k != "file"}
 
@@ -183,14 +182,14 @@ def test_review_records_who_when_what_and_changes_the_category(trial, tmp_path):
     uid = {c["patient_id"]: c["plan_uid"] for c in _checks(db) if c["plan_label"] != REPLAN_LABEL}
     accepted = _sbrt_check("review", uid["T04"], "--db", db, "--as", "Dr. Ada Physicist", "--decision", "accepted",
                            "--note", "cord 0.2 Gy over; PI agreed", cwd=tmp_path)
-    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.code == 0, accepted.err
     deviation = _sbrt_check("review", uid["T01"], "--db", db, "--as", "Dr. B", "--decision", "deviation",
                             "--note", "=wrong CT", cwd=tmp_path)
-    assert deviation.returncode == 0, deviation.stderr
+    assert deviation.code == 0, deviation.err
     for args, message in (((uid["T01"], "--decision", "maybe"), "--decision maybe"),
                           (("1.2.3.4", "--decision", "accepted"), "plan 1.2.3.4 is not in the database")):
         refused = _sbrt_check("review", args[0], "--db", db, "--as", "X", *args[1:], cwd=tmp_path)
-        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and message in refused.stderr
+        assert refused.code == 2 and refused.err.count("\n") == 1 and message in refused.err
     with sqlite3.connect(db) as connection:
         reviews = connection.execute("SELECT plan_uid, reviewer, decision, note, reviewed_at FROM reviews "
                                      "ORDER BY reviewed_at").fetchall()
@@ -200,7 +199,7 @@ def test_review_records_who_when_what_and_changes_the_category(trial, tmp_path):
     patients = tmp_path / "patients.csv"
     run = _sbrt_check("dashboard", "--db", db, "--patients-csv", patients, "--html", tmp_path / "d.html",
                       cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
+    assert run.code == 0, run.err
     rows = _patients_csv(patients)
     assert (rows["T04"]["trial_category"], rows["T04"]["review_decision"]) == (store.ACCEPTABLE, "accepted")
     assert (rows["T01"]["trial_category"], rows["T01"]["review_decision"]) == (store.UNACCEPTABLE, "deviation")
@@ -221,7 +220,7 @@ def _record(index: int, results: int = 13) -> store.CheckRecord:
 def _writer(db: str, indices: list[int], barrier) -> None:
     """One writer process: open the store, wait for the other, write its checks one by one."""
     connection = store.connect(db)
-    barrier.wait()
+    barrier.wait(DEADLINE_S)
     for index in indices:
         store.save_check(connection, _record(index))
     connection.close()
@@ -251,17 +250,11 @@ def test_an_audit_killed_half_way_leaves_whole_checks_and_the_next_audit_goes_on
     T02's two plans are committed (their progress lines follow the commit), then the audit and
     its worker are killed with SIGKILL, no clean-up of any kind."""
     db = tmp_path / "killed.sqlite"
-    command = [sys.executable, "-m", "sbrt_check", "audit", str(trial["root"]), "--db", str(db), "--jobs", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                               env={**os.environ, au.HOLD_ENV: "T03"}, start_new_session=True)
-    assert process.stderr is not None
-    for line in process.stderr:
-        if line.startswith("[3/7]"):
-            os.killpg(process.pid, signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    process.stderr.close()
-    assert process.returncode == -signal.SIGKILL
+    with WatchedProcess("audit", trial["root"], "--db", db, "--jobs", "1", cwd=tmp_path,
+                        env={**os.environ, au.HOLD_ENV: "T03"}) as audit:
+        audit.wait_for_line("[3/7]")
+        audit.signal_group(signal.SIGKILL)
+        assert audit.finish() == -signal.SIGKILL
     with sqlite3.connect(db) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     checks = _checks(db)
@@ -270,14 +263,14 @@ def test_an_audit_killed_half_way_leaves_whole_checks_and_the_next_audit_goes_on
     for check in checks:  # the same check as in the full audit, with every one of its result rows
         assert _results_of(db, check["check_key"]) == complete[check["check_key"]] > 0
     rerun = _sbrt_check("audit", trial["root"], "--db", db, "--jobs", "2", cwd=tmp_path)
-    assert "3 kept from the earlier audit; 4 checked" in rerun.stdout, rerun.stderr
+    assert "3 kept from the earlier audit; 4 checked" in rerun.out, rerun.err
     assert {c["check_key"] for c in _checks(db)} == set(complete)
 
 
 def test_shards_into_their_own_stores_merge_into_one_without_duplicates(trial, tmp_path):
     jobs = au.discover(trial["root"]).jobs
-    runs = [subprocess.Popen([sys.executable, "-m", "sbrt_check", "audit", str(trial["root"]), "--shard",
-                              f"{i}/2", "--db", str(tmp_path / f"shard{i}.sqlite"), "--jobs", "1"],
+    runs = [subprocess.Popen(cli_command("audit", trial["root"], "--shard", f"{i}/2", "--db",
+                                         tmp_path / f"shard{i}.sqlite", "--jobs", "1"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path) for i in (1, 2)]
     assert [r.wait(timeout=300) in (1, 2) for r in runs] == [True, True]  # FAILs, the error row
     shards = [tmp_path / f"shard{i}.sqlite" for i in (1, 2)]
@@ -285,13 +278,13 @@ def test_shards_into_their_own_stores_merge_into_one_without_duplicates(trial, t
         assert {c["plan_key"] for c in _checks(shard)} == {j.key for j in au.select_shard(jobs, index, 2)}
     one_uid = _checks(shards[0])[0]["plan_uid"]
     assert _sbrt_check("review", one_uid, "--db", shards[0], "--as", "Q", "--decision", "accepted",
-                       cwd=tmp_path).returncode == 0
+                       cwd=tmp_path).code == 0
     merged = tmp_path / "all.sqlite"
     run = _sbrt_check("merge", *shards, trial["db"], "--db", merged, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "7 new checks, 1 new reviews; 7 checks in all" in run.stdout
+    assert run.code == 0, run.err
+    assert "7 new checks, 1 new reviews; 7 checks in all" in run.out
     again = _sbrt_check("merge", *shards, "--db", merged, cwd=tmp_path)
-    assert "0 new checks, 0 new reviews; 7 checks in all" in again.stdout
+    assert "0 new checks, 0 new reviews; 7 checks in all" in again.out
     # the same checks, whichever process made them; every result row once
     assert {c["check_key"] for c in _checks(merged)} == {c["check_key"] for c in _checks(trial["db"])}
     assert _count(merged, "results") == _count(trial["db"], "results") and _count(merged, "reviews") == 1
@@ -340,10 +333,10 @@ def test_schema_is_versioned_and_migrated_in_place(tmp_path):
     for location, message in ((db, f"schema version {newer} is newer"), (tmp_path, "is a folder"),
                               ("postgresql://u@host/trial", "PostgreSQL is an extension point")):
         run = _sbrt_check("dashboard", "--db", location, "--html", tmp_path / "x.html", cwd=tmp_path)
-        assert run.returncode == 2 and message in run.stderr and run.stderr.count("\n") == 1, run.stderr
+        assert run.code == 2 and message in run.err and run.err.count("\n") == 1, run.err
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     run = _sbrt_check("dashboard", "--db", tmp_path / "junk.sqlite", "--html", tmp_path / "x.html", cwd=tmp_path)
-    assert run.returncode == 2 and "cannot use it as a results database" in run.stderr
+    assert run.code == 2 and "cannot use it as a results database" in run.err
 
 
 # --- the dashboard in a real browser ---------------------------------------------------------
@@ -351,8 +344,7 @@ EVIL = "<img src=x onerror=alert(1)>"
 
 
 def _chromium(*args: str, profile: Path) -> str:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is not installed (.ci/run installs it)"
+    browser = require_tool(shutil.which("chromium") or shutil.which("chromium-browser"), "chromium is not installed")
     done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                            "--disable-component-update", "--disable-sync", "--no-first-run",
                            f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
@@ -372,7 +364,7 @@ def test_dashboard_renders_in_chromium_with_every_patient_and_no_script(trial, t
     page = tmp_path / "dash" / "dashboard.html"
     page.parent.mkdir()
     run = _sbrt_check("dashboard", "--db", db, "--html", page, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
+    assert run.code == 0, run.err
     text = page.read_text(encoding="utf-8")
     assert "<script" not in text.lower() and "Content-Security-Policy" in text and "src=\"http" not in text
     dom = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "profile")

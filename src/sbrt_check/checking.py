@@ -19,8 +19,9 @@ from pathlib import Path
 from .evaluate import Evaluator, Options
 from .models import Report
 from .plandata import DVH_THREADS, PlanData, load_plan
-from .protocol import Protocol, load_protocol
+from .protocol import Protocol
 from .provenance import DEFAULT_CONTOUR_MODEL
+from .rules import load_protocol
 
 
 @dataclass(frozen=True)

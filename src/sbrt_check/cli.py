@@ -102,11 +102,6 @@ def _check_settings(protocol: Path | None, map_: list[str] | None, not_target: l
     )
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"sbrt-check: error: {message}", err=True)
-    return typer.Exit(EXIT_ERROR)
-
-
 def _number(option: str, value: float | None, *, zero: bool = False) -> float | None:
     """A number given on the command line (a dose, a count, a size): finite and positive (or zero
     when `zero`), else one error line. Every float option goes through here: click takes '-5',

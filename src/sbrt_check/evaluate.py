@@ -9,9 +9,10 @@ NOT_EVALUATED with the reason, never a PASS.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from .crosscheck import annotate
+from .crosscheck import annotate, needs_model_spread, other_model
 from .dose_scale import Target as ScaleTarget
 from .dose_scale import check_dose_scale, plan_targets
 from .errors import CheckError
@@ -37,6 +38,22 @@ class Options:
     structure_map: tuple[tuple[str, str], ...] = ()  # (structure, ROI or ROIs 'A,B' or '#n')
     not_targets: tuple[str, ...] = ()  # ROIs declared not targets (--not-target)
     threads: int = DVH_THREADS  # DVH worker threads; the audit runs one process per core instead
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A constraint's result before its TPS value and borderline band are added.
+
+    Kept apart so that the DVHs the band needs under the other contour model (of the
+    results near their limits) are known, and computed on the worker threads, before any
+    result is annotated. A result with no `dvh` is final as it is (NOT EVALUATED).
+    """
+
+    result: Result
+    constraint: Constraint | None = None
+    tokens: tuple[str, ...] = ()
+    dvh: Dvh | None = None
+    value_of: Callable[[Dvh], float] | None = field(default=None, compare=False)
 
 
 def resolve_prescription(plan: PlanData, protocol: Protocol, options: Options) -> tuple[Sourced, Sourced]:
@@ -148,12 +165,13 @@ class Evaluator:
             value = convert_dose(value, self.fractions.value, constraint.alpha_beta, constraint.convert)
         return value
 
-    def evaluate_constraint(self, constraint: Constraint) -> list[Result]:
-        """One result, or one per lesion for a per-target structure (PTV: PTV1, PTV2)."""
+    def judge_constraint(self, constraint: Constraint) -> list[Judged]:
+        """One result, or one per lesion for a per-target structure (PTV: PTV1, PTV2), judged but
+        not yet annotated (see Judged)."""
         resolution = self.matcher.resolve(constraint.structure)
         if not resolution.ok:
-            return [self._result(constraint, resolution, value=None, status=Status.NOT_EVALUATED,
-                                 reason=resolution.problem)]
+            return [Judged(self._result(constraint, resolution, value=None, status=Status.NOT_EVALUATED,
+                                        reason=resolution.problem))]
         if not self.targets.is_per_target(constraint.structure):
             return [self._judge(constraint, resolution, None, self.rx)]
         return [
@@ -161,10 +179,17 @@ class Evaluator:
             for member in self.targets.members[constraint.structure]
         ]
 
-    def _judge(self, constraint: Constraint, resolution: Resolution, member: Member | None, rx: Sourced) -> Result:
+    def annotate(self, judged: Judged) -> Result:
+        """The judged result with its TPS value and borderline band (crosscheck.annotate)."""
+        if judged.dvh is None or judged.constraint is None or judged.value_of is None:
+            return judged.result
+        return annotate(judged.result, judged.constraint, judged.dvh, judged.value_of, self.plan, judged.tokens,
+                        self.protocol.statistical_uncertainty_percent)
+
+    def _judge(self, constraint: Constraint, resolution: Resolution, member: Member | None, rx: Sourced) -> Judged:
         if member is not None and member.problem:  # an ROI taken for a target that may not be one
-            return self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
-                                reason=member.problem)
+            return Judged(self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
+                                       reason=member.problem))
         try:
             dvh = self.dvh_of(resolution)
             if dvh.volume_cc <= 0:
@@ -187,15 +212,16 @@ class Evaluator:
                         "depends on the dose there"
                     )
         except (MetricError, CheckError) as exc:
-            return self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
-                                reason=str(exc))
+            return Judged(self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
+                                       reason=str(exc)))
         if not math.isfinite(value):
-            return self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
-                                reason=reason or "value is not a finite number")
+            return Judged(self._result(constraint, resolution, member, value=None, status=Status.NOT_EVALUATED,
+                                       reason=reason or "value is not a finite number"))
         margin = constraint.pass_limit.margin(value)
         judged = self._result(constraint, resolution, member, value=value, status=status, reason=reason,
                               margin=margin, details=details)
-        return annotate(self, constraint, resolution, dvh, judged, rx)
+        return Judged(judged, constraint, resolution.tokens, dvh,
+                      lambda other: self._value(constraint, other, "zero", rx))
 
     def target_results(self) -> list[Result]:
         """What could not be paired into lesions, and ROIs that look like targets nobody checks."""
@@ -217,7 +243,14 @@ class Evaluator:
         self.plan.coarse_extremes.update(self._no_extremes_needed(resolutions))
         self.plan.prefetch(token_sets, self.options.threads)
         rules = self.evaluate_rules()  # on this thread while the DVHs are computed
-        results = [r for c in self.protocol.constraints for r in self.evaluate_constraint(c)] + rules
+        judged = [j for c in self.protocol.constraints for j in self.judge_constraint(c)]
+        # The other contour model's DVHs of the results near a limit (the borderline band's part),
+        # computed side by side on the worker threads rather than one after another here.
+        other_model(self.plan).prefetch(
+            [j.tokens for j in judged if j.constraint and needs_model_spread(j.constraint, j.result.value)],
+            self.options.threads,
+        )
+        results = [self.annotate(j) for j in judged] + rules
         results += self.target_results() + (extra_results or [])
         statistics = target_statistics(results, self.dvhs, self.rx.value)  # kept: a stored check has no DVHs
         return Report(
@@ -288,12 +321,12 @@ class Evaluator:
 
 
 def overall_verdict(results: list[Result]) -> Verdict:
-    """Any FAIL: fail. Else anything required not evaluated: error. Else variation or pass."""
+    """Any FAIL: fail. Else anything required not evaluated: not evaluated. Else variation or pass."""
     statuses = [r.status for r in results]
     if Status.FAIL in statuses:
         return Verdict.FAIL
     if any(r.status is Status.NOT_EVALUATED and r.required for r in results):
-        return Verdict.ERROR
+        return Verdict.NOT_EVALUATED
     if Status.VARIATION in statuses:
         return Verdict.VARIATION
     return Verdict.PASS

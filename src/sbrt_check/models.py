@@ -25,12 +25,30 @@ class Status(str, enum.Enum):
 
 
 class Verdict(str, enum.Enum):
-    """Outcome of a whole plan; ERROR means something required could not be evaluated."""
+    """Outcome of a whole plan. NOT_EVALUATED: something required could not be checked.
+
+    One name in every format ("not_evaluated" in JSON, NOT EVALUATED on screen), the name a
+    row of that status has. Reports and databases written before it was named so say
+    "error", which still reads as NOT_EVALUATED.
+    """
 
     PASS = "pass"
     VARIATION = "variation"
     FAIL = "fail"
-    ERROR = "error"
+    NOT_EVALUATED = "not_evaluated"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Verdict | None:
+        return cls.NOT_EVALUATED if value == LEGACY_NOT_EVALUATED else None
+
+    @property
+    def label(self) -> str:
+        """How the verdict reads to people: PASS, VARIATION, FAIL, NOT EVALUATED."""
+        return self.value.replace("_", " ").upper()
+
+
+# The verdict value of a checked plan with required items NOT EVALUATED, before it had that name.
+LEGACY_NOT_EVALUATED = "error"
 
 
 @dataclass(frozen=True)
@@ -105,19 +123,6 @@ class Sourced:
 
     value: float | None
     source: str
-
-
-@dataclass(frozen=True)
-class PlanInfo:
-    patient_id: str
-    patient_name: str
-    plan_label: str
-    plan_uid: str
-    frame_of_reference_uid: str
-    prescription_gy: Sourced
-    fractions: Sourced
-    beams: tuple[Beam, ...] = ()
-    files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,7 @@ class PlanData:
                 self._siblings[contour_model] = PlanData(
                     self.inputs, self.dose, [], _rois=self._rois, _axis=self.axis, _lock=self._lock,
                     contour_model=contour_model, dose_scale=self.dose_scale, combined=self.combined,
+                    coarse_extremes=self.coarse_extremes,  # the same metrics are asked of it
                 )
             return self._siblings[contour_model]
 

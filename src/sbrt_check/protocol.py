@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,12 +384,17 @@ def _constraints(data: Any, structures: dict[str, StructureSpec], problems: _Pro
     return constraints
 
 
-def _rules(rules: list[dict], structures: dict[str, StructureSpec], problems: _Problems) -> None:
-    """Validate `rules:` entries against the rule registry, each problem with its entry."""
-    from .rules import validate_entry  # the rules evaluate Protocol objects: import here, not above
+# Problems of one `rules:` entry, given the defined structure names (rules.validate_entry).
+RuleProblems = Callable[[dict, set[str]], list[str]]
 
+
+def _rules(rules: list[dict], structures: dict[str, StructureSpec], rule_problems: RuleProblems | None,
+           problems: _Problems) -> None:
+    """Each `rules:` entry's problems, with its entry, from the rule kinds' own validation."""
+    if rule_problems is None:
+        return
     for index, rule in enumerate(rules):
-        for problem in validate_entry(rule, set(structures)):
+        for problem in rule_problems(rule, set(structures)):
             problems.add(f"rules[{index}] ({rule.get('rule', '?')})", problem)
 
 
@@ -424,7 +430,15 @@ def _dose_settings(data: Any, problems: _Problems) -> float:
     return float(value)
 
 
-def load_protocol(path: Path | str | None = None) -> Protocol:
+def load_protocol(path: Path | str | None = None, rule_problems: RuleProblems | None = None) -> Protocol:
+    """The protocol file (default: the shipped one) read and validated, or ProtocolError listing every problem.
+
+    The `rules:` entries are validated by `rule_problems`, the rule kinds' own validation:
+    the rules read Protocol objects, so this module does not import them; they are passed
+    in. `sbrt_check.rules.load_protocol` passes them: use it to load a protocol that plans
+    are checked against. Without them an entry is only checked to be a mapping (the rules
+    refuse to judge an entry they do not accept, whatever loaded it).
+    """
     path = Path(path) if path else DEFAULT_PROTOCOL
     try:
         raw = path.read_bytes()
@@ -451,7 +465,7 @@ def load_protocol(path: Path | str | None = None) -> Protocol:
     if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
         problems.add("rules", "expected a list of mappings")
         rules = []
-    _rules(rules, structures, problems)
+    _rules(rules, structures, rule_problems, problems)
     contour_model = _dvh_settings(data.get("dvh"), problems)
     uncertainty = _dose_settings(data.get("dose"), problems)
     if problems.items:

@@ -13,13 +13,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ..audit import AuditRow
+from ..models import Verdict
 from .escaping import line_text
+from .text import stored_verdict, stored_verdict_label
 
-VERDICT_LABEL = {
-    "pass": ("PASS", "bold green"),
-    "variation": ("VARIATION", "bold yellow"),
-    "fail": ("FAIL", "bold red"),
-    "error": ("NOT EVALUATED", "bold magenta"),
+VERDICT_STYLE = {
+    Verdict.PASS: "bold green",
+    Verdict.VARIATION: "bold yellow",
+    Verdict.FAIL: "bold red",
+    Verdict.NOT_EVALUATED: "bold magenta",
 }
 WORST_WIDTH = 90
 
@@ -27,8 +29,9 @@ WORST_WIDTH = 90
 def verdict_label(row: AuditRow) -> tuple[str, str]:
     """ERROR when the plan could not be read or checked at all, else the report's verdict."""
     if row.is_error:
-        return "ERROR", "bold white on red"
-    return VERDICT_LABEL.get(row.verdict, (row.verdict.upper(), ""))
+        return stored_verdict_label(row.verdict, True), "bold white on red"
+    verdict = stored_verdict(row.verdict)
+    return stored_verdict_label(row.verdict, False), VERDICT_STYLE.get(verdict, "") if verdict else ""
 
 
 def _number(value: Any) -> str:
@@ -86,9 +89,9 @@ def progress_line(done: int, total: int, row: AuditRow) -> str:
 
 def summary_line(rows: list[AuditRow], resumed: int, seconds: float, checked: int) -> str:
     """The closing count: verdicts, errors, resumed rows, and the throughput of this run."""
-    counts = Counter("error_row" if row.is_error else row.verdict for row in rows)
-    parts = [f"{counts['pass']} pass", f"{counts['variation']} variation", f"{counts['fail']} fail",
-             f"{counts['error']} not evaluated", f"{counts['error_row']} error"]
+    counts = Counter(None if row.is_error else stored_verdict(row.verdict) for row in rows)
+    parts = [f"{counts[Verdict.PASS]} pass", f"{counts[Verdict.VARIATION]} variation", f"{counts[Verdict.FAIL]} fail",
+             f"{counts[Verdict.NOT_EVALUATED]} not evaluated", f"{counts[None]} error"]
     rate = checked / seconds if seconds > 0 else 0.0
     text = f"{len(rows)} plans: " + ", ".join(parts)
     if resumed:

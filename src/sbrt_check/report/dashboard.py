@@ -21,10 +21,12 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
+from ..models import Verdict
 from ..store import ACCEPTABLE, NOT_EVALUABLE, PER_PROTOCOL, UNACCEPTABLE, PlanState, now_utc, report_of
 from .escaping import html_text
 from .html import CSP_META, CSS, VERDICT_COLOR, render_html
 from .json_report import report_from_dict
+from .text import stored_verdict, stored_verdict_label
 
 CATEGORY_COLOR = {PER_PROTOCOL: "#1a9641", ACCEPTABLE: "#e69500", UNACCEPTABLE: "#d7191c",
                   NOT_EVALUABLE: "#7b3294"}
@@ -206,8 +208,19 @@ def _severity(state: PlanState, results: list[dict]) -> tuple:
     return rank, -failing, _patient(state), state.check["plan_label"]
 
 
+def _verdict_text(check: dict) -> str:
+    """A stored check's verdict in the report's own words (ERROR: it could not be checked at all)."""
+    return stored_verdict_label(check["verdict"], bool(check["error"]))
+
+
+def _verdict_color(check: dict) -> str:
+    verdict = stored_verdict(check["verdict"])
+    return VERDICT_COLOR.get(verdict.value, "#555") if verdict else "#555"
+
+
 def _attention_list(states: list[PlanState], results: dict[str, list[dict]], links: dict[str, str]) -> str:
-    needing = [s for s in states if s.category not in COMPLIANT or s.check["verdict"] in ("fail", "error")]
+    needing = [s for s in states if s.category not in COMPLIANT or s.check["error"]
+               or stored_verdict(s.check["verdict"]) in (Verdict.FAIL, Verdict.NOT_EVALUATED)]
     needing.sort(key=lambda s: _severity(s, results.get(s.check["check_key"], [])))
     if not needing:
         return "<p>Every plan complies.</p>"
@@ -218,8 +231,8 @@ def _attention_list(states: list[PlanState], results: dict[str, list[dict]], lin
         rows.append(
             f'<tr class="attention"><td class="patient">{html_text(_patient(state))}</td>'
             f"<td>{html_text(check['plan_label'])}</td>"
-            f'<td class="status" style="background:{VERDICT_COLOR.get(check["verdict"], "#555")}">'
-            f"{html_text(check['verdict'].upper())}</td>"
+            f'<td class="status" style="background:{_verdict_color(check)}">'
+            f"{html_text(_verdict_text(check))}</td>"
             f'<td style="color:{CATEGORY_COLOR[state.category]}">{html_text(state.category)}</td>'
             f'<td class="reason">{reasons}</td><td class="small">{html_text(_review_text(state))}</td>'
             f"<td>{_link(state, links)}</td></tr>")
@@ -269,7 +282,7 @@ def _plans_table(states: list[PlanState], links: dict[str, str]) -> str:
         rows.append(
             f'<tr class="plan"><td class="patient">{html_text(_patient(state))}</td>'
             f"<td>{html_text(check['plan_label'])}</td><td>{html_text(check['institution'])}</td>"
-            f"<td>{html_text(check['stratum'])}</td><td>{html_text(check['verdict'])}</td>"
+            f"<td>{html_text(check['stratum'])}</td><td>{html_text(_verdict_text(check))}</td>"
             f"<td>{html_text(state.category)}</td><td class=\"small\">{html_text(_review_text(state))}</td>"
             f"<td class=\"small\">{html_text(check['contour_model'])}</td>"
             f"<td class=\"small\">{html_text(state.submitted_at[:10])}</td><td>{_link(state, links)}</td></tr>")

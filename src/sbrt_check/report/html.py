@@ -34,7 +34,7 @@ ISODOSE_LEVELS = (0.5, 0.95, 1.0, 1.1)  # fractions of the prescription
 ISODOSE_COLORS = ("#1f77ff", "#00b050", "#ffd000", "#ff2020")
 STATUS_COLOR = {Status.PASS: "#1a9641", Status.VARIATION: "#e69500", Status.FAIL: "#d7191c",
                 Status.NOT_EVALUATED: "#7b3294"}
-VERDICT_COLOR = {"pass": "#1a9641", "variation": "#e69500", "fail": "#d7191c", "error": "#7b3294"}
+VERDICT_COLOR = {"pass": "#1a9641", "variation": "#e69500", "fail": "#d7191c", "not_evaluated": "#7b3294"}
 # Contours: solid, in colours away from the (dashed) isodose lines' blue, green, yellow and red.
 ROI_COLORS = ("#ff00ff", "#00e5ff", "#ff8c00", "#b388ff", "#c5e1a5", "#ff80ab", "#a1887f", "#18ffff",
               "#ea80fc", "#ffcc80", "#80cbc4", "#f48fb1")

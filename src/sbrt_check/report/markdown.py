@@ -23,7 +23,7 @@ def _status(result: Result) -> str:
     return f"{icon} {status_label(result)}"
 
 
-VERDICT_ICON = {Verdict.PASS: "✅", Verdict.VARIATION: "⚠️", Verdict.FAIL: "❌", Verdict.ERROR: "❓"}
+VERDICT_ICON = {Verdict.PASS: "✅", Verdict.VARIATION: "⚠️", Verdict.FAIL: "❌", Verdict.NOT_EVALUATED: "❓"}
 COLUMNS = ("Structure", "ROI", "Metric", "Limit", "Value", "Margin", "Status", "Note")
 
 

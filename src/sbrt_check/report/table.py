@@ -24,7 +24,7 @@ VERDICT_STYLE = {
     Verdict.PASS: ("PASS: plan meets the protocol", "bold white on green"),
     Verdict.VARIATION: ("PASS WITH VARIATION: acceptable variations only", "bold black on yellow"),
     Verdict.FAIL: ("FAIL: plan does not meet the protocol", "bold white on red"),
-    Verdict.ERROR: ("NOT EVALUATED: required items could not be checked", "bold white on magenta"),
+    Verdict.NOT_EVALUATED: ("NOT EVALUATED: required items could not be checked", "bold white on magenta"),
 }
 
 
@@ -142,7 +142,7 @@ def verdict_line(report: Report) -> str:
     optional = sum(r.status is Status.NOT_EVALUATED and not r.required for r in report.results)
     required = counts[Status.NOT_EVALUATED] - optional
     return (
-        f"{report.verdict.value.upper()}: {line_text(report.plan.get('patient_id', ''))} "
+        f"{report.verdict.label}: {line_text(report.plan.get('patient_id', ''))} "
         f"{line_text(report.plan.get('plan_label', ''))} - {counts[Status.PASS]} pass, "
         f"{counts[Status.VARIATION]} variation, {counts[Status.FAIL]} fail, "
         f"{required} not evaluated" + (f" (+{optional} optional not evaluated)" if optional else "")

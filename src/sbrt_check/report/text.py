@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..models import Result, Status
+from ..models import Result, Status, Verdict
 
 MEASURED_UNITS = ("Gy", "%", "% Rx", "cc", "mm", "cm")
 REPORT_ONLY = "report only"
@@ -73,3 +73,24 @@ def status_label(result: Result) -> str:
     if result.borderline:
         label += " (borderline)"
     return label
+
+
+COULD_NOT_CHECK = "ERROR"
+
+
+def stored_verdict(value: str) -> Verdict | None:
+    """A verdict as stored in an audit row or the results database; "error" from before the
+    rename reads as NOT EVALUATED. None for a value no report has."""
+    try:
+        return Verdict(value)
+    except ValueError:
+        return None
+
+
+def stored_verdict_label(value: str, could_not_check: bool) -> str:
+    """A stored check's verdict as it reads: ERROR when the plan could not be read or checked at
+    all (the row carries an error, no report), else the report's own verdict (NOT EVALUATED, ...)."""
+    if could_not_check:
+        return COULD_NOT_CHECK
+    verdict = stored_verdict(value)
+    return verdict.label if verdict else value.upper()

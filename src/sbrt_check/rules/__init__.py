@@ -1,15 +1,21 @@
 """Rules beyond dose-volume limits: a registry of rule kinds, id -> declaration.
 
 A protocol lists them under `rules:`, one mapping each, `rule: <id>` plus that kind's
-options (see each module's docstring). `validate_entry` is what the protocol loader calls;
-`evaluate_rules` is what the evaluator calls; both go through the registry, so a new rule
-kind is one declaration in one module.
+options (see each module's docstring). `validate_entry` checks an entry: `load_protocol`
+hands it to the protocol loader (protocol.py knows nothing of the rules, which read its
+Protocol objects), and `evaluate_rules` asks it again before judging, so an entry no rule
+kind accepts is never judged, whoever loaded the protocol. Both go through the registry,
+so a new rule kind is one declaration in one module.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import CheckError
 from ..models import Result
+from ..protocol import Protocol
+from ..protocol import load_protocol as _read_protocol
 from . import crosscheck, geometry, indices, plan
 from .base import COMMON_KEYS, STRUCTURE_KEYS, RuleContext, RuleKind, not_evaluated
 
@@ -45,10 +51,27 @@ def validate_entry(entry: dict, structures: set[str]) -> list[str]:
     return problems
 
 
+def load_protocol(path: Path | str | None = None) -> Protocol:
+    """The protocol (default: the shipped one) with its `rules:` entries validated by their rule kinds.
+
+    The loader to use for checking plans: ProtocolError lists every problem at once, the
+    rule entries' with the rest.
+    """
+    return _read_protocol(path, validate_entry)
+
+
 def evaluate_rules(ctx: RuleContext, entries: tuple[dict, ...]) -> list[Result]:
-    """Results of every rule entry, in protocol order."""
+    """Results of every rule entry, in protocol order; an entry that does not validate is NOT EVALUATED."""
     results: list[Result] = []
+    structures = set(ctx.protocol.structures)
     for entry in entries:
+        problems = validate_entry(entry, structures)
+        if problems:
+            name = str(entry.get("rule"))  # required whatever it says: a rule nobody could read cannot pass
+            results.append(not_evaluated({**entry, "optional": False}, GROUPS.get(name, "plan"),
+                                         str(entry.get("structure") or "Plan"), name,
+                                         "invalid rule entry: " + "; ".join(problems)))
+            continue
         kind = REGISTRY[entry["rule"]]
         conf = kind.configure(entry)
         if kind.id == "index" and conf["body"] not in ctx.protocol.structures:
