@@ -63,7 +63,7 @@ class CheckSummary:
             number = count.get(status, self.counts.get(status, 0))
             if number:
                 counts += f", {number} {label}"
-        line = f"{self.verdict.replace("_", " ").upper()}  {who}  {counts}  {self.seconds:.2f} s"
+        line = f"{self.verdict.replace('_', ' ').upper()}  {who}  {counts}  {self.seconds:.2f} s"
         return line + (f"  (not in the results store: {line_text(self.not_recorded)})" if self.not_recorded else "")
 
 
