@@ -23,12 +23,12 @@ def _store(path: Path, records: int = 30) -> Path:
 
 
 def _one_line_error(run, *words: str) -> str:
-    assert run.returncode == 2, run.stderr
-    assert run.stderr.count("\n") == 1 and run.stderr.startswith("sbrt-check: error: "), run.stderr
-    assert "internal error" not in run.stderr
+    assert run.code == 2, run.err
+    assert run.err.count("\n") == 1 and run.err.startswith("sbrt-check: error: "), run.err
+    assert "internal error" not in run.err
     for word in words:
-        assert word in run.stderr, run.stderr
-    return run.stderr
+        assert word in run.err, run.err
+    return run.err
 
 
 def test_dashboard_leaves_another_applications_database_and_an_empty_file_alone(tmp_path):
@@ -53,7 +53,7 @@ def test_read_only_commands_write_nothing(tmp_path):
     db = _store(tmp_path / "s.sqlite", 3)
     before = db.read_bytes()
     run = _sbrt_check("dashboard", "--db", db, "--html", tmp_path / "d.html", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
+    assert run.code == 0, run.err
     assert db.read_bytes() == before
 
 
@@ -113,7 +113,7 @@ def test_merge_refuses_conflicts_unless_told_which_side_wins(tmp_path):
     connection.commit()
     connection.close()
     merged = tmp_path / "m.sqlite"
-    assert _sbrt_check("merge", first, "--db", merged, cwd=tmp_path).returncode == 0
+    assert _sbrt_check("merge", first, "--db", merged, cwd=tmp_path).code == 0
     run = _sbrt_check("merge", second, "--db", merged, cwd=tmp_path)
     _one_line_error(run, "merge refused: 1 check(s)", "plan 1.2.1: pass there, fail in", "--on-conflict")
 
@@ -121,9 +121,9 @@ def test_merge_refuses_conflicts_unless_told_which_side_wins(tmp_path):
         return store.connect(merged).execute("SELECT verdict FROM checks WHERE plan_uid = '1.2.1'").fetchone()[0]
 
     assert verdict() == "pass"
-    assert _sbrt_check("merge", second, "--db", merged, "--on-conflict", "keep", cwd=tmp_path).returncode == 0
+    assert _sbrt_check("merge", second, "--db", merged, "--on-conflict", "keep", cwd=tmp_path).code == 0
     assert verdict() == "pass"
-    assert _sbrt_check("merge", second, "--db", merged, "--on-conflict", "replace", cwd=tmp_path).returncode == 0
+    assert _sbrt_check("merge", second, "--db", merged, "--on-conflict", "replace", cwd=tmp_path).code == 0
     assert verdict() == "fail"
 
 
