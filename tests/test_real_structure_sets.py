@@ -93,8 +93,8 @@ HELPERS_ONE = {
         ph.shell("PTV_WALL", ONE, liver_plan.PTV_R, liver_plan.PTV_R + 5),
     ],
 }
-ROLE_WORDS = {"union": ("a union",), "phases": ("respiratory-phase copies",), "ring": ("a shell",),
-              "everything": ("a union", "respiratory-phase copies", "a shell", "(optimisation or evaluation")}
+ROLE_WORDS = {"union": ("a union",), "phases": ("respiratory-phase copies",), "ring": ("with it cut out",),
+              "everything": ("a union", "respiratory-phase copies", "with it cut out", "(optimisation or evaluation")}
 
 
 def two_lesion_folder(root: Path, anatomy, extra: list, scales: tuple[float, float] = (1.0, 1.0)) -> Path:
@@ -319,3 +319,45 @@ def test_two_lesions_whose_ptvs_touch_are_two_lesions_not_copies(tmp_path, anato
     coverage = {r["roi"]: r["status"] for r in rows(report, "V95%[%]") if r["structure"] == "PTV"}
     assert coverage == {"PTV1": "pass", "PTV2": "fail"}
     assert "copies of one lesion" not in json.dumps(report)
+
+
+def test_a_planners_own_liver_minus_gtv_and_a_gtv_expansion_are_helpers(tmp_path, anatomy, helper_protocol,
+                                                                         baselines):
+    """'Liver-GTV' (the liver with the GTV cut out, its name reading as a target) and 'GTV+5mm' (the GTV
+    grown by 5 mm): neither is a lesion, neither blocks, and the expansion is no respiratory phase."""
+    liver = next(r for r in anatomy if r.name == "Liver")
+    gtv = one_lesion_rois(anatomy)["GTV"]
+    extra = [ph.union("Liver-GTV", [liver, gtv], "ORGAN"), ph.sphere("GTV+5mm", ONE, liver_plan.GTV_R + 5.0, "GTV")]
+    report = checked(one_lesion_folder(tmp_path, anatomy, extra), helper_protocol)
+    assert report["exit_code"] == 0 and report["verdict"] == "pass", [
+        (r["structure"], r["metric"], r["reason"]) for r in report["results"] if r["status"] != "pass"]
+    assert_same_numbers(report, baselines[1])
+    notes = " ".join(report["messages"])
+    assert "'Liver-GTV' surrounds 'GTV' of lesion 1 with it cut out" in notes
+    assert "'GTV+5mm' is a copy of lesion 1's GTV 'GTV'" in notes and "respiratory-phase" not in notes
+    phases = row(report, "GTV phases outside ITV")
+    assert phases["status"] == "not_evaluated" and not phases["required"]  # an expansion is not a phase
+    never_self_contradicting(report)
+
+
+def test_five_lesions_with_raystation_helpers_are_all_checked_and_fail_the_count(tmp_path, anatomy,
+                                                                                  helper_protocol):
+    """A five-lesion structure set with PTV_ALL, GTV_ALL and a PTVn_WALL around each lesion (as a real
+    RayStation export): five lesions, each PTV judged, the count (1-2) fails; no helper is a lesion."""
+    centres = [ONE, TWO, (-100.0, -55.0, 10.0), (-45.0, 40.0, 0.0), (5.0, 15.0, -15.0)]
+    lesions = [[ph.sphere(f"{kind}{n}", c, radius, kind) for kind, radius in
+                (("GTV", liver_plan.GTV_R), ("ITV", liver_plan.ITV_R), ("PTV", liver_plan.PTV_R))]
+               for n, c in enumerate(centres, start=1)]
+    walls = [ph.shell(f"PTV{n}_WALL", c, liver_plan.PTV_R, liver_plan.PTV_R + 5) for n, c in enumerate(centres, 1)]
+    extra = [r for lesion_rois in lesions[2:] for r in lesion_rois] + walls + [
+        ph.union("PTV_ALL", [rois[2] for rois in lesions]), ph.union("GTV_ALL", [rois[0] for rois in lesions], "GTV")]
+    report = checked(two_lesion_folder(tmp_path, anatomy, extra), helper_protocol)
+    assert report["exit_code"] == 1 and report["verdict"] == "fail"
+    lesion_row = row(report, "Lesions")
+    assert lesion_row["value"] == 5 and lesion_row["status"] == "fail"
+    coverage = {r["roi"] for r in rows(report, "V95%[%]") if r["structure"] == "PTV"}
+    assert coverage == {f"PTV{n}" for n in range(1, 6)}
+    notes = " ".join(report["messages"])
+    assert "'PTV_ALL' holds" in notes and "'GTV_ALL' holds" in notes and "lesions 1 and 2 and 3 and 4 and 5" in notes
+    assert all(f"'PTV{n}_WALL' surrounds 'PTV{n}' of lesion {n}" in notes for n in range(1, 6)), notes
+    never_self_contradicting(report)

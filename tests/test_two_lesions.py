@@ -195,7 +195,7 @@ def test_an_optimisation_ring_is_a_shell_of_its_lesion(monkeypatch, capsys, tmp_
     folder = tl.write(tmp_path, tl.plan_spec(anatomy, "numbered", extra_rois=[extra]))
     code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol))
     assert code == 0 and set(ptv_rows(report, "V95%[%]")) == {"PTV1", "PTV2"}
-    assert "'PTV_ring' is a shell (planning ring or wall) around 'PTV1' of lesion 1" in " ".join(report["messages"])
+    assert "'PTV_ring' surrounds 'PTV1' of lesion 1 with it cut out" in " ".join(report["messages"])
     code, report = run_check(monkeypatch, capsys, str(folder), "--protocol", str(targets_protocol),
                              "--not-target", "PTV_ring")
     assert code == 0 and set(ptv_rows(report, "V95%[%]")) == {"PTV1", "PTV2"}

@@ -17,8 +17,10 @@ geometry into lesions and helpers (`Helper`, named in the report's notes, never 
 - union: an ROI that holds (>= 80 % of each) ROIs of two or more separate lesions, at one
   level (PTV_Total = PTV1 | PTV2, GTV_ALL). Found smallest first, so GTV_ALL does not tie
   the lesions together when PTV_ALL is sorted.
-- shell: an ROI that holds no target yet surrounds one (its box inside the ROI's box, less
-  than 10 % of it inside the ROI): rings and walls (zPTV_ring, PTV1_WALL).
+- shell: an ROI that surrounds a target with it cut out (the target's box inside the ROI's
+  box, less than 10 % of the target inside the ROI): rings and walls (zPTV_ring, PTV1_WALL),
+  and an unclaimed region less a target (a planner's own 'Liver-GTV'). An ROI a target
+  pattern found must also hold no target (< 50 % of each), so a lesion's PTV never is one.
 - copy: ROIs of one level that overlap (> 10 % of the smaller) are copies of one lesion's
   ROI: respiratory-phase copies of its GTV (GTV1_T0 ... GTV1_T90, propagated by ABAS) or
   optimisation copies inside its PTV (PTV1_opt). One is the lesion's reference, by this rule:
@@ -56,6 +58,7 @@ HOLDS = 0.80  # share of an ROI inside a union that makes the union hold it
 COPY_OVERLAP = 0.10  # shared fraction of the smaller of two ROIs of one level that makes them copies
 NESTED = 0.50  # share of an unclaimed ROI inside a lesion's target that makes it part of the lesion
 SHELL_HOLDS_AT_MOST = 0.10  # a shell holds at most this share of the target it surrounds
+PHASE_SIZE = 1.5  # a respiratory-phase copy's volume is within this factor of its reference's
 BOX_TOLERANCE_MM = 0.5
 DEFAULT_REFERENCE_PHASE = 20.0  # "GTV and OARs are contoured on the 20% CT image"
 TARGET_TYPES = {"PTV", "CTV", "GTV"}
@@ -115,8 +118,8 @@ def helper_notes(helpers: list[Helper], name_of: Callable[[str], str], level_of:
             notes.append(f"{names} {'is a' if one else 'are'} {kind}{'y' if one else 'ies'} of {lesion}'s {level} "
                          f"{related}{extra}, set aside; {related} is the lesion's reference")
         elif role == SHELL:
-            notes.append(f"{names} {'is a shell' if one else 'are shells'} (planning ring or wall) around {related} "
-                         f"of {lesion}, set aside")
+            notes.append(f"{names} surround{'s' if one else ''} {related} of {lesion} with it cut out (a planning "
+                         "ring or wall, or a region less the target), set aside")
         else:
             notes.append(f"{names} lie{'s' if one else ''} inside {related} of {lesion} and no protocol structure "
                          "names it: part of that lesion, not checked on its own")
@@ -253,13 +256,18 @@ class _Sorting:
         return [h for h in held if h is not None]
 
     def find_shells(self) -> None:
-        """ROIs that hold no target and surround one (its box inside theirs): planning rings and walls."""
+        """ROIs that surround a target with it cut out (its box inside theirs, under 10 % of it in them):
+        planning rings and walls, and unclaimed regions less a target (a planner's own 'Liver-GTV').
+
+        An ROI a target pattern found must also hold no target, so a lesion's own PTV is never one.
+        """
         for key in self.remaining():
             box = self.geometry.box(key)
             others = [k for k in self.remaining() if k != key]
             boxed = [k for k in others if _within_box(self.geometry.box(k), box)]
             surrounded = [k for k in boxed if self.geometry.inside_fraction(k, key) < SHELL_HOLDS_AT_MOST]
-            if not surrounded or any(self.holds(key, k, NESTED) for k in others):
+            claimed = self.level_of[key] is not None
+            if not surrounded or (claimed and any(self.holds(key, k, NESTED) for k in others)):
                 continue
             volume = {k: self.geometry.volume_cc((k,)) for k in surrounded}
             surrounded = [k for k in surrounded  # the outermost of what it surrounds: PTV1, not the GTV in it
@@ -294,6 +302,10 @@ class _Sorting:
             )
         return self.held[key]
 
+    def _similar_size(self, first: str, second: str) -> bool:
+        volumes = self.geometry.volume_cc((first,)), self.geometry.volume_cc((second,))
+        return max(volumes) <= PHASE_SIZE * min(volumes)
+
     def _overlapping(self, first: str, second: str) -> bool:
         return self.geometry.overlap_fraction(first, second) > COPY_OVERLAP
 
@@ -315,16 +327,15 @@ class _Sorting:
             self.unusable.update(group)
             return
         for key in group:
-            if key != reference:
-                self.helpers[key] = Helper(key, self.names[key], COPY, level, (reference,), phase=innermost)
+            if key != reference:  # a phase copy is the same lesion moved: about its size (not GTV+5mm)
+                phase = innermost and self._similar_size(key, reference)
+                self.helpers[key] = Helper(key, self.names[key], COPY, level, (reference,), phase=phase)
 
     def sort_unclaimed(self, lesion_of: dict[str, int], outermost: dict[int, str], innermost: dict[int, str]) -> None:
         """Unclaimed target-like ROIs: copies of a lesion's innermost ROI, or parts of a lesion, else a problem."""
         for key in [k for k in self.remaining() if self.level_of[k] is None]:
             for number, reference in innermost.items():
-                volumes = self.geometry.volume_cc((key,)), self.geometry.volume_cc((reference,))
-                similar = max(volumes) <= 2 * min(volumes)
-                if similar and self._overlapping(key, reference):
+                if self._similar_size(key, reference) and self._overlapping(key, reference):
                     self.helpers[key] = Helper(key, self.names[key], COPY, None, (reference,), (number,), phase=True)
                     break
             else:
