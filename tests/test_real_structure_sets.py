@@ -361,3 +361,16 @@ def test_five_lesions_with_raystation_helpers_are_all_checked_and_fail_the_count
     assert "'PTV_ALL' holds" in notes and "'GTV_ALL' holds" in notes and "lesions 1 and 2 and 3 and 4 and 5" in notes
     assert all(f"'PTV{n}_WALL' surrounds 'PTV{n}' of lesion {n}" in notes for n in range(1, 6)), notes
     never_self_contradicting(report)
+
+
+def test_a_copy_the_plan_prescribes_a_dose_of_its_own_is_a_boost_never_set_aside(tmp_path, anatomy,
+                                                                                helper_protocol):
+    """PTV_High inside PTV: an optimisation copy, unless the RTPLAN prescribes it a dose of its own
+    (a simultaneous boost), which must never go unchecked: NOT EVALUATED, naming both and the doses."""
+    spec = liver_plan.plan_spec("compliant", rois=list(anatomy) + [ph.sphere("PTV_High", ONE, 15.0, "PTV")])
+    plain = checked(tl.write(tmp_path / "copy", spec), helper_protocol)
+    assert plain["exit_code"] == 0 and "'PTV_High' is a copy" in " ".join(plain["messages"])
+    boosted = checked(tl.write(tmp_path / "boost", spec, {"PTV": 40.0, "PTV_High": 50.0}), helper_protocol)
+    assert boosted["exit_code"] == 2
+    reason = row(boosted, "V95%[%]")["reason"]
+    assert "'PTV_High' overlaps 'PTV' but the RTPLAN prescribes it 50 Gy of its own (40 Gy for 'PTV')" in reason

@@ -331,6 +331,26 @@ class _Sorting:
                 phase = innermost and self._similar_size(key, reference)
                 self.helpers[key] = Helper(key, self.names[key], COPY, level, (reference,), phase=phase)
 
+    def keep_prescribed_copies(self, dose_references: dict[int, float]) -> None:
+        """A 'copy' the RTPLAN prescribes a dose of its own (PTV_High inside PTV_Low) is a boost
+        target, never a helper: it makes its structure NOT EVALUATED, naming both, rather than
+        leaving a prescribed target unchecked."""
+        for key, helper in list(self.helpers.items()):
+            if helper.role != COPY or helper.structure is None:
+                continue
+            own = dose_references.get(int(key.lstrip("#")))
+            reference = dose_references.get(int(helper.related[0].lstrip("#")))
+            if own is None or own == reference:
+                continue
+            del self.helpers[key]
+            self.unusable.add(key)
+            of = f"{reference:g} Gy" if reference is not None else "none"
+            why = (f"'{helper.name}' overlaps '{self.names[helper.related[0]]}' but the RTPLAN prescribes it "
+                   f"{own:g} Gy of its own ({of} for '{self.names[helper.related[0]]}'): a boost volume is a "
+                   f"target, not a copy; map the one to check with --map {helper.structure}=ROI")
+            self.undecided[helper.structure] = why
+            self.problems.append((helper.structure, why))
+
     def sort_unclaimed(self, lesion_of: dict[str, int], outermost: dict[int, str], innermost: dict[int, str]) -> None:
         """Unclaimed target-like ROIs: copies of a lesion's innermost ROI, or parts of a lesion, else a problem."""
         for key in [k for k in self.remaining() if self.level_of[k] is None]:
@@ -404,6 +424,7 @@ def find_targets(
     """
     levels = protocol.target_levels()
     sorting = _sort_structure_set(protocol, matcher, geometry, levels)
+    sorting.keep_prescribed_copies(dose_references)
     matcher.set_helpers_aside(sorting.set_aside(), sorting.undecided)
     problems: list[tuple[str, str]] = list(sorting.problems)
     found = {level: matcher.members(level) for level in levels}
