@@ -234,14 +234,16 @@ class Evaluator:
 
     def report(self, extra_results: list[Result] | None = None) -> Report:
         targets = self.targets  # sorts the lesions' helpers out of every structure before any is resolved
-        scale_note = check_dose_scale(self.plan, [
-            ScaleTarget(t.roi, (t.keys[0],), t.prescription) for t in targets.targets
-        ] or plan_targets(self.plan))  # before anything is judged: a dose at the wrong scale is refused
         resolutions = [self.matcher.resolve(c.structure) for c in self.protocol.constraints]
         token_sets = [r.tokens for r in resolutions if r.ok and not self.targets.is_per_target(r.name)]
         token_sets += [m.resolution.tokens for level in self.targets.members.values() for m in level]
         self.plan.coarse_extremes.update(self._no_extremes_needed(resolutions))
         self.plan.prefetch(token_sets, self.options.threads)
+        # Before anything is judged (the targets' DVHs are among those being computed): a dose at
+        # a scale that does not fit the plan is refused here.
+        scale_note = check_dose_scale(self.plan, [
+            ScaleTarget(t.roi, (t.keys[0],), t.prescription) for t in targets.targets
+        ] or plan_targets(self.plan))
         rules = self.evaluate_rules()  # on this thread while the DVHs are computed
         judged = [j for c in self.protocol.constraints for j in self.judge_constraint(c)]
         # The other contour model's DVHs of the results near a limit (the borderline band's part),
