@@ -29,6 +29,7 @@ from .geometry import (
     CONTOUR_MODELS,
     Region,
     SlabShape,
+    contains_points,
     derive_region,
     derived_probes,
     near_region,
@@ -138,6 +139,10 @@ class PlanData:
             with self._lock:
                 found = self._regions.setdefault(key, sampled)
         return found
+
+    def holds_point(self, key: str, point: tuple[float, float, float]) -> bool:
+        """Whether an ROI (its slabs, even-odd rule) holds one point."""
+        return bool(contains_points(self.shape(key), np.array(point, dtype=float))[0])
 
     def box(self, key: str) -> tuple[float, float, float, float, float, float]:
         """An ROI's bounding box (x0, x1, y0, y1, z0, z1) in mm, its slabs' z extent included."""

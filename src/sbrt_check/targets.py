@@ -73,6 +73,7 @@ class Geometry(Interface):
     def overlap_fraction(self, first: str, second: str) -> float: ...
     def volume_cc(self, tokens: tuple[str, ...]) -> float: ...
     def box(self, key: str) -> tuple[float, float, float, float, float, float]: ...
+    def holds_point(self, key: str, point: tuple[float, float, float]) -> bool: ...
 
 
 UNION, COPY, SHELL, NESTED_ROLE = "union", "copy", "shell", "nested"
@@ -251,7 +252,8 @@ class _Sorting:
             found = next((held[i] for i in joined if held[i] is not None), None)
             groups = [g for i, g in enumerate(groups) if i not in joined] + [merged]
             held = [h for i, h in enumerate(held) if i not in joined] + [found]
-            if found is None and self.holds(union, key, HOLDS):
+            centre = _centre(self.geometry.box(key))  # a union holds the centre of what it holds (cheap first)
+            if found is None and self.geometry.holds_point(union, centre) and self.holds(union, key, HOLDS):
                 held[-1] = key
         return [h for h in held if h is not None]
 
@@ -265,7 +267,10 @@ class _Sorting:
             box = self.geometry.box(key)
             others = [k for k in self.remaining() if k != key]
             boxed = [k for k in others if _within_box(self.geometry.box(k), box)]
-            surrounded = [k for k in boxed if self.geometry.inside_fraction(k, key) < SHELL_HOLDS_AT_MOST]
+            # What it surrounds lies in its hole: an ROI holding the centre of a box it holds is no
+            # ring around that one (the cheap question first, the shared volume only for the rest).
+            hollow = [k for k in boxed if not self.geometry.holds_point(key, _centre(self.geometry.box(k)))]
+            surrounded = [k for k in hollow if self.geometry.inside_fraction(k, key) < SHELL_HOLDS_AT_MOST]
             claimed = self.level_of[key] is not None
             if not surrounded or (claimed and any(self.holds(key, k, NESTED) for k in others)):
                 continue
@@ -377,6 +382,10 @@ def _components(keys: list[str], linked: Callable[[str, str], bool]) -> list[lis
         merged = [k for g in joined for k in g] + [key]
         groups = [g for g in groups if g not in joined] + [sorted(merged, key=keys.index)]
     return sorted(groups, key=lambda g: keys.index(g[0]))
+
+
+def _centre(box: tuple[float, ...]) -> tuple[float, float, float]:
+    return (box[0] + box[1]) / 2, (box[2] + box[3]) / 2, (box[4] + box[5]) / 2
 
 
 def _within_box(inner: tuple[float, ...], outer: tuple[float, ...]) -> bool:
