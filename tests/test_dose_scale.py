@@ -212,3 +212,44 @@ def test_a_plan_dose_beside_beam_doses_is_used_and_said(monkeypatch, capsys, tmp
     assert code == 0 and report["plan"]["dose_summation"] == "PLAN" and note in report["messages"]
     assert run(monkeypatch, capsys, "dvh", str(folder), "--structures", "PTV", "--format", "json") == 0
     assert note in json.loads(capsys.readouterr().out)["notes"]
+
+
+def test_the_node_refuses_a_mislabelled_dose_and_believes_the_stated_reading(tmp_path, compliant):
+    """`listen` checks as `check` does: the whole-plan dose labelled FRACTION is an error report naming
+    the remedy; a node told `--dose-summation plan` passes the same files."""
+    from tests.fixtures.dicom_net import NodeProcess, storescu
+
+    folder = edited(compliant, tmp_path / "plan", "RTDOSE", DoseSummationType="FRACTION")
+    for options, verdict in (((), "error"), (("--dose-summation", "plan"), "pass")):
+        node = NodeProcess(tmp_path / f"node{len(options)}", "--jobs", "1", *options)
+        try:
+            assert storescu(node.port, sorted(folder.glob("*.dcm"))).returncode == 0
+            (report,) = node.wait_for_reports(1)
+        finally:
+            assert node.stop() == 0
+        assert report["verdict"] == verdict
+        if verdict == "error":
+            assert "state it with --dose-summation plan" in report["error"]
+        else:
+            assert report["plan"]["dose_summation"] == "FRACTION as plan (stated)"
+
+
+def test_dvh_picks_one_of_several_plans_with_plan(monkeypatch, capsys, tmp_path, compliant, anatomy):
+    """Two plans in one folder: `dvh` reads the one --plan names, with its own RTPLAN (prescription, scale)."""
+    from dataclasses import replace
+
+    from tests.fixtures.dicom_writer import write_plan_folder
+
+    folder = edited(compliant, tmp_path / "both", "RTDOSE")
+    other = tmp_path / "other"
+    write_plan_folder(other, replace(liver_plan.plan_spec("compliant", rois=list(anatomy)), plan_label="OTHER",
+                                     rx_gy=45.0, seed="dose-scale/other"))
+    for path in other.glob("*.dcm"):
+        shutil.copyfile(path, folder / f"other_{path.name}")
+    assert run(monkeypatch, capsys, "dvh", str(folder), "--structures", "PTV", "--format", "json") == 2
+    assert "pick a plan with --plan LABEL" in capsys.readouterr().err
+    assert run(monkeypatch, capsys, "dvh", str(folder), "--plan", "OTHER", "--structures", "PTV",
+               "--metrics", "D50%[%]", "--format", "json") == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["prescription_gy"] == 45.0  # the named plan's own prescription
+    assert exported["structures"]["PTV"]["metrics"]["D50%[%]"] == pytest.approx(100 * MEDIAN_GY / 45.0, abs=0.05)

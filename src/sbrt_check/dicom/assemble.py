@@ -330,7 +330,8 @@ def assemble_dose_and_structures(folder: Path, contents: FolderContents) -> Plan
     structs, doses = (list(kind.first.values()) for kind in objects)
     if len(structs) > 1:
         names = ", ".join(s.path.name for s in structs)
-        raise InputError(folder, f"several RTSTRUCT files ({names}) and no RTPLAN tying one to the dose")
+        remedy = ": pick a plan with --plan LABEL" if unused_plan else ""
+        raise InputError(folder, f"several RTSTRUCT files ({names}) and no RTPLAN tying one to the dose{remedy}")
     structure_set = read_structure_set(structs[0].path, structs[0].dataset)
     for dose in doses:
         frame = _frame_of(dose)
