@@ -64,7 +64,7 @@ class ContourModel(str, Enum):
 
 
 class DoseHolds(str, Enum):
-    """What the RTDOSE files hold, stated by the physicist (dicom.rtdose.DOSE_HOLDS)."""
+    """What the RTDOSE files hold, stated by the physicist (dicom.rtdose.combine_doses `holds`)."""
 
     plan = "plan"
     fraction = "fraction"

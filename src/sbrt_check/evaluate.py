@@ -260,7 +260,7 @@ class Evaluator:
             plan={**self.plan_header(), **self.header_extra, "target_stats": statistics},
             results=tuple(results),
             messages=tuple(
-                self.plan.notes + [scale_note] + self._choice_messages() + list(targets.notes) + self.matcher.notes
+                self.plan.notes + [scale_note] + self._choice_messages() + list(targets.notes)
                 + self.messages
                 + self._prescription_messages()
             ),

@@ -64,7 +64,6 @@ class Matcher:
         self.cache: dict[str, Resolution] = {}
         self.set_aside: set[int] = set()  # helpers of the lesions (targets.py): in no per-target structure
         self.unresolved: dict[str, str] = {}  # per-target structure -> why it cannot be used (targets.py)
-        self.notes: list[str] = []
         self.not_targets: set[int] = set()
         self.unknown_not_targets: list[str] = []
         for text in not_targets:

@@ -228,9 +228,6 @@ def check_beam_doses(doses: list[DoseFile], treatment_beams: dict[int, str], pla
                                     "every dose")
 
 
-DOSE_HOLDS = ("plan", "fraction")  # --dose-summation: what the physicist states the dose file(s) hold
-
-
 @dataclass(frozen=True)
 class CombinedDose:
     """The plan's total dose, how it was made from the files, and the reading it was not made by.
