@@ -25,6 +25,8 @@ from typer.testing import CliRunner
 
 from sbrt_check import audit as au
 from sbrt_check.cli import app
+from sbrt_check.models import AuditRow
+from sbrt_check.safeio import write_atomic
 from tests.fixtures import dicom_writer as dw
 from tests.fixtures import liver_plan
 from tests.helpers import CliRun, WatchedProcess, run_subprocess
@@ -221,7 +223,7 @@ def test_resume_needs_the_same_contour_model(tree, full):
     assert len(kept) == len(PLANS) and len(todo) == len(BROKEN)
     todo, kept = au.split_resumed(jobs, previous, protocol, "interpolated")
     assert not kept and len(todo) == len(jobs)
-    older = [au.AuditRow({k: v for k, v in row.cells.items() if k != "contour_model"}) for row in previous]
+    older = [AuditRow({k: v for k, v in row.cells.items() if k != "contour_model"}) for row in previous]
     assert len(au.split_resumed(jobs, older, protocol, "slab")[1]) == len(PLANS)
     assert not au.split_resumed(jobs, older, protocol, "truncated")[1]
 
@@ -292,9 +294,9 @@ def test_ctrl_c_keeps_the_rows_finished_so_far(tree):
 def test_written_atomically_and_csv_guards_formulas(tmp_path):
     target = tmp_path / "out.csv"
     target.write_text("old\n")
-    au.write_atomic(target, "new\n")
+    write_atomic(target, "new\n")
     assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
-    row = au.AuditRow({"patient_id": "=HYPERLINK(1)", "plan_label": "-2+3", "prescription_gy": -1.5})
+    row = AuditRow({"patient_id": "=HYPERLINK(1)", "plan_label": "-2+3", "prescription_gy": -1.5})
     text = au.render_csv([row], ["patient_id", "plan_label", "prescription_gy"])
     assert text.splitlines()[1] == "'=HYPERLINK(1),'-2+3,-1.5"
     assert au._coerce({"patient_id": "'=HYPERLINK(1)"})["patient_id"] == "=HYPERLINK(1)"
@@ -314,5 +316,5 @@ def test_worst_constraint_is_the_largest_relative_violation():
     passing = [dict(results[0], value=19.0, margin=1.0, status="pass"), dict(results[1], value=3.0, margin=3.0)]
     assert au.worst_constraint(passing).startswith("A Max[Gy] 19.00 Gy")
     assert au.audit_exit_code([]) == 0
-    assert au.audit_exit_code([au.AuditRow({"verdict": "fail"}), au.AuditRow({"verdict": "pass"})]) == 1
-    assert au.audit_exit_code([au.AuditRow({"verdict": "fail"}), au.AuditRow({"verdict": "error"})]) == 2
+    assert au.audit_exit_code([AuditRow({"verdict": "fail"}), AuditRow({"verdict": "pass"})]) == 1
+    assert au.audit_exit_code([AuditRow({"verdict": "fail"}), AuditRow({"verdict": "error"})]) == 2

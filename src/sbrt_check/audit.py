@@ -10,7 +10,6 @@ the CLI prints the progress and the table and decides the exit code.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import hmac
@@ -19,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .dicom.assemble import group_plans
 from .dicom.files import list_files, scan_files
 from .errors import CheckError, InputError
+from .models import AuditRow
 from .provenance import DEFAULT_CONTOUR_MODEL, provenance_of
 from .report.escaping import FORMULA_START, csv_cell
 
@@ -316,26 +315,6 @@ def run_jobs(jobs: list[PlanJob], settings: CheckSettings, n_jobs: int) -> Itera
 
 
 # --- rows ----------------------------------------------------------------------------------
-@dataclass
-class AuditRow:
-    """One plan: the flat cells of the CSV (fixed columns + one per constraint) and its report."""
-
-    cells: dict[str, Any]
-    report: dict | None = None
-
-    @property
-    def key(self) -> str:
-        return str(self.cells.get("plan_uid") or "")
-
-    @property
-    def verdict(self) -> str:
-        return str(self.cells.get("verdict") or "error")
-
-    @property
-    def is_error(self) -> bool:
-        return bool(self.cells.get("error"))
-
-
 STATUS_SEVERITY = {"fail": 0, "not_evaluated": 1, "variation": 2, "pass": 3}
 
 
@@ -737,24 +716,6 @@ def render(path: Path, rows: list[AuditRow], protocol: Any, root: Path) -> str:
     if path.suffix.lower() == ".json":
         return render_json(rows, columns, protocol, root)
     return render_csv(rows, columns)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write beside the target and rename over it: a reader (or a crash) never sees half a file."""
-    path = Path(path)
-    temp = None
-    try:
-        descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except OSError as exc:
-        if temp:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-        raise InputError(path, f"cannot write output ({exc.strerror})") from None
 
 
 def sort_rows(rows: list[AuditRow]) -> list[AuditRow]:

@@ -19,6 +19,7 @@ import typer
 
 from .errors import CheckError, InputError, ProtocolError
 from .report.escaping import line_text
+from .safeio import write_atomic
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard", "listen")
@@ -371,7 +372,7 @@ def audit(
     def save() -> None:
         ordered = au.sort_rows(rows)
         for path in outputs:
-            au.write_atomic(path, au.render(path, ordered, loaded_protocol, root))
+            write_atomic(path, au.render(path, ordered, loaded_protocol, root))
 
     interrupted = False
     try:
@@ -461,7 +462,6 @@ def _open_audit_store(db: str | None, html: Path | None, patients_csv: Path | No
 
 def _write_store_outputs(connection, html: Path | None, patients_csv: Path | None) -> None:
     """The dashboard (with each plan's page beside it) and the per-patient CSV, from the store."""
-    from . import audit as au
     from . import store
 
     with store.snapshot(connection):
@@ -470,7 +470,7 @@ def _write_store_outputs(connection, html: Path | None, patients_csv: Path | Non
     if patients_csv is not None:
         from .report.patients import render_patients_csv
 
-        au.write_atomic(patients_csv, render_patients_csv(store.patient_lines(states)))
+        write_atomic(patients_csv, render_patients_csv(store.patient_lines(states)))
     if html is not None:
         from .report.dashboard import render_dashboard
 
@@ -481,8 +481,8 @@ def _write_store_outputs(connection, html: Path | None, patients_csv: Path | Non
         except OSError as exc:
             raise InputError(pages_dir, f"cannot create the folder of plan reports ({exc.strerror})") from None
         for name, text in plan_pages.items():
-            au.write_atomic(pages_dir / name, text)
-        au.write_atomic(html, page)
+            write_atomic(pages_dir / name, text)
+        write_atomic(html, page)
 
 
 @app.command()

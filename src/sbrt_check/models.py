@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -186,3 +187,23 @@ class Report:
     messages: tuple[str, ...]
     protocol: dict
     dvhs: dict[str, Dvh] = field(default_factory=dict)
+
+
+@dataclass
+class AuditRow:
+    """One plan: the flat cells of the CSV (fixed columns + one per constraint) and its report."""
+
+    cells: dict[str, Any]
+    report: dict | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.cells.get("plan_uid") or "")
+
+    @property
+    def verdict(self) -> str:
+        return str(self.cells.get("verdict") or "error")
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.cells.get("error"))

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..audit import write_atomic
 from ..checking import CheckSettings
 from ..errors import CheckError
 from ..report.escaping import line_text
+from ..safeio import write_atomic
 from .assembly import ReadyPlan
 from .store import safe_name
 

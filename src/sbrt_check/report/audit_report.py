@@ -12,8 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..audit import AuditRow
-from ..models import Verdict
+from ..models import AuditRow, Verdict
 from .escaping import line_text
 from .text import stored_verdict, stored_verdict_label
 
