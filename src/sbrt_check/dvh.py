@@ -162,8 +162,8 @@ def compute_dvh(region: Region, grid: DoseGrid, axis: np.ndarray, boundary: np.n
         offsets = first[piece_slab[chunk]] - np.cumsum(counts) + counts
         sample = np.repeat(offsets, counts) + np.arange(counts.sum())
         at = flat[sample]
-        start_value, start_width = _gather((images, spread), plane_z, np.repeat(z_a[chunk], counts), at)
-        end_value, end_width = _gather((images, spread), plane_z, np.repeat(z_b[chunk], counts), at)
+        start_value, start_width = _gather((images, spread), plane_z, z_a[chunk], counts, at)
+        end_value, end_width = _gather((images, spread), plane_z, z_b[chunk], counts, at)
         middle = (start_value + end_value) / 2
         half = np.sqrt((end_value - start_value) ** 2 + (start_width + end_width) ** 2 / 4) / 2
         weight = area[sample] * np.repeat(z_b[chunk] - z_a[chunk], counts) / 1000.0
@@ -311,14 +311,22 @@ def _pieces(lo: np.ndarray, hi: np.ndarray, plane_z: np.ndarray) -> tuple[np.nda
     return np.concatenate(slabs), np.concatenate(starts), np.concatenate(ends)
 
 
-def _gather(images: tuple[np.ndarray, ...], plane_z: np.ndarray, z: np.ndarray, flat: np.ndarray) -> list[np.ndarray]:
-    """Values of each image stack at (z, flat sample index) pairs, linear between dose planes."""
+def _gather(
+    images: tuple[np.ndarray, ...], plane_z: np.ndarray, z: np.ndarray, counts: np.ndarray, flat: np.ndarray
+) -> list[np.ndarray]:
+    """Values of each image stack at one z per piece, for the piece's `counts` samples, linear between planes.
+
+    The planes around each piece and its weight between them are found once per piece, not
+    once per sample: a piece holds a whole slab's samples.
+    """
     if len(plane_z) == 1:
         return [stack[0, flat] for stack in images]
     upper = np.clip(np.searchsorted(plane_z, z, side="right"), 1, len(plane_z) - 1)
     lower = upper - 1
-    t = np.clip((z - plane_z[lower]) / (plane_z[upper] - plane_z[lower]), 0.0, 1.0)
-    at_lower, at_upper = lower * images[0].shape[1] + flat, upper * images[0].shape[1] + flat
+    t = np.repeat(np.clip((z - plane_z[lower]) / (plane_z[upper] - plane_z[lower]), 0.0, 1.0), counts)
+    width = images[0].shape[1]
+    at_lower = np.repeat(lower * width, counts) + flat
+    at_upper = at_lower + width
     return [stack.ravel()[at_lower] * (1.0 - t) + stack.ravel()[at_upper] * t for stack in images]
 
 
