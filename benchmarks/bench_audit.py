@@ -150,7 +150,7 @@ def audit(root: str, jobs: int, out: Path) -> tuple[float, int, list[dict]]:
 
 def verify(rows: list[dict], info: dict, base_ref: dict, scaled_ref: dict) -> list[str]:
     """Problems found: verdicts and values against the single-plan references, two error rows."""
-    from sbrt_check.audit import column_names
+    from sbrt_check.audit.rows import column_names
 
     problems = []
     errors = [r for r in rows if r["error"]]

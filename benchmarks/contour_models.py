@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from sbrt_check.checking import CheckSettings  # noqa: E402
 from sbrt_check.dvh_command import compute_structure_dvhs  # noqa: E402
 from sbrt_check.geometry import ALL_CONTOUR_MODELS as CONTOUR_MODELS  # noqa: E402
 from sbrt_check.geometry import SlabShape, sample_shape  # noqa: E402
@@ -75,8 +76,8 @@ def example_table() -> list[str]:
             (folder / packed.name.removesuffix(".xz")).write_bytes(lzma.decompress(packed.read_bytes()))
         documents = {}
         for model in CONTOUR_MODELS:
-            header, items, _ = compute_structure_dvhs(folder, None, ",".join(METRICS), "sbrt", None,
-                                                      contour_model=model)
+            header, items, _ = compute_structure_dvhs(folder, None, ",".join(METRICS), "sbrt",
+                                                      CheckSettings(contour_model=model))
             documents[model] = json.loads(render_dvh_json(items, header))
     rx = documents["slab"]["prescription_gy"]
     lines = ["| ROI | TPS cc | " + " | ".join(f"{m} cc" for m in CONTOUR_MODELS) + " |",

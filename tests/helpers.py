@@ -8,6 +8,8 @@ when a message changes. So:
   `run_subprocess` runs `python -m sbrt_check ARGS` in a child with a deadline;
 - `WatchedProcess` starts the CLI in a child whose stderr is read line by line on a thread,
   so `wait_for_line` gives up after its deadline, naming what it waited for and what came;
+- `holding_patient` makes the check of one patient's plan block until its process is killed, in
+  a CLI child: tests of an interrupted or killed audit signal one that is certainly running;
 - `require_tool` decides what a missing Chromium, dcmtk or Orthanc means: under CI (the
   environment variable CI is set, as `.ci/run` runs), which installs them, the test FAILS;
   elsewhere it is skipped with the reason.
@@ -147,6 +149,57 @@ class WatchedProcess:
                 self.signal_group(signal.SIGKILL)
             self.process.wait(DEADLINE_S)
         self._reader.join(DEADLINE_S)
+
+
+HOLD_HOOK = """\
+# Written by tests/helpers.py `holding_patient`: imported at start-up by every Python process
+# with this folder on PYTHONPATH. The check of {patient!r}'s plan blocks until the process is
+# killed; every other plan is checked as usual.
+import os
+import threading
+
+for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # as cli.main sets them
+    os.environ.setdefault(variable, "1")
+
+import pydicom
+
+import sbrt_check.checking as checking
+
+_check_plan = checking.check_plan
+
+
+def _patient_of(files):
+    if isinstance(files, (str, os.PathLike)) or not files:
+        return None
+    try:
+        return str(pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["PatientID"]).PatientID)
+    except Exception:
+        return None
+
+
+def _holding(files, settings, plan_label=None):
+    if _patient_of(files) == {patient!r}:
+        threading.Event().wait()
+    return _check_plan(files, settings, plan_label)
+
+
+checking.check_plan = _holding
+"""
+
+
+def holding_patient(patient_id: str, folder: Path) -> dict[str, str]:
+    """An environment for a CLI child in which the check of `patient_id`'s plan never ends.
+
+    Why from here: tests of an interrupted or killed audit need one that is certainly still
+    running when they signal it, whatever the machine's load; with --jobs 1 the plans before the
+    held one finish (and are seen on stderr), the held one never does. The hook is a
+    `sitecustomize` module in `folder`, wrapping `checking.check_plan` (the audit runs --jobs 1
+    in its own process), so production code carries no test hook.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HOLD_HOOK.format(patient=patient_id), encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def missing_tool(reason: str) -> NoReturn:

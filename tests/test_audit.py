@@ -23,13 +23,18 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from sbrt_check import audit as au
+from sbrt_check.audit.anonymize import Anonymizer
+from sbrt_check.audit.discovery import discover, parse_shard, select_shard, shard_of
+from sbrt_check.audit.resume import coerce, read_previous, split_resumed
+from sbrt_check.audit.rows import FIXED_COLUMNS, audit_exit_code, column_names, worst_constraint
+from sbrt_check.audit.writers import render_csv
 from sbrt_check.cli import app
+from sbrt_check.errors import InputError
 from sbrt_check.models import AuditRow
 from sbrt_check.safeio import write_atomic
 from tests.fixtures import dicom_writer as dw
 from tests.fixtures import liver_plan
-from tests.helpers import CliRun, WatchedProcess, run_subprocess
+from tests.helpers import CliRun, WatchedProcess, holding_patient, run_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 SALT = "test-salt-not-secret"
@@ -163,7 +168,7 @@ def test_csv_and_json_values_equal_the_single_plan_check_json(tree, full):
         report = json.loads(out.read_text())
         assert report["plan"]["patient_id"] == patient
         assert rows[patient]["verdict"] == plans_json[patient]["verdict"] == report["verdict"]
-        names = au.column_names(report["results"])
+        names = column_names(report["results"])
         assert len(names) == 13
         for name, result in zip(names, report["results"], strict=True):
             cell = rows[patient][name]
@@ -174,7 +179,7 @@ def test_csv_and_json_values_equal_the_single_plan_check_json(tree, full):
         assert plans_json[patient]["report"]["results"] == report["results"]
     assert {"PTV V95%[%]", "Stomach D0.5cc[Gy]", "SpinalCord Max[Gy]", "Liver-GTV Mean[Gy]"} <= columns_seen
     header = full["csv"].read_text(encoding="utf-8").splitlines()[0].split(",")
-    assert header[: len(au.FIXED_COLUMNS)] == list(au.FIXED_COLUMNS)
+    assert header[: len(FIXED_COLUMNS)] == list(FIXED_COLUMNS)
     assert header.index("PTV V95%[%] status") == header.index("PTV V95%[%]") + 1
 
 
@@ -203,48 +208,48 @@ def test_resume_skips_plans_done_with_the_same_protocol_and_files(tree, full):
 
 
 def test_resume_needs_the_same_protocol_name_and_version(tree, full):
-    jobs = au.discover(tree["root"]).jobs
-    previous = au.read_previous(full["json"])
+    jobs = discover(tree["root"]).jobs
+    previous = read_previous(full["json"])
     same = SimpleNamespace(name=previous[0].cells["protocol_name"], version="1.0-test")
-    todo, kept = au.split_resumed(jobs, previous, same)
+    todo, kept = split_resumed(jobs, previous, same)
     assert len(kept) == len(PLANS) and len(todo) == len(BROKEN)
-    todo, kept = au.split_resumed(jobs, previous, SimpleNamespace(name=same.name, version="1.1"))
+    todo, kept = split_resumed(jobs, previous, SimpleNamespace(name=same.name, version="1.1"))
     assert not kept and len(todo) == len(jobs)
 
 
 def test_resume_needs_the_same_contour_model(tree, full):
     # Rows record the model they were computed with; a resume under another model checks again,
     # and a row of an older audit without the column counts as slab (the only model it had).
-    jobs = au.discover(tree["root"]).jobs
-    previous = au.read_previous(full["csv"])
+    jobs = discover(tree["root"]).jobs
+    previous = read_previous(full["csv"])
     assert {row.cells["contour_model"] for row in previous} == {"slab"}
     protocol = SimpleNamespace(name=previous[0].cells["protocol_name"], version="1.0-test")
-    todo, kept = au.split_resumed(jobs, previous, protocol, "slab")
+    todo, kept = split_resumed(jobs, previous, protocol, "slab")
     assert len(kept) == len(PLANS) and len(todo) == len(BROKEN)
-    todo, kept = au.split_resumed(jobs, previous, protocol, "interpolated")
+    todo, kept = split_resumed(jobs, previous, protocol, "interpolated")
     assert not kept and len(todo) == len(jobs)
     older = [AuditRow({k: v for k, v in row.cells.items() if k != "contour_model"}) for row in previous]
-    assert len(au.split_resumed(jobs, older, protocol, "slab")[1]) == len(PLANS)
-    assert not au.split_resumed(jobs, older, protocol, "truncated")[1]
+    assert len(split_resumed(jobs, older, protocol, "slab")[1]) == len(PLANS)
+    assert not split_resumed(jobs, older, protocol, "truncated")[1]
 
 
 def test_shards_partition_the_plans_exactly(tree, full):
-    jobs = au.discover(tree["root"]).jobs
+    jobs = discover(tree["root"]).jobs
     keys = [j.key for j in jobs]
     assert len(set(keys)) == len(keys) == len(PLANS) + len(BROKEN)
     for count in (1, 2, 3, 5):
-        shards = [{j.key for j in au.select_shard(jobs, i, count)} for i in range(1, count + 1)]
+        shards = [{j.key for j in select_shard(jobs, i, count)} for i in range(1, count + 1)]
         assert sum(len(s) for s in shards) == len(keys)
         assert set().union(*shards) == set(keys)
         assert all(shards[i].isdisjoint(shards[k]) for i in range(count) for k in range(i + 1, count))
-        assert [au.shard_of(k, count) for k in keys] == [au.shard_of(k, count) for k in keys]
+        assert [shard_of(k, count) for k in keys] == [shard_of(k, count) for k in keys]
     for bad in ("0/3", "4/3", "1", "a/b", "1/0"):
-        with pytest.raises(au.InputError):
-            au.parse_shard(bad)
+        with pytest.raises(InputError):
+            parse_shard(bad)
     # through the CLI: shard 2/3 holds exactly the plans its hash gives (all resumed: fast)
     out = tree["base"] / "shard.csv"
     run = _audit(tree, "--shard", "2/3", "--resume", str(full["csv"]), "--out", str(out))
-    expected = {j.key for j in au.select_shard(jobs, 2, 3)}
+    expected = {j.key for j in select_shard(jobs, 2, 3)}
     got = {r["plan_uid"] or "file:" + r["files"] for r in _rows(out)}
     assert got == expected, run.err
 
@@ -264,7 +269,7 @@ def test_anonymize_removes_every_patient_id_and_name_from_all_outputs(tree, full
     rows = {r["plan_uid"]: r for r in _rows(out_csv)}
     plain = {r["plan_uid"]: r for r in _rows(full["csv"])}
     assert set(rows) == set(plain)
-    anonymizer = au.Anonymizer(SALT, [])
+    anonymizer = Anonymizer(SALT, [])
     for uid, row in rows.items():
         # stable: the same salted hash of the same ID, and the same verdicts and values
         assert row["patient_id"] == anonymizer.token(plain[uid]["patient_id"])
@@ -272,15 +277,15 @@ def test_anonymize_removes_every_patient_id_and_name_from_all_outputs(tree, full
         assert row["verdict"] == plain[uid]["verdict"]
         assert row["PTV V95%[%]"] == plain[uid]["PTV V95%[%]"]
     assert re.fullmatch(r"anon-[0-9a-f]{12}", rows[next(iter(rows))]["patient_id"])
-    assert au.Anonymizer("other salt", []).token("PAT001") != anonymizer.token("PAT001")
+    assert Anonymizer("other salt", []).token("PAT001") != anonymizer.token("PAT001")
 
 
 def test_ctrl_c_keeps_the_rows_finished_so_far(tree):
-    """Deterministic: PAT003's plan blocks its worker (test hook), so with --jobs 1 the audit is
+    """Deterministic: PAT003's plan blocks its check (a hook the test injects), so with --jobs 1 the audit is
     certainly still running after PAT001 and PAT002 are done, whatever the machine's load."""
     out = tree["base"] / "interrupted.csv"
     with WatchedProcess("audit", tree["root"], "--protocol", tree["protocol"], "--jobs", "1", "--out", out,
-                        cwd=tree["base"], env={**os.environ, au.HOLD_ENV: "PAT003"}) as audit:
+                        cwd=tree["base"], env=holding_patient("PAT003", tree["base"] / "hook")) as audit:
         audit.wait_for_line("[2/7]")  # PAT001 and PAT002 finished; PAT003 is held
         audit.process.send_signal(signal.SIGINT)  # to the audit, as Ctrl-C (its workers ignore SIGINT)
         code, stderr = audit.finish(), audit.stderr()
@@ -297,9 +302,9 @@ def test_written_atomically_and_csv_guards_formulas(tmp_path):
     write_atomic(target, "new\n")
     assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
     row = AuditRow({"patient_id": "=HYPERLINK(1)", "plan_label": "-2+3", "prescription_gy": -1.5})
-    text = au.render_csv([row], ["patient_id", "plan_label", "prescription_gy"])
+    text = render_csv([row], ["patient_id", "plan_label", "prescription_gy"])
     assert text.splitlines()[1] == "'=HYPERLINK(1),'-2+3,-1.5"
-    assert au._coerce({"patient_id": "'=HYPERLINK(1)"})["patient_id"] == "=HYPERLINK(1)"
+    assert coerce({"patient_id": "'=HYPERLINK(1)"})["patient_id"] == "=HYPERLINK(1)"
 
 
 def test_worst_constraint_is_the_largest_relative_violation():
@@ -311,10 +316,10 @@ def test_worst_constraint_is_the_largest_relative_violation():
         {"structure": "C", "metric": "D0.5cc[Gy]", "value": None, "unit": "Gy", "pass": "< 21",
          "status": "not_evaluated", "margin": None, "required": True, "reason": "no ROI"},
     ]
-    assert au.worst_constraint(results).startswith("B Mean[Gy] 8.00 Gy")
-    assert au.worst_constraint(results[2:]) == "C D0.5cc[Gy]: not evaluated (no ROI)"
+    assert worst_constraint(results).startswith("B Mean[Gy] 8.00 Gy")
+    assert worst_constraint(results[2:]) == "C D0.5cc[Gy]: not evaluated (no ROI)"
     passing = [dict(results[0], value=19.0, margin=1.0, status="pass"), dict(results[1], value=3.0, margin=3.0)]
-    assert au.worst_constraint(passing).startswith("A Max[Gy] 19.00 Gy")
-    assert au.audit_exit_code([]) == 0
-    assert au.audit_exit_code([AuditRow({"verdict": "fail"}), AuditRow({"verdict": "pass"})]) == 1
-    assert au.audit_exit_code([AuditRow({"verdict": "fail"}), AuditRow({"verdict": "error"})]) == 2
+    assert worst_constraint(passing).startswith("A Max[Gy] 19.00 Gy")
+    assert audit_exit_code([]) == 0
+    assert audit_exit_code([AuditRow({"verdict": "fail"}), AuditRow({"verdict": "pass"})]) == 1
+    assert audit_exit_code([AuditRow({"verdict": "fail"}), AuditRow({"verdict": "error"})]) == 2

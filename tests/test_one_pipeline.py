@@ -1,6 +1,7 @@
 """One way to check a plan (issue 19): `check`, `audit` and the DICOM node go through one check
 service (src/sbrt_check/checking.py) with one settings object, so the same files and the same
 protocol give the same values, whatever contour model the protocol or the command line sets.
+Each entry is compared, byte for byte, with the service called in this process.
 
 The node once ignored the protocol's `dvh: {contour_model: truncated}` and reported slab
 values: here the protocol asks for `truncated`, the plan's PTV and stomach values differ
@@ -10,6 +11,7 @@ report the truncated ones, to the last digit, with the model named.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import subprocess
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from sbrt_check.node.assembly import ReadyPlan
+from sbrt_check.node.worker import CheckSummary
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_net import QUICK_PROTOCOL, NodeProcess, storescu, wait_until
 from tests.fixtures.dicom_writer import write_plan_folder
@@ -32,6 +36,10 @@ dvh: {contour_model: truncated}
 """
 
 
+# Where the contour model comes from: the protocol's (truncated), or the command line's (slab, which wins).
+MODEL_SOURCES = {"protocol": ("truncated", ()), "command line": ("slab", ("--contour-model", "slab"))}
+
+
 def cli_json(*args: str) -> dict:
     done = subprocess.run([sys.executable, "-m", "sbrt_check", *args], capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 1), done.stderr
@@ -42,6 +50,11 @@ def values(report: dict) -> list[tuple]:
     return [(r["structure"], r["metric"], r["value"], r["status"]) for r in report["results"]]
 
 
+def value_bytes(report: dict) -> bytes:
+    """The result values as bytes: two entries agree to the last digit or not at all."""
+    return json.dumps(values(report)).encode()
+
+
 @pytest.fixture(scope="module")
 def truncated_protocol(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("protocol") / "truncated.yaml"
@@ -49,43 +62,74 @@ def truncated_protocol(tmp_path_factory) -> Path:
     return path
 
 
-def test_check_audit_and_node_report_the_protocols_contour_model_alike(tmp_path, compliant, truncated_protocol):
-    checked = cli_json("check", str(compliant), "--protocol", str(truncated_protocol), "--format", "json")
-    slab = cli_json("check", str(compliant), "--protocol", str(truncated_protocol), "--contour-model", "slab",
-                    "--format", "json")
-    assert checked["protocol"]["contour_model"] == "truncated" and slab["protocol"]["contour_model"] == "slab"
-    assert values(checked) != values(slab)  # the model shows in the numbers: a node on slab would be caught
+@pytest.fixture(scope="module")
+def service(compliant, truncated_protocol) -> dict[str, dict]:
+    """The check service's reports (in this process) of the compliant plan, per source of the model:
+    what every entry must give for the same files and settings."""
+    from sbrt_check.checking import CheckSettings, check_plan
 
+    reports = {}
+    for source, (model, args) in MODEL_SOURCES.items():
+        settings = CheckSettings(protocol_path=str(truncated_protocol), contour_model=model if args else None)
+        reports[source] = check_plan(compliant, settings).document()
+    return reports
+
+
+def test_the_model_shows_in_the_numbers(service):
+    """The two sources' models give other values: an entry on the wrong model would be caught."""
+    assert service["protocol"]["protocol"]["contour_model"] == "truncated"
+    assert service["command line"]["protocol"]["contour_model"] == "slab"
+    assert values(service["protocol"]) != values(service["command line"])
+
+
+@pytest.mark.parametrize("source", MODEL_SOURCES)
+def test_check_gives_the_services_values(source, compliant, truncated_protocol, service):
+    model, args = MODEL_SOURCES[source]
+    checked = cli_json("check", str(compliant), "--protocol", str(truncated_protocol), *args, "--format", "json")
+    assert checked["protocol"]["contour_model"] == model
+    assert value_bytes(checked) == value_bytes(service[source])
+
+
+@pytest.mark.parametrize("source", MODEL_SOURCES)
+def test_audit_gives_the_services_values(source, tmp_path, compliant, truncated_protocol, service):
+    model, args = MODEL_SOURCES[source]
     out = tmp_path / "audit.json"
     done = subprocess.run([sys.executable, "-m", "sbrt_check", "audit", str(compliant), "--protocol",
-                           str(truncated_protocol), "--jobs", "1", "--out", str(out)],
+                           str(truncated_protocol), *args, "--jobs", "1", "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     (audited,) = json.loads(out.read_text())["plans"]
-    assert audited["contour_model"] == "truncated" and values(audited["report"]) == values(checked)
+    assert audited["contour_model"] == model and audited["report"]["protocol"]["contour_model"] == model
+    assert value_bytes(audited["report"]) == value_bytes(service[source])
 
-    node = NodeProcess(tmp_path / "node", "--jobs", "1", "--protocol", str(truncated_protocol))
+
+@pytest.mark.parametrize("source", MODEL_SOURCES)
+def test_listen_gives_the_services_values(source, tmp_path, compliant, truncated_protocol, service):
+    """The node once ignored the protocol's model; with the command line's, that one wins."""
+    model, args = MODEL_SOURCES[source]
+    node = NodeProcess(tmp_path / "node", "--jobs", "1", "--protocol", str(truncated_protocol), *args)
     try:
         sent = storescu(node.port, sorted(compliant.glob("*.dcm")))
         assert sent.returncode == 0, sent.stderr
         (received,) = node.wait_for_reports(1)
-    finally:
-        assert node.stop() == 0
-    assert received["protocol"]["contour_model"] == "truncated" and values(received) == values(checked)
-
-
-def test_the_command_line_model_wins_over_the_protocols_at_the_node(tmp_path, compliant, truncated_protocol):
-    slab = cli_json("check", str(compliant), "--protocol", str(truncated_protocol), "--contour-model", "slab",
-                    "--format", "json")
-    node = NodeProcess(tmp_path / "node", "--jobs", "1", "--protocol", str(truncated_protocol),
-                       "--contour-model", "slab")
-    try:
-        assert storescu(node.port, sorted(compliant.glob("*.dcm"))).returncode == 0
-        (received,) = node.wait_for_reports(1)
         wait_until(lambda: "PASS" in node.stdout(), "the node's verdict line")
     finally:
         assert node.stop() == 0
-    assert received["protocol"]["contour_model"] == "slab" and values(received) == values(slab)
+    assert received["protocol"]["contour_model"] == model
+    assert value_bytes(received) == value_bytes(service[source])
+
+
+def test_listen_strict_fails_a_variation_as_check_strict_does():
+    """`listen --strict`: a VARIATION plan's line says FAIL (the node's gate, as `check --strict`'s exit
+    code is); without --strict, and for any other verdict, the line says the verdict."""
+    plan = ReadyPlan("1.2.3", "PAT01", "LIVER", (), "f" * 16)
+    counts = {"pass": 30, "variation": 1}
+    lenient = CheckSummary(plan, "variation", counts, 0.5, ())
+    strict = dataclasses.replace(lenient, strict=True)
+    assert lenient.line().startswith("VARIATION  PAT01 LIVER  30 pass, 0 fail, 1 variation")
+    assert strict.line().startswith("FAIL  PAT01 LIVER  30 pass, 0 fail, 1 variation")
+    assert strict.line().endswith("(--strict: a variation fails)")
+    assert dataclasses.replace(strict, verdict="pass", counts={"pass": 31}).line().startswith("PASS  PAT01")
 
 
 def test_the_node_records_every_check_in_the_store_beside_an_audit(tmp_path, compliant, anatomy):

@@ -381,9 +381,12 @@ def test_default_check_imports_neither_matplotlib_nor_lxml(liver_variants):
         f"sys.argv = ['sbrt-check', {str(liver_variants['compliant'])!r}, '--format', 'junit', '--quiet']\n"
         "try:\n    cli.main()\nexcept SystemExit as exit_:\n    code = exit_.code\n"
         "print(code, 'matplotlib' in sys.modules, 'lxml' in sys.modules)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] in (['sbrt_check', 'audit'], ['sbrt_check', 'store'],"
+        " ['sbrt_check', 'node'], ['sbrt_check', 'pool']) or m == 'pynetdicom' or m == 'sbrt_check.report.html'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
-    assert out.splitlines()[-1] == "0 False False"
+    assert out.splitlines()[-2] == "0 False False"
+    assert out.splitlines()[-1] == "[]"  # nor the audit, the store, the node, pynetdicom or the HTML report
 
 
 # --- slices and HTML ---------------------------------------------------------------------------

@@ -29,12 +29,20 @@ import pydicom
 import pytest
 
 from sbrt_check import __version__, store
-from sbrt_check import audit as au
+from sbrt_check.audit.discovery import discover, select_shard
 from sbrt_check.protocol import DEFAULT_PROTOCOL
 from sbrt_check.report.patients import render_patients_csv
 from tests.fixtures import dicom_writer as dw
 from tests.fixtures import liver_plan
-from tests.helpers import DEADLINE_S, CliRun, WatchedProcess, cli_command, require_tool, run_subprocess
+from tests.helpers import (
+    DEADLINE_S,
+    CliRun,
+    WatchedProcess,
+    cli_command,
+    holding_patient,
+    require_tool,
+    run_subprocess,
+)
 
 PATIENTS = {"T01": "compliant", "T02": "hot_stomach", "T03": "low_coverage", "T04": "hot_cord",
             "T05": "variation_stomach"}
@@ -105,7 +113,7 @@ def test_reaudit_after_a_replan_keeps_both_plans_and_checks_only_the_new_one(tri
     assert len(re.findall(r"^\[\d+/1\] ", second.err, flags=re.M)) == 1
     checks = _checks(trial["db"])
     assert len(checks) == 7
-    discovered = {job.plan_uid for job in au.discover(trial["root"]).jobs}
+    discovered = {job.plan_uid for job in discover(trial["root"]).jobs}
     assert {c["plan_uid"] for c in checks} == discovered and len(discovered) == 7
     assert trial["first_uids"] < discovered
     t02 = [c for c in checks if c["patient_id"] == "T02"]
@@ -246,12 +254,12 @@ def test_two_processes_writing_one_store_at_once_lose_and_double_nothing(tmp_pat
 
 
 def test_an_audit_killed_half_way_leaves_whole_checks_and_the_next_audit_goes_on(trial, tmp_path):
-    """Deterministic: T03's plan blocks its worker (test hook); with --jobs 1 the checks of T01 and
+    """Deterministic: T03's plan blocks its check (a hook the test injects); with --jobs 1 the checks of T01 and
     T02's two plans are committed (their progress lines follow the commit), then the audit and
     its worker are killed with SIGKILL, no clean-up of any kind."""
     db = tmp_path / "killed.sqlite"
     with WatchedProcess("audit", trial["root"], "--db", db, "--jobs", "1", cwd=tmp_path,
-                        env={**os.environ, au.HOLD_ENV: "T03"}) as audit:
+                        env=holding_patient("T03", tmp_path / "hook")) as audit:
         audit.wait_for_line("[3/7]")
         audit.signal_group(signal.SIGKILL)
         assert audit.finish() == -signal.SIGKILL
@@ -268,14 +276,14 @@ def test_an_audit_killed_half_way_leaves_whole_checks_and_the_next_audit_goes_on
 
 
 def test_shards_into_their_own_stores_merge_into_one_without_duplicates(trial, tmp_path):
-    jobs = au.discover(trial["root"]).jobs
+    jobs = discover(trial["root"]).jobs
     runs = [subprocess.Popen(cli_command("audit", trial["root"], "--shard", f"{i}/2", "--db",
                                          tmp_path / f"shard{i}.sqlite", "--jobs", "1"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path) for i in (1, 2)]
     assert [r.wait(timeout=300) in (1, 2) for r in runs] == [True, True]  # FAILs, the error row
     shards = [tmp_path / f"shard{i}.sqlite" for i in (1, 2)]
     for index, shard in enumerate(shards, start=1):
-        assert {c["plan_key"] for c in _checks(shard)} == {j.key for j in au.select_shard(jobs, index, 2)}
+        assert {c["plan_key"] for c in _checks(shard)} == {j.key for j in select_shard(jobs, index, 2)}
     one_uid = _checks(shards[0])[0]["plan_uid"]
     assert _sbrt_check("review", one_uid, "--db", shards[0], "--as", "Q", "--decision", "accepted",
                        cwd=tmp_path).code == 0

@@ -26,7 +26,7 @@ import yaml
 from pydicom.dataset import Dataset
 from rich.console import Console
 
-from sbrt_check.cli import _write_html
+from sbrt_check.cli.check import write_html
 from sbrt_check.evaluate import Evaluator, Options
 from sbrt_check.models import Report, Status, Verdict
 from sbrt_check.plandata import load_plan
@@ -249,7 +249,7 @@ def test_every_format_shows_every_lesion_row(tmp_path, underdosed_check):
     shown = table.export_text()
     assert "PTV (PTV2)" in shown and "PTV2 V95%[%]: " not in shown  # its own row, not a note
     html = tmp_path / "report.html"
-    _write_html(evaluator, report, html)
+    write_html(evaluator, report, html)
     page = html.read_text()
     for subject in ("PTV (PTV)", "PTV (PTV2)"):
         assert f'class="slice target" data-structure="{subject}"' in page  # each lesion's target slices

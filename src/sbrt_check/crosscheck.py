@@ -18,6 +18,7 @@ from .errors import CheckError
 from .metrics import Metric, MetricError
 from .models import Dvh, Result
 from .protocol import Constraint, Limit
+from .provenance import DEFAULT_CONTOUR_MODEL
 
 if TYPE_CHECKING:
     from .dicom.tps_dvh import TpsDvh
@@ -60,7 +61,7 @@ def tps_value(metric: Metric, value_of: ValueOf, plan: PlanData, tokens: tuple[s
 
 def other_model(plan: PlanData) -> PlanData:
     """The plan under the contour model the spread is measured against."""
-    return plan.under_model(OTHER_MODEL.get(plan.contour_model, "slab"))
+    return plan.under_model(OTHER_MODEL.get(plan.contour_model, DEFAULT_CONTOUR_MODEL))
 
 
 def needs_model_spread(constraint: Constraint, value: float | None) -> bool:

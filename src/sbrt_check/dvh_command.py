@@ -1,18 +1,19 @@
 """`sbrt-check dvh`: DVHs and metrics of ROIs by name, with either engine.
 
 Works from an RTSTRUCT and an RTDOSE alone; an RTPLAN, when it fits, only supplies the
-prescription for % metrics. The dose is reported as stored, with its summation type.
+prescription for % metrics. The dose is reported as stored, with its summation type. The files
+are read through the check service (`checking.read_dose_and_structures`) with the command line's
+settings, so the numbers are `check`'s for the same contour model, dose and plan.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .checking import CheckSettings, read_dose_and_structures
 from .crosscheck import NO_STATED_VOLUME, tps_incomparable
-from .dose_scale import check_dose_scale, plan_targets
 from .errors import InputError
 from .metrics import MetricError, compute, parse_metric
-from .plandata import DVH_THREADS, load_dose_and_structures
 from .protocol import normalize_name
 from .report.dvh_export import StructureDvh
 
@@ -20,10 +21,11 @@ VOLUME = parse_metric("Volume[cc]")
 
 
 def compute_structure_dvhs(
-    folder: Path, structures: str | None, metrics: str, engine: str, rx_override: float | None,
-    threads: int = DVH_THREADS, fractions: float | None = None, contour_model: str = "slab",
-    plan_label: str | None = None, dose_holds: str | None = None,
+    folder: Path, structures: str | None, metrics: str, engine: str, settings: CheckSettings,
+    fractions: float | None = None, plan_label: str | None = None,
 ) -> tuple[dict, list[StructureDvh], list[str]]:
+    """(header, one entry per chosen ROI, the metrics' names): `settings` are the check options
+    (contour model, what the dose holds, --rx for % metrics) as `check` takes them."""
     parsed = []
     for text in [m for m in metrics.split(",") if m.strip()]:
         try:
@@ -32,7 +34,7 @@ def compute_structure_dvhs(
             raise InputError(None, f"--metrics: {exc}") from None
     if fractions is not None and not (fractions > 0):
         raise InputError(None, f"--fractions {fractions} is not a positive number")
-    plan = load_dose_and_structures(folder, fractions, contour_model, plan_label, dose_holds)
+    plan, scale_note = read_dose_and_structures(folder, settings, plan_label, fractions)
     structure_set = plan.inputs.structure_set
     volume_rois = [r for r in structure_set.rois if r.is_volume]
     if structures:
@@ -49,7 +51,7 @@ def compute_structure_dvhs(
             chosen.extend(found)
     else:
         chosen = volume_rois
-    rx = rx_override
+    rx = settings.prescription_gy
     if rx is None and plan.inputs.plan is not None:
         rx = plan.inputs.plan.prescription_gy
     if engine == "dicompyler":
@@ -57,11 +59,11 @@ def compute_structure_dvhs(
 
         dvhs = dicompyler_dvhs(structure_set.path, plan.inputs.dose_files, [r.number for r in chosen])
     else:
-        plan.prefetch([(f"#{r.number}",) for r in chosen], threads)
+        plan.prefetch([(f"#{r.number}",) for r in chosen], settings.threads)
         dvhs = {r.number: plan.dvh((f"#{r.number}",)) for r in chosen}
     notes = list(plan.notes)
-    if plan.inputs.plan is not None:  # the scale `check` would judge at; refused as `check` refuses it
-        notes.append(check_dose_scale(plan, plan_targets(plan)))
+    if scale_note is not None:  # the scale `check` would judge at (a scale it refuses was refused on reading)
+        notes.append(scale_note)
     without = {}
     for entry in structure_set.rois:
         if not entry.is_volume:
@@ -96,7 +98,7 @@ def compute_structure_dvhs(
         "dose_summation_type": plan.dose.summation_type,
         "prescription_gy": rx,
         "engine": engine,
-        "contour_model": contour_model if engine == "sbrt" else "dicompyler-core",
+        "contour_model": plan.contour_model if engine == "sbrt" else "dicompyler-core",
         "notes": notes,
     }
     return header, items, [m.text for m in parsed]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .models import Planes
+from .provenance import DEFAULT_CONTOUR_MODEL
 
 # In-plane samples aimed at per structure: enough for 1 % metrics on a 1 cc sphere, few
 # enough for a whole check to stay well under a second.
@@ -216,7 +217,7 @@ class SlabShape:
     z_hi: np.ndarray
 
     @classmethod
-    def from_planes(cls, planes: Planes, default_thickness: float, model: str = "slab") -> SlabShape:
+    def from_planes(cls, planes: Planes, default_thickness: float, model: str = DEFAULT_CONTOUR_MODEL) -> SlabShape:
         """The shape under a contour model: `slab` (each plane +-half a spacing) or `truncated`."""
         if model not in CONTOUR_MODELS:
             raise ValueError(f"unknown contour model '{model}' (known: {', '.join(CONTOUR_MODELS)})")

@@ -38,6 +38,7 @@ from .geometry import (
 )
 from .interpolated import contour_probes, grid_nodes_in_region, interpolated_region
 from .models import DoseGrid, Dvh, Planes, Roi
+from .provenance import DEFAULT_CONTOUR_MODEL
 
 DEFAULT_SLICE_MM = 3.0
 DVH_THREADS = min(4, os.cpu_count() or 1)  # the GIL-bound remainder makes more not worth it
@@ -55,7 +56,7 @@ class PlanData:
     _volumes: dict[tuple[str, ...], float] = field(default_factory=dict)
     _axis: np.ndarray | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
-    contour_model: str = "slab"
+    contour_model: str = DEFAULT_CONTOUR_MODEL
     dose_scale: float = 1.0  # total dose / stored dose of a single dose file (fractions of a FRACTION dose)
     combined: CombinedDose | None = None  # how the files made the dose, and their other reading
     _siblings: dict[str, PlanData] = field(default_factory=dict)
@@ -299,7 +300,7 @@ def roi_dvh(planes: Planes, grid: DoseGrid, contour_model: str, default_thicknes
 
 def _load(
     inputs: PlanInputs, fractions_override: float | None = None, fraction_as_stored: bool = False,
-    contour_model: str = "slab", dose_holds: str | None = None,
+    contour_model: str = DEFAULT_CONTOUR_MODEL, dose_holds: str | None = None,
 ) -> PlanData:
     fractions = fractions_override or (inputs.plan.fractions if inputs.plan else None)
     if inputs.plan:
@@ -327,14 +328,14 @@ def _load(
                     combined=combined)
 
 
-def load_plans(folder: Path, contour_model: str = "slab") -> list[PlanData]:
+def load_plans(folder: Path, contour_model: str = DEFAULT_CONTOUR_MODEL) -> list[PlanData]:
     """Every plan in the folder (RTPLAN + RTSTRUCT + RTDOSE), doses combined."""
     contents = scan_folder(folder)
     return [_load(inputs, contour_model=contour_model) for inputs in assemble_plans(folder, contents)]
 
 
 def load_plan(
-    folder: Path | Sequence[Path], plan_label: str | None = None, contour_model: str = "slab",
+    folder: Path | Sequence[Path], plan_label: str | None = None, contour_model: str = DEFAULT_CONTOUR_MODEL,
     dose_holds: str | None = None,
 ) -> PlanData:
     """The one plan of a folder; several plans need `plan_label` (label or SOP Instance UID).
@@ -373,8 +374,8 @@ def _one_plan(folder: Path, all_inputs: list[PlanInputs], plan_label: str | None
 
 
 def load_dose_and_structures(
-    folder: Path, fractions: float | None = None, contour_model: str = "slab", plan_label: str | None = None,
-    dose_holds: str | None = None,
+    folder: Path, fractions: float | None = None, contour_model: str = DEFAULT_CONTOUR_MODEL,
+    plan_label: str | None = None, dose_holds: str | None = None,
 ) -> PlanData:
     """RTSTRUCT + RTDOSE for `dvh`: a FRACTION dose without fraction count is read as stored.
 

@@ -13,7 +13,6 @@ import functools
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import queue
 import shutil
@@ -23,13 +22,13 @@ import tempfile
 import threading
 import time
 import weakref
-from concurrent.futures import Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..dicom.files import read_dataset, scan_files
 from ..errors import InputError
+from ..pool import WorkerPool
 from ..report.escaping import line_text
 from .assembly import Assembly, ReadyPlan
 from .gate import Gate, GuardedServer
@@ -60,7 +59,7 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 ACCEPTED_CLASSES = {RT_PLAN: "RTPLAN", RT_ION_PLAN: "RTPLAN", RT_DOSE: "RTDOSE", RT_STRUCT: "RTSTRUCT", CT_IMAGE: "CT"}
 SUCCESS = 0x0000
 LEDGER = "checked.jsonl"
-PRELOAD = ["sbrt_check.node.worker", "sbrt_check.evaluate", "sbrt_check.plandata", "sbrt_check.report.json_report"]
+PRELOAD = ("sbrt_check.node.worker", "sbrt_check.evaluate", "sbrt_check.plandata", "sbrt_check.report.json_report")
 
 
 INCOMING_FOLDER = "incoming"  # under state/: data sets being received (never acknowledged)
@@ -101,15 +100,6 @@ class Session:
     closed: bool = False
     ended_by: str = ""
     sender: str = ""  # the calling AE title (the submitting institution when a plan names none)
-
-
-def pool_context() -> multiprocessing.context.BaseContext:
-    """forkserver with the checker preloaded: each worker starts with the imports already paid."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
-        return context
-    return multiprocessing.get_context("spawn")
 
 
 def _calling_ae(assoc) -> str:
@@ -241,7 +231,7 @@ class Node:
         self._pool_lock = threading.RLock()  # a done callback may run at once, in the submitting thread
         self._sessions: weakref.WeakKeyDictionary[object, Session] = weakref.WeakKeyDictionary()
         self._sessions_lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._server: GuardedServer | None = None
         self._running: dict[str, Future] = {}  # plan UID -> its check in progress
         self._queued: dict[str, ReadyPlan] = {}  # plan UID -> its newest version, checked after it
@@ -285,10 +275,11 @@ class Node:
                       self.ledger_path, exc.strerror or exc)
 
     # --- checks -------------------------------------------------------------------------------
-    def _new_pool(self) -> ProcessPoolExecutor:
-        settings = self.config.settings
-        return ProcessPoolExecutor(self.config.workers, mp_context=pool_context(), initializer=warm,
-                                   initargs=(settings.protocol_path, os.getpid()))
+    def _new_pool(self) -> WorkerPool:
+        """The shared worker pool (`sbrt_check.pool`), each worker warmed with the checker and this
+        node's protocol, and watching this node (it exits when the node is killed)."""
+        return WorkerPool(self.config.workers, PRELOAD, initializer=warm,
+                          initargs=(self.config.settings.protocol_path, os.getpid()))
 
     def dispatch(self, plan: ReadyPlan, sender: str = "") -> None:
         """Hand one whole plan to a worker; never blocks the calling association thread.
@@ -323,11 +314,7 @@ class Node:
             self._pool = self._new_pool()
         args = (check_plan, plan, self.config.settings, report_dir, tuple(str(p) for p in sorted(snapshot.iterdir())),
                 self._senders.get(plan.plan_uid, ""))
-        try:
-            future = self._pool.submit(*args)
-        except BrokenProcessPool:  # a worker died (killed for memory?): start afresh
-            self._pool = self._new_pool()
-            future = self._pool.submit(*args)
+        future = self._pool.submit(*args)  # a pool a dead worker broke is replaced there
         self._running[plan.plan_uid] = future
         future.add_done_callback(lambda f, plan=plan, snapshot=snapshot: self._finished(f, plan, snapshot))
 
@@ -477,8 +464,7 @@ class Node:
         with self._pool_lock:  # a plan may already have come in and started the pool
             if self._pool is None:
                 self._pool = self._new_pool()
-            for _ in range(self.config.workers):  # warm every worker now, not on the first plan
-                self._pool.submit(int, 0)
+            self._pool.warm()
         for plan in pending:
             self.dispatch(plan)
         return len(pending), problems
@@ -528,6 +514,5 @@ class Node:
         if any(not f.done() for f in running):
             log.error("checks still running after %.0f s: their workers are stopped; those plans are checked "
                       "at the next start", checks_s)
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
+            pool.kill()
+        pool.close(wait=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from ..checking import CheckSettings
 from ..errors import CheckError
+from ..pool import ignore_sigint
 from ..report.escaping import line_text
 from ..safeio import write_atomic
 from .assembly import ReadyPlan
@@ -49,9 +49,14 @@ class CheckSummary:
     reports: tuple[str, ...]
     error: str = ""
     not_recorded: str = ""  # why the check is not in the results store (--db), when it is not
+    strict: bool = False  # --strict: an acceptable variation fails, as it does `check --strict`'s exit code
 
     def line(self) -> str:
-        """`PASS  PAT01 LIVER_SBRT  31 pass, 0 fail  0.31 s` (fields from DICOM without control characters)."""
+        """`PASS  PAT01 LIVER_SBRT  31 pass, 0 fail  0.31 s` (fields from DICOM without control characters).
+
+        Under --strict a VARIATION plan's line says FAIL, and why: the node's line is its gate, as
+        `check`'s exit code is `check`'s; the report keeps the verdict itself.
+        """
         who = f"{line_text(self.plan.patient_id) or '-'} {line_text(self.plan.plan_label) or '-'}"
         if self.error:
             recorded = f"  (not in the results store: {line_text(self.not_recorded)})" if self.not_recorded else ""
@@ -63,7 +68,11 @@ class CheckSummary:
             number = count.get(status, self.counts.get(status, 0))
             if number:
                 counts += f", {number} {label}"
-        line = f"{self.verdict.replace('_', ' ').upper()}  {who}  {counts}  {self.seconds:.2f} s"
+        failed_by_strict = self.strict and self.verdict == "variation"
+        verdict = "FAIL" if failed_by_strict else self.verdict.replace("_", " ").upper()
+        line = f"{verdict}  {who}  {counts}  {self.seconds:.2f} s"
+        if failed_by_strict:
+            line += "  (--strict: a variation fails)"
         return line + (f"  (not in the results store: {line_text(self.not_recorded)})" if self.not_recorded else "")
 
 
@@ -96,7 +105,7 @@ def warm(protocol_path: str | None, node_pid: int | None = None) -> bool:
     finish), so workers ignore SIGINT. SIGTERM keeps its default: whoever sends it to a worker
     wants it gone, and a check cut short is not in the ledger, so it is done again at start-up.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_sigint()
     if node_pid is not None:
         threading.Thread(target=_exit_with, args=(node_pid,), name="node-watchdog", daemon=True).start()
     import numpy.ma  # noqa: F401  (imported lazily by the first check otherwise)
@@ -125,30 +134,26 @@ def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str,
     `sender`: the calling AE title that completed the plan (the institution in the store when
     the plan names none).
     """
-    from ..audit import _json_default
-
     started = time.perf_counter()
     folder = Path(report_dir)
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / report_stem(plan, datetime.now())
     try:
         from ..checking import check_plan as check
-        from ..report.json_report import render_json
 
         checked = check([Path(f) for f in read_from or plan.files], settings, plan.plan_uid)
-        report, evaluator = checked.report, checked.evaluator
+        report = checked.report
         written = []
         for kind in settings.formats:
             path = stem.with_name(stem.name + SUFFIX[kind])
-            write_atomic(path, _render(kind, report, evaluator, render_json))
+            write_atomic(path, _render(kind, checked, settings.strict))
             written.append(str(path))
         counts: dict[str, int] = {}
         for result in report.results:
             key = result.status.value + ("" if result.required else "_optional")
             counts[key] = counts.get(key, 0) + 1
-        document = json.loads(render_json(report))
         return CheckSummary(plan, report.verdict.value, counts, time.perf_counter() - started, tuple(written),
-                            not_recorded=_record(settings, plan, document, sender))
+                            not_recorded=_record(settings, plan, checked.document(), sender), strict=settings.strict)
     except CheckError as exc:
         error = str(exc)
     except MemoryError:
@@ -159,7 +164,7 @@ def check_plan(plan: ReadyPlan, settings: NodeSettings, report_dir: str,
                 "plan": {"patient_id": plan.patient_id, "plan_label": plan.plan_label, "plan_uid": plan.plan_uid,
                          "files": list(plan.files)}}
     path = stem.with_name(stem.name + ".json")
-    write_atomic(path, json.dumps(document, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    write_atomic(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     return CheckSummary(plan, "error", {}, time.perf_counter() - started, (str(path),), error,
                         _record(settings, plan, None, sender, error))
 
@@ -168,7 +173,7 @@ def _record(settings: NodeSettings, plan: ReadyPlan, report: dict | None, sender
     """Record the check in the results store (--db) as `audit --db` does; '' or why it could not be."""
     if settings.db is None:
         return ""
-    from ..audit import record_check
+    from ..audit.results_store import record_check
     from ..checking import protocol_of
 
     try:
@@ -182,13 +187,16 @@ def _record(settings: NodeSettings, plan: ReadyPlan, report: dict | None, sender
     return ""
 
 
-def _render(kind: str, report, evaluator, render_json) -> str:
+def _render(kind: str, checked, strict: bool) -> str:
+    """One report file's text, as `check` renders the format (JUnit under --strict alike)."""
     if kind == "junit":
         from ..report.junit import render_junit
 
-        return render_junit(report)
+        return render_junit(checked.report, strict=strict)
     if kind == "html":
         from ..report.html import render_checked_plan
 
-        return render_checked_plan(evaluator, report)
-    return render_json(report) + "\n"
+        return render_checked_plan(checked.evaluator, checked.report)
+    from ..report.json_report import render_json
+
+    return render_json(checked.report) + "\n"
