@@ -235,8 +235,9 @@ class Evaluator:
     def report(self, extra_results: list[Result] | None = None) -> Report:
         targets = self.targets  # sorts the lesions' helpers out of every structure before any is resolved
         resolutions = [self.matcher.resolve(c.structure) for c in self.protocol.constraints]
-        token_sets = [r.tokens for r in resolutions if r.ok and not self.targets.is_per_target(r.name)]
-        token_sets += [m.resolution.tokens for level in self.targets.members.values() for m in level]
+        # The lesions' DVHs first: the dose-scale check below waits for them before anything else runs.
+        token_sets = [m.resolution.tokens for level in self.targets.members.values() for m in level]
+        token_sets += [r.tokens for r in resolutions if r.ok and not self.targets.is_per_target(r.name)]
         self.plan.coarse_extremes.update(self._no_extremes_needed(resolutions))
         self.plan.prefetch(token_sets, self.options.threads)
         # Before anything is judged (the targets' DVHs are among those being computed): a dose at
