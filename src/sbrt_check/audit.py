@@ -30,7 +30,7 @@ from .dicom.files import list_files, scan_files
 from .errors import CheckError, InputError
 from .models import AuditRow
 from .provenance import DEFAULT_CONTOUR_MODEL, provenance_of
-from .report.escaping import FORMULA_START, csv_cell
+from .safeio import FORMULA_START, csv_cell
 
 if TYPE_CHECKING:  # the check itself (numpy, the DVH engine) is imported by the workers only
     from .checking import CheckSettings

@@ -18,8 +18,7 @@ from typing import Annotated
 import typer
 
 from .errors import CheckError, InputError, ProtocolError
-from .report.escaping import line_text
-from .safeio import write_atomic
+from .safeio import line_text, write_atomic
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard", "listen")
@@ -136,10 +135,7 @@ def _write(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text)
         return
-    try:
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(output, f"cannot write output ({exc.strerror})") from None
+    write_atomic(output, text if text.endswith("\n") else text + "\n")
 
 
 def _exit_code(verdict: str, strict: bool = False) -> int:

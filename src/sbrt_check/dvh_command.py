@@ -13,8 +13,8 @@ from .dose_scale import check_dose_scale, plan_targets
 from .errors import InputError
 from .metrics import MetricError, compute, parse_metric
 from .plandata import DVH_THREADS, load_dose_and_structures
-from .protocol import normalize_name
 from .report.dvh_export import StructureDvh
+from .safeio import normalize_name
 
 VOLUME = parse_metric("Volume[cc]")
 

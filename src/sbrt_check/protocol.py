@@ -22,6 +22,7 @@ import yaml
 from .errors import ProtocolError
 from .geometry import expression_names, parse_expression
 from .metrics import Metric, MetricError, parse_metric
+from .safeio import normalize_name
 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_PROTOCOL = Path(__file__).parent / "protocols" / "rfa_sbrt.yaml"
@@ -148,11 +149,6 @@ class Protocol:
                 if isinstance(rule.get(key), str):
                     add(rule[key])
         return needed
-
-
-def normalize_name(name: str) -> str:
-    """ROI names compare case-insensitively, ignoring spaces, '_' and '-'."""
-    return re.sub(r"[\s_\-]+", "", name).casefold()
 
 
 def name_matches(pattern: str, roi_name: str) -> bool:

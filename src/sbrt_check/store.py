@@ -45,7 +45,7 @@ from typing import Any
 
 from .errors import InputError
 from .provenance import provenance_of
-from .report.escaping import line_text
+from .safeio import line_text
 
 BUSY_TIMEOUT_S = 60.0
 DECISIONS = ("accepted", "deviation")

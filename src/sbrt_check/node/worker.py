@@ -20,10 +20,8 @@ from pathlib import Path
 
 from ..checking import CheckSettings
 from ..errors import CheckError
-from ..report.escaping import line_text
-from ..safeio import write_atomic
+from ..safeio import line_text, safe_name, write_atomic
 from .assembly import ReadyPlan
-from .store import safe_name
 
 FORMATS = ("json", "html", "junit")
 SUFFIX = {"json": ".json", "html": ".html", "junit": ".xml"}

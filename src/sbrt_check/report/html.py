@@ -24,9 +24,9 @@ import numpy as np
 from ..metrics import MetricError, parse_metric
 from ..models import Dvh, Report, Result, Status
 from ..provenance import provenance_items
+from ..safeio import html_text, plain_text
 from ..slices import TARGET_STATS, DoseSlice, SliceSet, own_prescription, report_slices, target_statistics
 from .dvh_export import resampled
-from .escaping import html_text, plain_text
 from .table import VERDICT_STYLE, _sourced, verdict_line
 from .text import is_report_only, limit_text, note_text, status_label, value_text
 

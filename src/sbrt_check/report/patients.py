@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 
+from ..safeio import csv_cell
 from ..store import PATIENT_COLUMNS, PatientLine
-from .escaping import csv_cell
 
 
 def render_patients_csv(lines: list[PatientLine]) -> str:

@@ -10,8 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import Report, Result, Status, Verdict
-from ..protocol import normalize_name
-from .escaping import line_text
+from ..safeio import line_text, normalize_name
 from .text import borderline_text, is_report_only, status_label, tps_text, value_text
 
 STATUS_STYLE = {
