@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbrt_check import store
+from sbrt_check import store, trial
 from sbrt_check.models import Report, Result, Status, Verdict
 from sbrt_check.report.dashboard import plan_page
 from sbrt_check.report.json_report import report_dict, report_from_dict
@@ -59,7 +59,7 @@ def test_a_report_comes_back_from_the_store_as_it_went_in(rows, verdict, message
     record = store.record_of(cells, sent, "1.2.3", "", sent["protocol"])
     store.save_check(connection, record)
     (state,) = store.plan_states(connection)
-    stored = store.report_of(state.check, store.results_of(connection, [state.check["check_key"]])[
+    stored = trial.report_of(state.check, store.results_of(connection, [state.check["check_key"]])[
         state.check["check_key"]])
     back = report_dict(report_from_dict(stored))
     for key in ("verdict", "plan", "results", "messages"):
@@ -80,7 +80,7 @@ def test_a_stored_two_lesion_check_renders_its_lesions_and_target_statistics(mon
     connection = store.connect(db, read_only=True)
     (state,) = store.plan_states(connection)
     key = state.check["check_key"]
-    stored = store.report_of(state.check, store.results_of(connection, [key])[key])
+    stored = trial.report_of(state.check, store.results_of(connection, [key])[key])
     assert stored["results"] == json.loads(json.dumps(printed["results"]))
     page = plan_page(state, store.results_of(connection, [key])[key])
     assert "No target evaluated" not in page

@@ -458,7 +458,7 @@ def _open_audit_store(db: str | None, html: Path | None, patients_csv: Path | No
 
 def _write_store_outputs(connection, html: Path | None, patients_csv: Path | None) -> None:
     """The dashboard (with each plan's page beside it) and the per-patient CSV, from the store."""
-    from . import store
+    from . import store, trial
 
     with store.snapshot(connection):
         states = store.plan_states(connection)
@@ -466,7 +466,7 @@ def _write_store_outputs(connection, html: Path | None, patients_csv: Path | Non
     if patients_csv is not None:
         from .report.patients import render_patients_csv
 
-        write_atomic(patients_csv, render_patients_csv(store.patient_lines(states)))
+        write_atomic(patients_csv, render_patients_csv(trial.patient_lines(states)))
     if html is not None:
         from .report.dashboard import render_dashboard
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from ..models import Verdict
 from ..safeio import html_text
-from ..store import ACCEPTABLE, NOT_EVALUABLE, PER_PROTOCOL, UNACCEPTABLE, PlanState, now_utc, report_of
+from ..trial import ACCEPTABLE, NOT_EVALUABLE, PER_PROTOCOL, UNACCEPTABLE, PlanState, now_utc, report_of
 from .html import CSP_META, CSS, VERDICT_COLOR, render_html
 from .json_report import report_from_dict
 from .text import stored_verdict, stored_verdict_label
