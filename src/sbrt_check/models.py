@@ -7,6 +7,7 @@ format without knowing how it was computed, and a test can build any of them by 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,3 +208,49 @@ class AuditRow:
     @property
     def is_error(self) -> bool:
         return bool(self.cells.get("error"))
+
+
+# --- what the HTML report draws of a plan (computed by slices.py, drawn by report/html.py) ---------
+@dataclass(frozen=True)
+class Contour:
+    """The polygons of one ROI in one plane; `label` is the ROI name as written in the file."""
+
+    label: str
+    structure: str
+    polygons: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class DoseSlice:
+    """One axial plane: dose[y, x] in Gy on the dose grid's x, y; what it shows and why."""
+
+    structure: str
+    kind: str  # "target": a contoured plane of the target; "hottest": through an OAR's hottest point
+    z_mm: float
+    x: np.ndarray
+    y: np.ndarray
+    dose_gy: np.ndarray
+    contours: tuple[Contour, ...]
+    window: tuple[float, float, float, float]  # xmin, xmax, ymin, ymax (mm) worth showing
+    point: tuple[float, float, float] | None = None
+    point_dose_gy: float | None = None
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """The planes the HTML report shows of a checked plan, with the prescription its isodoses use."""
+
+    prescription_gy: float | None
+    slices: tuple[DoseSlice, ...]
+    notes: tuple[str, ...] = ()
+
+
+# The dose statistics of each target, kept in the report (`plan.target_stats`) and shown in its HTML.
+TARGET_STATS = ("Volume[cc]", "Min[Gy]", "D98%[Gy]", "D95%[Gy]", "D50%[Gy]", "Mean[Gy]", "D2%[Gy]", "Max[Gy]",
+                "V100%[%]", "V95%[%]")
+
+
+def own_prescription(results: Iterable[Result], name: str, plan_rx: float | None) -> float | None:
+    """A lesion's own prescription (its per-target rows carry it), else the plan's."""
+    own = (r.details.get("prescription_gy") for r in results if r.key == name and r.details)
+    return next((rx for rx in own if rx), plan_rx)

@@ -186,7 +186,7 @@ def _render(kind: str, report, evaluator, render_json) -> str:
 
         return render_junit(report)
     if kind == "html":
-        from ..report.html import render_checked_plan
+        from ..slices import render_checked_plan
 
         return render_checked_plan(evaluator, report)
     return render_json(report) + "\n"

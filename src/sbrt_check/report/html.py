@@ -6,7 +6,8 @@ forbids scripts and remote content, so even a mistake in escaping could not run 
 DICOM-derived string (ROI names, patient and plan fields, reasons) goes through `html_text`;
 inside figures the text is drawn as pixels with math parsing off, so it cannot be markup.
 
-A pure function of the Report and the SliceSet (`slices.collect_slices`): no file access.
+A pure function of the Report and the SliceSet (`slices.collect_slices` computes it; `slices.render_checked_plan`
+passes it in): no file access, nothing computed from a plan.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics import MetricError, parse_metric
-from ..models import Dvh, Report, Result, Status
+from ..models import TARGET_STATS, DoseSlice, Dvh, Report, Result, SliceSet, Status, own_prescription
 from ..provenance import provenance_items
 from ..safeio import html_text, plain_text
-from ..slices import TARGET_STATS, DoseSlice, SliceSet, own_prescription, report_slices, target_statistics
 from .dvh_export import resampled
 from .table import VERDICT_STYLE, _sourced, verdict_line
 from .text import is_report_only, limit_text, note_text, status_label, value_text
@@ -251,9 +251,8 @@ def _results_table(report: Report) -> str:
 
 
 def _target_stats(report: Report) -> str:
-    """The targets' statistics: kept in the report when it was made, else from its DVHs."""
-    statistics = report.plan.get("target_stats") or target_statistics(
-        report.results, report.dvhs, report.plan.get("prescription_gy"))
+    """The targets' statistics, as the check computed and kept them in the report (`plan.target_stats`)."""
+    statistics = report.plan.get("target_stats") or {}
     head = "<tr><th>Structure</th>" + "".join(f"<th>{html_text(m)}</th>" for m in TARGET_STATS) + "</tr>"
     rows = []
     for name, values in statistics.items():
@@ -336,8 +335,3 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
-
-def render_checked_plan(evaluator, report: Report) -> str:
-    """The HTML report of a finished check: the slices come from the plan, the rest from the report."""
-    slices = report_slices(evaluator.plan, report, evaluator.tokens_of)
-    return render_html(report, slices)
