@@ -20,7 +20,7 @@ import numpy as np
 
 from .dvh import trilinear
 from .metrics import MetricError, compute, parse_metric
-from .models import TARGET_STATS, Contour, DoseGrid, DoseSlice, Dvh, Report, Result, SliceSet, own_prescription
+from .models import TARGET_STATS, Contour, DoseGrid, DoseSlice, Dvh, Limit, Report, Result, SliceSet, own_prescription
 from .plandata import PlanData
 
 WINDOW_MARGIN_MM = 25.0
@@ -29,7 +29,7 @@ WINDOW_MARGIN_MM = 25.0
 def _dose_limited(results: Iterable[Result], lower: bool) -> list[str]:
     names: list[str] = []
     for result in results:
-        bound_is_lower = result.pass_limit.lstrip().startswith(">")
+        bound_is_lower = isinstance(result.pass_limit, Limit) and not result.pass_limit.is_upper
         if result.group == "dose" and bound_is_lower == lower and result.key not in names:
             names.append(result.key)  # 'PTV (PTV2)': each lesion's target has its own slices
     return names

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .models import parse_result_limit
 from .provenance import provenance_of
 from .safeio import line_text
 from .trial import PlanState, now_utc, report_of
@@ -491,8 +492,16 @@ def plan_states(connection: sqlite3.Connection) -> list[PlanState]:
     return [PlanState(check, first_seen[key], reviews.get(check["check_key"])) for key, check in latest.items()]
 
 
+def _limits_read(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row with its limit columns (kept as text) read back as typed limits, once."""
+    row["pass_limit"] = parse_result_limit(row["pass_limit"] or "")
+    if row["variation_limit"] is not None:
+        row["variation_limit"] = parse_result_limit(row["variation_limit"])
+    return row
+
+
 def results_of(connection: sqlite3.Connection, check_keys: Iterable[str]) -> dict[str, list[dict]]:
-    """check_key -> its result rows in protocol order."""
+    """check_key -> its result rows in protocol order, limits typed (`models.Limit` or words)."""
     keys = list(check_keys)
     out: dict[str, list[dict]] = {key: [] for key in keys}
     for start in range(0, len(keys), 500):  # SQLite's default limit on bound parameters
@@ -500,7 +509,7 @@ def results_of(connection: sqlite3.Connection, check_keys: Iterable[str]) -> dic
         query = (f"SELECT {results_select(connection)} FROM results WHERE check_key IN "
                  f"({', '.join('?' for _ in chunk)}) ORDER BY check_key, position")
         for row in connection.execute(query, chunk):
-            out[row["check_key"]].append(typed(dict(row), "results", "results database"))
+            out[row["check_key"]].append(_limits_read(typed(dict(row), "results", "results database")))
     return out
 
 

@@ -65,7 +65,8 @@ def report_of(check: dict[str, Any], results: list[dict]) -> dict:
                      "sbrt_check_version": check["sbrt_check_version"]},
         "results": [{
             "structure": r["structure"], "roi": r["roi"], "metric": r["metric"], "value": r["value"],
-            "unit": r["unit"], "pass": r["pass_limit"], "variation": r["variation_limit"], "status": r["status"],
+            "unit": r["unit"], "pass": str(r["pass_limit"]),
+            "variation": None if r["variation_limit"] is None else str(r["variation_limit"]), "status": r["status"],
             "reason": r["reason"], "required": bool(r["required"]), "group": r["result_group"],
             "margin": r["margin"], "source": r["source"],
             **({"target": r["target"]} if r["target"] is not None else {}),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics import MetricError, parse_metric
-from ..models import TARGET_STATS, DoseSlice, Dvh, Report, Result, SliceSet, Status, own_prescription
+from ..models import TARGET_STATS, DoseSlice, Dvh, Limit, Report, Result, SliceSet, Status, own_prescription
 from ..provenance import provenance_items
 from ..safeio import html_text, plain_text
 from .dvh_export import resampled
@@ -38,7 +37,6 @@ VERDICT_COLOR = {"pass": "#1a9641", "variation": "#e69500", "fail": "#d7191c", "
 # Contours: solid, in colours away from the (dashed) isodose lines' blue, green, yellow and red.
 ROI_COLORS = ("#ff00ff", "#00e5ff", "#ff8c00", "#b388ff", "#c5e1a5", "#ff80ab", "#a1887f", "#18ffff",
               "#ea80fc", "#ffcc80", "#80cbc4", "#f48fb1")
-_LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)")
 # No script, nothing remote: even a mistake in escaping could not run code (shared with the dashboard).
 CSP_META = ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'\">")
@@ -74,14 +72,15 @@ def limit_marker(result: Result, dvh: Dvh, rx: float | None) -> Marker | None:
     Max at 0 %, Min at 100 %, Mean at 50 % (a dose only). Converted doses (EQD2/BED) are not
     physical doses, so they get no marker.
     """
-    match = _LIMIT.match(result.pass_limit)
-    if result.group != "dose" or not match or result.unit.startswith("Gy ") or not dvh.volume_cc > 0:
+    bound = result.pass_limit
+    if result.group != "dose" or not isinstance(bound, Limit) or result.unit.startswith("Gy ") \
+            or not dvh.volume_cc > 0:
         return None
     try:
         metric = parse_metric(result.metric)
     except MetricError:
         return None
-    limit = float(match.group(2))
+    limit = bound.value
     total = dvh.volume_cc
     label = f"{result.metric} {result.pass_limit}"
 

@@ -86,7 +86,7 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
     previous = None
     for result in sorted(results, key=lambda r: (_group_rank(r.group), _order(_same_group(results, r), r),
                                                  r.target or 0)):
-        limit = result.pass_limit + (f" (var {result.variation_limit})" if result.variation_limit else "")
+        limit = f"{result.pass_limit}" + (f" (var {result.variation_limit})" if result.variation_limit else "")
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
         name = ""
         if (result.structure, result.key) != previous:
