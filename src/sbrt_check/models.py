@@ -199,6 +199,8 @@ class Limit:
 # A limit as a result states it: a bound, or words for a limit that is no single bound
 # ('5-8 fractions', '2 +-1 mm', 'report only', '-').
 ResultLimit = Limit | str
+# The limit of a figure reported, not judged (an index without limits, a report-only cross-check).
+REPORT_ONLY = "report only"
 
 
 def parse_result_limit(text: str) -> ResultLimit:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import math
 
-from ..models import Result, Status, Verdict
+from ..models import REPORT_ONLY, Result, Status, Verdict
 
 MEASURED_UNITS = ("Gy", "%", "% Rx", "cc", "mm", "cm")
-REPORT_ONLY = "report only"
 
 
 def value_text(result: Result, missing: str = "-") -> str:

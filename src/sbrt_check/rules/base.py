@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..matching import Matcher, Resolution, union_tokens
-from ..models import Dvh, Limit, Result, ResultLimit, Sourced, Status, parse_result_limit
+from ..models import REPORT_ONLY, Dvh, Limit, Result, ResultLimit, Sourced, Status, parse_result_limit
 from ..plandata import PlanData
 from ..protocol import Protocol, parse_limit
 from ..targets import TargetSet
@@ -239,7 +239,7 @@ def judged(
     """A value judged against the entry's optional pass/variation limits (reported only without)."""
     pass_limit, variation = limit_of(conf, "pass"), limit_of(conf, "variation")
     if pass_limit is None:
-        return result(conf, group, Measured(structure, metric, value, unit, Status.PASS, "report only", **extra))
+        return result(conf, group, Measured(structure, metric, value, unit, Status.PASS, REPORT_ONLY, **extra))
     status = judge(value, pass_limit, variation)
     return result(conf, group, Measured(
         structure, metric, value, unit, status, pass_limit,
