@@ -24,9 +24,9 @@ from sbrt_check.node.store import (
     StoreRefused,
     check_room,
     object_path,
-    safe_name,
     write_durably,
 )
+from sbrt_check.safeio import safe_name
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_net import (
     NodeProcess,

@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from sbrt_check.node.store import safe_name
+from sbrt_check.safeio import safe_name
 from tests.fixtures import dicom_net as net
 
 SUCCESS, DUPLICATE = 0x0000, 0x0111

@@ -18,7 +18,7 @@ from sbrt_check.borderline import borderline, engine_band, statistical_band
 from sbrt_check.cli import app
 from sbrt_check.errors import ProtocolError
 from sbrt_check.metrics import parse_metric
-from sbrt_check.protocol import Limit
+from sbrt_check.models import Limit
 from sbrt_check.rules import load_protocol
 from tests.conftest import write_variant
 from tests.fixtures.dicom_writer import WriteOptions

@@ -29,15 +29,15 @@ from typer.testing import CliRunner
 import sbrt_check
 from sbrt_check.cli import app
 from sbrt_check.evaluate import Evaluator, Options
-from sbrt_check.models import Report, Result, Status, Verdict
+from sbrt_check.models import Report, Result, SliceSet, Status, Verdict
 from sbrt_check.plandata import load_plan
 from sbrt_check.protocol import load_protocol
-from sbrt_check.report.escaping import xml_text
 from sbrt_check.report.html import limit_marker, render_html
 from sbrt_check.report.junit import render_junit
 from sbrt_check.report.markdown import render_markdown
 from sbrt_check.report.table import verdict_line
-from sbrt_check.slices import SliceSet, dose_plane, oar_structures, report_slices, target_structures
+from sbrt_check.safeio import xml_text
+from sbrt_check.slices import dose_plane, oar_structures, report_slices, target_structures
 from tests.fixtures import liver_plan
 from tests.fixtures.dicom_writer import write_plan_folder
 from tests.helpers import require_tool
@@ -475,7 +475,7 @@ def test_html_renders_in_headless_chromium(hot_stomach_html, tmp_path):
 
 
 def test_markdown_cells_do_not_mention_users():
-    from sbrt_check.report.escaping import markdown_cell
+    from sbrt_check.safeio import markdown_cell
 
     cell = markdown_cell("PTV @physics-team")
     assert not re.search(r"@[A-Za-z0-9]", cell)  # no @name a forge would turn into a notification

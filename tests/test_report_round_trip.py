@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sbrt_check import store
-from sbrt_check.models import Report, Result, Status, Verdict
+from sbrt_check import store, trial
+from sbrt_check.models import Limit, Report, Result, Status, Verdict, parse_result_limit
 from sbrt_check.report.dashboard import plan_page
 from sbrt_check.report.json_report import report_dict, report_from_dict
 from tests.fixtures import two_lesion_plan as tl
@@ -28,6 +28,13 @@ names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 numbers = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6))
 details = st.one_of(st.just({}), st.dictionaries(st.sampled_from(["lesions", "prescription_gy", "note"]),
                                                  st.one_of(st.integers(-5, 5), names), max_size=2))
+# Typed limits as the protocol and the rules make them (printed in their own form), and limits
+# in words (no single bound), which come back as the same words.
+bounds = st.builds(Limit, st.sampled_from(["<", "<=", ">", ">="]), st.integers(-2000, 2000).map(lambda n: n / 10),
+                   st.sampled_from(["", "Gy", "fractions", "Gy per fraction"]))
+words = st.sampled_from(["report only", "-", "paired", "5-8 fractions", "2 +-1 mm", "+-2 mm", "1 photon arc",
+                         "TPS +- 5 % or 0.5 Gy", "any"])
+limits = st.one_of(bounds, words)
 borderlines = st.one_of(st.none(), st.fixed_dictionaries({
     "band": st.floats(0, 5), "limit": st.sampled_from(["< 21", ">= 95"]), "distance": st.floats(0, 5),
     "parts": st.fixed_dictionaries({"engine": st.floats(0, 1), "contour_model": st.floats(0, 1)})}))
@@ -37,8 +44,8 @@ borderlines = st.one_of(st.none(), st.fixed_dictionaries({
 def results(draw) -> Result:
     return Result(
         structure=draw(names), roi=draw(st.one_of(st.none(), names)), metric=draw(names), value=draw(numbers),
-        unit=draw(st.sampled_from(["Gy", "%", "cc", "% Rx", ""])), pass_limit=draw(st.sampled_from(["< 21", ">= 95"])),
-        variation_limit=draw(st.one_of(st.none(), st.just("< 23"))), status=draw(st.sampled_from(list(Status))),
+        unit=draw(st.sampled_from(["Gy", "%", "cc", "% Rx", ""])), pass_limit=draw(limits),
+        variation_limit=draw(st.one_of(st.none(), limits)), status=draw(st.sampled_from(list(Status))),
         reason=draw(names), required=draw(st.booleans()), group=draw(st.sampled_from(["dose", "plan", "geometry"])),
         margin=draw(numbers), source=draw(names), details=draw(details), tps=draw(numbers),
         borderline=draw(borderlines), target=draw(st.one_of(st.none(), st.integers(1, 3))), subject=draw(names),
@@ -59,17 +66,39 @@ def test_a_report_comes_back_from_the_store_as_it_went_in(rows, verdict, message
     record = store.record_of(cells, sent, "1.2.3", "", sent["protocol"])
     store.save_check(connection, record)
     (state,) = store.plan_states(connection)
-    stored = store.report_of(state.check, store.results_of(connection, [state.check["check_key"]])[
+    stored = trial.report_of(state.check, store.results_of(connection, [state.check["check_key"]])[
         state.check["check_key"]])
-    back = report_dict(report_from_dict(stored))
+    read_back = report_from_dict(stored)
+    back = report_dict(read_back)
     for key in ("verdict", "plan", "results", "messages"):
         assert back[key] == sent[key], key
+    # The limits come back typed as they went in: the same bound (operator, number, unit) or the same words.
+    assert [(r.pass_limit, r.variation_limit) for r in read_back.results] == [
+        (r.pass_limit, r.variation_limit) for r in rows]
     assert all(not isinstance(r.get("value"), float) or math.isfinite(r["value"]) for r in back["results"])
 
 
 @pytest.fixture(scope="module")
 def two_lesions(tmp_path_factory, anatomy):
     return tl.write(tmp_path_factory.mktemp("stored_two"), tl.plan_spec(anatomy, "numbered"))
+
+
+written = st.from_regex(r"\A ?(<=|>=|<|>) ?-?[0-9]{1,3}(\.[0-9]{1,3})?( ?[a-z]{1,4})?\Z")  # by hand, or older
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(bounds.map(str), words, written))
+def test_a_limit_read_back_prints_as_it_was_written(text):
+    limit = parse_result_limit(text)
+    assert str(limit) == text
+    assert isinstance(limit, Limit) == (Limit.parse(text) is not None)
+
+
+def test_a_limit_is_parsed_once_into_its_bound():
+    assert parse_result_limit("< 20") == Limit("<", 20.0)
+    assert parse_result_limit(">= 5 fractions") == Limit(">=", 5.0, "fractions")
+    assert parse_result_limit("<= 3.0") == Limit("<=", 3.0) and str(parse_result_limit("<= 3.0")) == "<= 3.0"
+    assert parse_result_limit("5-8 fractions") == "5-8 fractions"
 
 
 def test_a_stored_two_lesion_check_renders_its_lesions_and_target_statistics(monkeypatch, capsys, tmp_path,
@@ -80,7 +109,7 @@ def test_a_stored_two_lesion_check_renders_its_lesions_and_target_statistics(mon
     connection = store.connect(db, read_only=True)
     (state,) = store.plan_states(connection)
     key = state.check["check_key"]
-    stored = store.report_of(state.check, store.results_of(connection, [key])[key])
+    stored = trial.report_of(state.check, store.results_of(connection, [key])[key])
     assert stored["results"] == json.loads(json.dumps(printed["results"]))
     page = plan_page(state, store.results_of(connection, [key])[key])
     assert "No target evaluated" not in page

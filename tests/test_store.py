@@ -29,6 +29,7 @@ import pydicom
 import pytest
 
 from sbrt_check import __version__, store
+from sbrt_check import trial as trial_view
 from sbrt_check.audit.discovery import discover, select_shard
 from sbrt_check.protocol import DEFAULT_PROTOCOL
 from sbrt_check.report.patients import render_patients_csv
@@ -143,7 +144,7 @@ def test_every_stored_result_row_matches_the_single_plan_check(trial, tmp_path):
     report = json.loads(out.read_text())
     check = next(c for c in _checks(trial["db"]) if c["patient_id"] == "T03")
     connection = store.connect(trial["db"])
-    stored = store.report_of(check, store.results_of(connection, [check["check_key"]])[check["check_key"]])
+    stored = trial_view.report_of(check, store.results_of(connection, [check["check_key"]])[check["check_key"]])
     assert run.code == 1 and stored["verdict"] == report["verdict"] == "fail"
     assert stored["results"] == report["results"]
     assert stored["protocol"] == {k: v for k, v in report["protocol"].items() if k != "file"}
@@ -156,9 +157,9 @@ def test_patients_csv_has_one_row_per_patient_the_latest_submission(trial):
     rows = _patients_csv(trial["base"] / "patients.csv")
     assert set(rows) == {*PATIENTS, BROKEN}
     assert rows["T02"]["plan_label"] == REPLAN_LABEL and rows["T02"]["verdict"] == "pass"
-    assert rows["T02"]["trial_category"] == store.PER_PROTOCOL
-    assert rows["T03"]["trial_category"] == store.UNACCEPTABLE
-    assert rows[BROKEN]["trial_category"] == store.NOT_EVALUABLE
+    assert rows["T02"]["trial_category"] == trial_view.PER_PROTOCOL
+    assert rows["T03"]["trial_category"] == trial_view.UNACCEPTABLE
+    assert rows[BROKEN]["trial_category"] == trial_view.NOT_EVALUABLE
     for patient in PATIENTS:  # one lesion of the liver phantom; its stratum and diameter are the rule's
         assert rows[patient]["lesions"] == "1" and rows[patient]["stratum"].startswith("<= 2.0")
         assert float(rows[patient]["sum_diameters_cm"]) > 0
@@ -166,22 +167,22 @@ def test_patients_csv_has_one_row_per_patient_the_latest_submission(trial):
 
 
 def test_patients_csv_guards_formula_cells():
-    line = store.PatientLine("=HYPERLINK(\"http://x\",\"y\")", "@SUM(A1)", 1, 2.5, "pass", store.PER_PROTOCOL, "",
-                             "2026-01-01", "1.2.3", "-PLAN")
+    line = trial_view.PatientLine("=HYPERLINK(\"http://x\",\"y\")", "@SUM(A1)", 1, 2.5, "pass",
+                                  trial_view.PER_PROTOCOL, "", "2026-01-01", "1.2.3", "-PLAN")
     row = next(csv.reader(io.StringIO(render_patients_csv([line]).splitlines()[1])))
     assert row[:4] == ["'=HYPERLINK(\"http://x\",\"y\")", "'@SUM(A1)", "1", "2.5"] and row[-1] == "'-PLAN"
 
 
 @pytest.mark.parametrize(("verdict", "decision", "category"), [
-    ("pass", None, store.PER_PROTOCOL), ("pass", "accepted", store.PER_PROTOCOL),
-    ("pass", "deviation", store.UNACCEPTABLE), ("variation", None, store.ACCEPTABLE),
-    ("variation", "accepted", store.ACCEPTABLE), ("variation", "deviation", store.UNACCEPTABLE),
-    ("fail", None, store.UNACCEPTABLE), ("fail", "accepted", store.ACCEPTABLE),
-    ("fail", "deviation", store.UNACCEPTABLE), ("error", None, store.NOT_EVALUABLE),
-    ("error", "accepted", store.ACCEPTABLE), ("error", "deviation", store.UNACCEPTABLE),
+    ("pass", None, trial_view.PER_PROTOCOL), ("pass", "accepted", trial_view.PER_PROTOCOL),
+    ("pass", "deviation", trial_view.UNACCEPTABLE), ("variation", None, trial_view.ACCEPTABLE),
+    ("variation", "accepted", trial_view.ACCEPTABLE), ("variation", "deviation", trial_view.UNACCEPTABLE),
+    ("fail", None, trial_view.UNACCEPTABLE), ("fail", "accepted", trial_view.ACCEPTABLE),
+    ("fail", "deviation", trial_view.UNACCEPTABLE), ("error", None, trial_view.NOT_EVALUABLE),
+    ("error", "accepted", trial_view.ACCEPTABLE), ("error", "deviation", trial_view.UNACCEPTABLE),
 ])
 def test_trial_category_of_verdict_and_review(verdict, decision, category):
-    assert store.trial_category(verdict, decision) == category
+    assert trial_view.trial_category(verdict, decision) == category
 
 
 def test_review_records_who_when_what_and_changes_the_category(trial, tmp_path):
@@ -209,8 +210,8 @@ def test_review_records_who_when_what_and_changes_the_category(trial, tmp_path):
                       cwd=tmp_path)
     assert run.code == 0, run.err
     rows = _patients_csv(patients)
-    assert (rows["T04"]["trial_category"], rows["T04"]["review_decision"]) == (store.ACCEPTABLE, "accepted")
-    assert (rows["T01"]["trial_category"], rows["T01"]["review_decision"]) == (store.UNACCEPTABLE, "deviation")
+    assert (rows["T04"]["trial_category"], rows["T04"]["review_decision"]) == (trial_view.ACCEPTABLE, "accepted")
+    assert (rows["T01"]["trial_category"], rows["T01"]["review_decision"]) == (trial_view.UNACCEPTABLE, "deviation")
     page = (tmp_path / "d.html").read_text()
     assert "accepted by Dr. Ada Physicist" in page and "deviation by Dr. B" in page
 

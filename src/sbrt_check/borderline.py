@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from .metrics import Metric
-from .protocol import Limit
+from .models import Limit
 
 ENGINE_BAR = {"rel": 0.01, "dose_gy": 0.1, "volume_pct": 0.5}
 ENGINE_BAR_SMALL = {"rel": 0.03, "dose_gy": 0.3, "volume_pct": 2.0}

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from .borderline import borderline, engine_band, near_enough_to_look, statistical_band
 from .errors import CheckError
 from .metrics import Metric, MetricError
-from .models import Dvh, Result
-from .protocol import Constraint, Limit
+from .models import Dvh, Limit, Result
+from .protocol import Constraint
 from .provenance import DEFAULT_CONTOUR_MODEL
 
 if TYPE_CHECKING:

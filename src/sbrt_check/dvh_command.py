@@ -14,8 +14,8 @@ from .checking import CheckSettings, read_dose_and_structures
 from .crosscheck import NO_STATED_VOLUME, tps_incomparable
 from .errors import InputError
 from .metrics import MetricError, compute, parse_metric
-from .protocol import normalize_name
 from .report.dvh_export import StructureDvh
+from .safeio import normalize_name
 
 VOLUME = parse_metric("Volume[cc]")
 

@@ -150,8 +150,8 @@ class Evaluator:
             roi=resolution.label if resolution and resolution.label else None,
             metric=constraint.metric.text,
             unit=unit,
-            pass_limit=str(constraint.pass_limit),
-            variation_limit=str(constraint.variation_limit) if constraint.variation_limit else None,
+            pass_limit=constraint.pass_limit,
+            variation_limit=constraint.variation_limit,
             required=required,
             source=constraint.source,
             target=(member.target or None) if member else None,  # 0: in no target

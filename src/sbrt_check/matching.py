@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from .dicom.rtstruct import RoiEntry, StructureSet
 from .errors import CheckError
-from .protocol import Protocol, StructureSpec, name_matches, normalize_name
+from .protocol import Protocol, StructureSpec, name_matches
+from .safeio import normalize_name
 
 DISTINCT_OVERLAP = 0.10  # shared fraction of the smaller ROI above which two "separate" ROIs are copies
 

@@ -6,7 +6,10 @@ format without knowing how it was computed, and a test can build any of them by 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +151,71 @@ class Dvh:
         return self.volume_cc - self.uncovered_cc
 
 
+# '< 20', '>= 95', '>= 5 fractions': an operator, a number, optionally words after it (the unit).
+_BOUND = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)(?:\s+(\S.*?))?\s*$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A bound a value is judged against: `< 20`, `>= 95`, `>= 5 fractions`.
+
+    Parsed once, when the protocol is loaded (or a stored report read back), and carried by
+    each Result, so judging, margins, the dashboard's limit lines, the DVH markers and the
+    audit's worst row all use the same operator and number. `str()` is its one text form,
+    the one JSON, CSV cells, the store and every report show.
+    """
+
+    operator: str
+    value: float
+    unit: str = ""  # words after the number ('fractions' in '>= 5 fractions'); none for protocol limits
+    # The text it was read back from when that is not its own form ('<= 3.0'): shown as written.
+    written: str = field(default="", compare=False, repr=False)
+
+    def holds(self, x: float) -> bool:
+        return {
+            "<": x < self.value, "<=": x <= self.value, ">": x > self.value, ">=": x >= self.value
+        }[self.operator]
+
+    @property
+    def is_upper(self) -> bool:
+        return self.operator.startswith("<")
+
+    def margin(self, x: float) -> float:
+        """Distance to the limit, positive on the passing side."""
+        return self.value - x if self.is_upper else x - self.value
+
+    def __str__(self) -> str:
+        return self.written or f"{self.operator} {self.value:g}" + (f" {self.unit}" if self.unit else "")
+
+    @classmethod
+    def parse(cls, text: object) -> Limit | None:
+        """'<op> <number> [unit]' with op one of < <= > >= (spaces optional), else None.
+
+        The one parser of limit text: the protocol's limits and a report's limits read back."""
+        match = _BOUND.match(str(text))
+        return cls(match.group(1), float(match.group(2)), match.group(3) or "") if match else None
+
+
+# A limit as a result states it: a bound, or words for a limit that is no single bound
+# ('5-8 fractions', '2 +-1 mm', 'report only', '-').
+ResultLimit = Limit | str
+# The limit of a figure reported, not judged (an index without limits, a report-only cross-check).
+REPORT_ONLY = "report only"
+
+
+def parse_result_limit(text: str) -> ResultLimit:
+    """A limit read back from a report's text (JSON, the results store) as the limit it was:
+    a bound when the text states one, else the words.
+
+    A bound prints as the very text it was read from ('<= 3.0' stays so), so a report
+    re-rendered from its JSON or from the store is byte for byte the one printed.
+    """
+    bound = Limit.parse(text)
+    if bound is None:
+        return text
+    return bound if str(bound) == text else dataclasses.replace(bound, written=text)
+
+
 @dataclass(frozen=True)
 class Result:
     """One protocol constraint evaluated on one plan."""
@@ -157,8 +225,8 @@ class Result:
     metric: str
     value: float | None
     unit: str
-    pass_limit: str
-    variation_limit: str | None
+    pass_limit: ResultLimit
+    variation_limit: ResultLimit | None
     status: Status
     reason: str = ""
     required: bool = True
@@ -207,3 +275,49 @@ class AuditRow:
     @property
     def is_error(self) -> bool:
         return bool(self.cells.get("error"))
+
+
+# --- what the HTML report draws of a plan (computed by slices.py, drawn by report/html.py) ---------
+@dataclass(frozen=True)
+class Contour:
+    """The polygons of one ROI in one plane; `label` is the ROI name as written in the file."""
+
+    label: str
+    structure: str
+    polygons: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class DoseSlice:
+    """One axial plane: dose[y, x] in Gy on the dose grid's x, y; what it shows and why."""
+
+    structure: str
+    kind: str  # "target": a contoured plane of the target; "hottest": through an OAR's hottest point
+    z_mm: float
+    x: np.ndarray
+    y: np.ndarray
+    dose_gy: np.ndarray
+    contours: tuple[Contour, ...]
+    window: tuple[float, float, float, float]  # xmin, xmax, ymin, ymax (mm) worth showing
+    point: tuple[float, float, float] | None = None
+    point_dose_gy: float | None = None
+
+
+@dataclass(frozen=True)
+class SliceSet:
+    """The planes the HTML report shows of a checked plan, with the prescription its isodoses use."""
+
+    prescription_gy: float | None
+    slices: tuple[DoseSlice, ...]
+    notes: tuple[str, ...] = ()
+
+
+# The dose statistics of each target, kept in the report (`plan.target_stats`) and shown in its HTML.
+TARGET_STATS = ("Volume[cc]", "Min[Gy]", "D98%[Gy]", "D95%[Gy]", "D50%[Gy]", "Mean[Gy]", "D2%[Gy]", "Max[Gy]",
+                "V100%[%]", "V95%[%]")
+
+
+def own_prescription(results: Iterable[Result], name: str, plan_rx: float | None) -> float | None:
+    """A lesion's own prescription (its per-target rows carry it), else the plan's."""
+    own = (r.details.get("prescription_gy") for r in results if r.key == name and r.details)
+    return next((rx for rx in own if rx), plan_rx)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,8 @@ import yaml
 from .errors import ProtocolError
 from .geometry import expression_names, parse_expression
 from .metrics import Metric, MetricError, parse_metric
+from .models import Limit
+from .safeio import normalize_name
 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DEFAULT_PROTOCOL = Path(__file__).parent / "protocols" / "rfa_sbrt.yaml"
@@ -38,29 +39,6 @@ CONSTRAINT_KEYS = {
     "alpha_beta", "convert",
 }
 PRESCRIPTION_KEYS = {"dose_gy", "fallback_dose_gy", "fractions", "dose_per_fraction_gy", "source"}
-_LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$")
-
-
-@dataclass(frozen=True)
-class Limit:
-    operator: str
-    value: float
-
-    def holds(self, x: float) -> bool:
-        return {
-            "<": x < self.value, "<=": x <= self.value, ">": x > self.value, ">=": x >= self.value
-        }[self.operator]
-
-    @property
-    def is_upper(self) -> bool:
-        return self.operator.startswith("<")
-
-    def margin(self, x: float) -> float:
-        """Distance to the limit, positive on the passing side."""
-        return self.value - x if self.is_upper else x - self.value
-
-    def __str__(self) -> str:
-        return f"{self.operator} {self.value:g}"
 
 
 @dataclass(frozen=True)
@@ -150,11 +128,6 @@ class Protocol:
         return needed
 
 
-def normalize_name(name: str) -> str:
-    """ROI names compare case-insensitively, ignoring spaces, '_' and '-'."""
-    return re.sub(r"[\s_\-]+", "", name).casefold()
-
-
 def name_matches(pattern: str, roi_name: str) -> bool:
     return fnmatch.fnmatchcase(normalize_name(roi_name), normalize_name(pattern))
 
@@ -168,11 +141,11 @@ class _Problems:
 
 
 def parse_limit(text: Any, entry: str, problems: _Problems) -> Limit | None:
-    match = _LIMIT.match(str(text)) if isinstance(text, str | int | float) else None
-    if not match:
+    limit = Limit.parse(text) if isinstance(text, str | int | float) else None
+    if limit is None or limit.unit:
         problems.add(entry, f"limit '{text}' is not '<op> <number>' with op one of < <= > >=")
         return None
-    return Limit(match.group(1), float(match.group(2)))
+    return limit
 
 
 def _impossible(metric: Metric, limit: Limit) -> str | None:

@@ -15,54 +15,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from .dvh import trilinear
 from .metrics import MetricError, compute, parse_metric
-from .models import DoseGrid, Dvh, Report, Result
+from .models import TARGET_STATS, Contour, DoseGrid, DoseSlice, Dvh, Limit, Report, Result, SliceSet, own_prescription
 from .plandata import PlanData
 
 WINDOW_MARGIN_MM = 25.0
 
 
-@dataclass(frozen=True)
-class Contour:
-    """The polygons of one ROI in one plane; `label` is the ROI name as written in the file."""
-
-    label: str
-    structure: str
-    polygons: tuple[np.ndarray, ...]
-
-
-@dataclass(frozen=True)
-class DoseSlice:
-    """One axial plane: dose[y, x] in Gy on the dose grid's x, y; what it shows and why."""
-
-    structure: str
-    kind: str  # "target": a contoured plane of the target; "hottest": through an OAR's hottest point
-    z_mm: float
-    x: np.ndarray
-    y: np.ndarray
-    dose_gy: np.ndarray
-    contours: tuple[Contour, ...]
-    window: tuple[float, float, float, float]  # xmin, xmax, ymin, ymax (mm) worth showing
-    point: tuple[float, float, float] | None = None
-    point_dose_gy: float | None = None
-
-
-@dataclass(frozen=True)
-class SliceSet:
-    prescription_gy: float | None
-    slices: tuple[DoseSlice, ...]
-    notes: tuple[str, ...] = ()
-
-
 def _dose_limited(results: Iterable[Result], lower: bool) -> list[str]:
     names: list[str] = []
     for result in results:
-        bound_is_lower = result.pass_limit.lstrip().startswith(">")
+        bound_is_lower = isinstance(result.pass_limit, Limit) and not result.pass_limit.is_upper
         if result.group == "dose" and bound_is_lower == lower and result.key not in names:
             names.append(result.key)  # 'PTV (PTV2)': each lesion's target has its own slices
     return names
@@ -75,16 +42,6 @@ def target_structures(results: Iterable[Result]) -> list[str]:
     asks for a minimum there (`V95% >= 95`, `Min > 90%`), while organs at risk only get maxima.
     """
     return _dose_limited(results, lower=True)
-
-
-def own_prescription(results: Iterable[Result], name: str, plan_rx: float | None) -> float | None:
-    """A lesion's own prescription (its per-target rows carry it), else the plan's."""
-    own = (r.details.get("prescription_gy") for r in results if r.key == name and r.details)
-    return next((rx for rx in own if rx), plan_rx)
-
-
-TARGET_STATS = ("Volume[cc]", "Min[Gy]", "D98%[Gy]", "D95%[Gy]", "D50%[Gy]", "Mean[Gy]", "D2%[Gy]", "Max[Gy]",
-                "V100%[%]", "V95%[%]")
 
 
 def target_statistics(results: Iterable[Result], dvhs: Mapping[str, Dvh], plan_rx: float | None
@@ -231,3 +188,14 @@ def report_slices(plan: PlanData, report: Report, tokens_of: Callable[[str], tup
     structures = {name: tokens_of(name) for name in report.dvhs}
     return collect_slices(plan, structures, target_structures(report.results), oar_structures(report.results),
                           report.plan.get("prescription_gy"))
+
+
+def render_checked_plan(evaluator, report: Report) -> str:
+    """The HTML report of a finished check: the slices computed from the plan here, then rendered.
+
+    Here, not in the renderer: `report.html` draws what it is given and computes nothing from a
+    plan (a stored check, which has no plan, renders through the same function).
+    """
+    from .report.html import render_html
+
+    return render_html(report, report_slices(evaluator.plan, report, evaluator.tokens_of))

@@ -39,13 +39,14 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .models import parse_result_limit
 from .provenance import provenance_of
-from .report.escaping import line_text
+from .safeio import line_text
+from .trial import PlanState, now_utc, report_of
 
 BUSY_TIMEOUT_S = 60.0
 DECISIONS = ("accepted", "deviation")
@@ -250,10 +251,6 @@ def transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _digest(*parts: object) -> str:
@@ -478,42 +475,7 @@ def _held(connection: sqlite3.Connection, key: str) -> tuple[dict, list[dict]] |
     return dict(check), [dict(r) for r in results]
 
 
-# --- reading: the trial's view -------------------------------------------------------------
-PER_PROTOCOL, ACCEPTABLE, UNACCEPTABLE, NOT_EVALUABLE = (
-    "per protocol", "acceptable variation", "unacceptable deviation", "not evaluable (review needed)")
-
-
-def trial_category(verdict: str, decision: str | None) -> str:
-    """The trial's category of a plan from its verdict and the physicist's review (README table).
-
-    A review overrides the tool in one direction only where the physicist takes responsibility:
-    'deviation' makes any plan an unacceptable deviation; 'accepted' makes a FAIL or a plan the
-    tool could not evaluate an acceptable variation (never 'per protocol': the tool did not see
-    it pass). Without a review: PASS per protocol, VARIATION acceptable, FAIL unacceptable, and
-    a plan not evaluated awaits review.
-    """
-    if decision == "deviation":
-        return UNACCEPTABLE
-    if verdict == "pass":
-        return PER_PROTOCOL
-    if verdict == "variation" or decision == "accepted":
-        return ACCEPTABLE
-    return UNACCEPTABLE if verdict == "fail" else NOT_EVALUABLE
-
-
-@dataclass(frozen=True)
-class PlanState:
-    """A submission (plan) as the QA office sees it now: its latest check and that check's review."""
-
-    check: dict[str, Any]
-    submitted_at: str
-    review: dict[str, Any] | None
-
-    @property
-    def category(self) -> str:
-        return trial_category(self.check["verdict"], self.review["decision"] if self.review else None)
-
-
+# --- reading --------------------------------------------------------------------------------
 def plan_states(connection: sqlite3.Connection) -> list[PlanState]:
     """Every plan's latest check, when it was first seen, and the latest review of that check."""
     checks = connection.execute(
@@ -530,8 +492,16 @@ def plan_states(connection: sqlite3.Connection) -> list[PlanState]:
     return [PlanState(check, first_seen[key], reviews.get(check["check_key"])) for key, check in latest.items()]
 
 
+def _limits_read(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row with its limit columns (kept as text) read back as typed limits, once."""
+    row["pass_limit"] = parse_result_limit(row["pass_limit"] or "")
+    if row["variation_limit"] is not None:
+        row["variation_limit"] = parse_result_limit(row["variation_limit"])
+    return row
+
+
 def results_of(connection: sqlite3.Connection, check_keys: Iterable[str]) -> dict[str, list[dict]]:
-    """check_key -> its result rows in protocol order."""
+    """check_key -> its result rows in protocol order, limits typed (`models.Limit` or words)."""
     keys = list(check_keys)
     out: dict[str, list[dict]] = {key: [] for key in keys}
     for start in range(0, len(keys), 500):  # SQLite's default limit on bound parameters
@@ -539,70 +509,8 @@ def results_of(connection: sqlite3.Connection, check_keys: Iterable[str]) -> dic
         query = (f"SELECT {results_select(connection)} FROM results WHERE check_key IN "
                  f"({', '.join('?' for _ in chunk)}) ORDER BY check_key, position")
         for row in connection.execute(query, chunk):
-            out[row["check_key"]].append(typed(dict(row), "results", "results database"))
+            out[row["check_key"]].append(_limits_read(typed(dict(row), "results", "results database")))
     return out
-
-
-def report_of(check: dict[str, Any], results: list[dict]) -> dict:
-    """The JSON report (json_report.report_dict's shape) of a stored check, to render it again."""
-    return {
-        "verdict": check["verdict"],
-        "plan": json.loads(check["plan_header"]),
-        "protocol": {"name": check["protocol_name"], "version": check["protocol_version"],
-                     "sha256": check["protocol_sha256"], "contour_model": check["contour_model"],
-                     "sbrt_check_version": check["sbrt_check_version"]},
-        "results": [{
-            "structure": r["structure"], "roi": r["roi"], "metric": r["metric"], "value": r["value"],
-            "unit": r["unit"], "pass": r["pass_limit"], "variation": r["variation_limit"], "status": r["status"],
-            "reason": r["reason"], "required": bool(r["required"]), "group": r["result_group"],
-            "margin": r["margin"], "source": r["source"],
-            **({"target": r["target"]} if r["target"] is not None else {}),
-            **({"subject": r["subject"]} if r.get("subject") else {}),
-            **({"details": json.loads(r["details"])} if r["details"] else {}),
-            **({"tps": {"value": r["tps"]}} if r.get("tps") is not None else {}),
-            **({"borderline": json.loads(r["borderline"])} if r.get("borderline") else {}),
-        } for r in results],
-        "messages": json.loads(check["messages"]),
-    }
-
-
-@dataclass(frozen=True)
-class PatientLine:
-    """One line of the statistician's list: a patient's latest submission."""
-
-    patient_id: str
-    stratum: str
-    lesions: int | None
-    sum_diameters_cm: float | None
-    verdict: str
-    category: str
-    review_decision: str
-    submitted_at: str
-    plan_uid: str
-    plan_label: str
-
-
-def patient_lines(states: list[PlanState]) -> list[PatientLine]:
-    """Per patient, the latest submission (first seen last; ties by plan UID), sorted by patient.
-
-    Rows of files no plan owns (no plan UID) are not submissions and are left out.
-    """
-    latest: dict[str, PlanState] = {}
-    for state in sorted((s for s in states if s.check["plan_uid"]),
-                        key=lambda s: (s.submitted_at, s.check["plan_uid"])):
-        latest[state.check["patient_id"]] = state
-    lines = []
-    for patient, state in sorted(latest.items()):
-        check = state.check
-        lines.append(PatientLine(
-            patient, check["stratum"], check["lesions"], check["sum_diameters_cm"], check["verdict"],
-            state.category, state.review["decision"] if state.review else "", state.submitted_at,
-            check["plan_uid"], check["plan_label"]))
-    return lines
-
-
-PATIENT_COLUMNS = ("patient", "stratum", "lesions", "sum_diameters_cm", "verdict", "trial_category",
-                   "review_decision", "submitted_at", "plan_uid", "plan_label")
 
 
 def count_rows(connection: sqlite3.Connection, table: str) -> int:

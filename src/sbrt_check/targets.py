@@ -51,7 +51,8 @@ from .dicom.rtstruct import RoiEntry
 from .errors import CheckError
 from .matching import Matcher, Resolution, roi_key
 from .models import Sourced
-from .protocol import Protocol, normalize_name
+from .protocol import Protocol
+from .safeio import normalize_name
 
 SHARED_MIN = 0.10  # share of an inner ROI inside an outer one that makes it belong there
 HOLDS = 0.80  # share of an ROI inside a union that makes the union hold it

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import InputError
 from ..models import AuditRow
 from ..provenance import DEFAULT_CONTOUR_MODEL
-from ..report.escaping import FORMULA_START
+from ..safeio import FORMULA_START
 from .discovery import PlanJob, input_hash
 from .rows import FIXED_COLUMNS, STATUS_SUFFIX
 

@@ -9,12 +9,11 @@ the same whatever the number of lesions.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..models import AuditRow
+from ..models import AuditRow, Limit, parse_result_limit
 from ..provenance import DEFAULT_CONTOUR_MODEL, provenance_of
 from .discovery import relative_path
 
@@ -109,8 +108,9 @@ def protocol_columns(protocol: Any) -> list[str]:
 
 
 def _limit_value(limit: str | None) -> float | None:
-    match = re.fullmatch(r"\s*[<>]=?\s*(-?\d+(?:\.\d+)?)\s*", limit or "")
-    return float(match[1]) if match else None
+    """The number of a bound without a unit ('< 20'), the one the margin is relative to."""
+    bound = parse_result_limit(limit or "")
+    return bound.value if isinstance(bound, Limit) and not bound.unit else None
 
 
 def _describe(result: dict) -> str:

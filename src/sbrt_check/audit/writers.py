@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import AuditRow
-from ..report.escaping import csv_cell
+from ..safeio import csv_cell
 from .rows import columns_of
 
 AUDIT_SCHEMA = 1

@@ -14,7 +14,7 @@ import sys
 import typer
 
 from ..errors import CheckError, ProtocolError
-from ..report.escaping import line_text
+from ..safeio import line_text
 from .options import EXIT_ERROR, EXIT_OK
 
 COMMANDS = ("check", "dvh", "audit", "review", "merge", "dashboard", "listen")

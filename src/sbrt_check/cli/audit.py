@@ -14,8 +14,7 @@ from typing import Annotated
 import typer
 
 from ..errors import InputError
-from ..report.escaping import line_text
-from ..safeio import write_atomic
+from ..safeio import line_text, write_atomic
 from .application import app
 from .options import (
     DASHBOARD_HELP,
@@ -211,7 +210,7 @@ def _open_audit_store(db: str | None, html: Path | None, patients_csv: Path | No
 def write_store_outputs(connection, html: Path | None, patients_csv: Path | None) -> None:
     """The dashboard (with each plan's page beside it) and the per-patient CSV, from the store
     (after an audit, and by `sbrt-check dashboard`)."""
-    from .. import store
+    from .. import store, trial
 
     with store.snapshot(connection):
         states = store.plan_states(connection)
@@ -219,7 +218,7 @@ def write_store_outputs(connection, html: Path | None, patients_csv: Path | None
     if patients_csv is not None:
         from ..report.patients import render_patients_csv
 
-        write_atomic(patients_csv, render_patients_csv(store.patient_lines(states)))
+        write_atomic(patients_csv, render_patients_csv(trial.patient_lines(states)))
     if html is not None:
         from ..report.dashboard import render_dashboard
 

@@ -82,7 +82,7 @@ def _render(report, format_: Format, strict: bool) -> str:
 
 def write_html(evaluator, report, path: Path) -> None:
     """The HTML report: the slices come from the plan, the rest from the report."""
-    from ..report.html import render_checked_plan
+    from ..slices import render_checked_plan
 
     write_output(render_checked_plan(evaluator, report), path)
 

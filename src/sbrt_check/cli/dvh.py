@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..report.escaping import line_text
+from ..safeio import line_text
 from .application import app
 from .options import (
     ContourModelOption,

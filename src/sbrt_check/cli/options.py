@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import InputError
+from ..safeio import write_atomic
 
 if TYPE_CHECKING:  # the check itself (numpy, the DVH engine) is imported when a command runs
     from ..checking import CheckSettings
@@ -123,10 +124,7 @@ def write_output(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text)
         return
-    try:
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(output, f"cannot write output ({exc.strerror})") from None
+    write_atomic(output, text if text.endswith("\n") else text + "\n")
 
 
 def exit_code(verdict: str, strict: bool = False) -> int:

@@ -31,7 +31,7 @@ from ..dicom.files import FolderContents, RtFile, list_files, scan_files
 from ..dicom.rtdose import referenced_beams
 from ..dicom.rtplan import read_plan
 from ..errors import InputError
-from ..report.escaping import line_text
+from ..safeio import line_text
 from .store import STORE_FOLDER
 
 

@@ -34,7 +34,7 @@ from pynetdicom.acse import ACSE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from ..errors import InputError
-from ..report.escaping import line_text
+from ..safeio import line_text
 
 log = logging.getLogger("sbrt_check.node")
 

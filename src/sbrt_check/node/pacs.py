@@ -22,9 +22,9 @@ from pathlib import Path
 from ..dicom.files import read_dataset
 from ..dicom.rtstruct import referenced_series_uid
 from ..errors import InputError
-from ..report.escaping import line_text
+from ..safeio import line_text, safe_name
 from .scp import ACCEPTED_CLASSES, ObjectStore, receive_to_disk
-from .store import OUT_OF_RESOURCES, STORE_FOLDER, Limits, StoreRefused, safe_name
+from .store import OUT_OF_RESOURCES, STORE_FOLDER, Limits, StoreRefused
 
 log = logging.getLogger("sbrt_check.node")
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..dicom.files import read_dataset, scan_files
 from ..errors import InputError
 from ..pool import WorkerPool
-from ..report.escaping import line_text
+from ..safeio import line_text, safe_name
 from .assembly import Assembly, ReadyPlan
 from .gate import Gate, GuardedServer
 from .store import (
@@ -45,7 +45,6 @@ from .store import (
     check_room,
     object_path,
     remove_partials,
-    safe_name,
     same_data_set,
     write_durably,
 )

@@ -11,13 +11,13 @@ that had to be changed gets a short hash of the original so two different IDs ne
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..safeio import safe_name
 
 STORE_FOLDER = "store"
 REPORTS_FOLDER = "reports"
@@ -26,22 +26,7 @@ PARTIAL_SUFFIX = ".part"
 # A kept object is replaced (a new file renamed over it), never written in place: read-only
 # files say so, and keep a running check's hard-linked snapshot (node.scp) what it was.
 READ_ONLY = 0o444
-MAX_NAME = 64
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MODALITY_PREFIX = {"RTPLAN": "RP", "RTDOSE": "RD", "RTSTRUCT": "RS", "CT": "CT"}
-
-
-def safe_name(value: object, fallback: str = "unknown") -> str:
-    """A file or folder name made from untrusted text: [A-Za-z0-9._-] only, never hidden or `..`.
-
-    Text that is already safe stays as it is (UIDs, most patient IDs); anything changed gets
-    `-` and 8 hex of the original's SHA-256, so `A/B` and `A_B` stay two folders.
-    """
-    text = str(value if value is not None else "").strip()
-    cleaned = _UNSAFE.sub("_", text).lstrip(".")[:MAX_NAME] or fallback
-    if cleaned != text:
-        cleaned = cleaned[: MAX_NAME - 9] + "-" + hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:8]
-    return cleaned
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,8 @@ from pathlib import Path
 from ..checking import CheckSettings
 from ..errors import CheckError
 from ..pool import ignore_sigint
-from ..report.escaping import line_text
-from ..safeio import write_atomic
+from ..safeio import line_text, safe_name, write_atomic
 from .assembly import ReadyPlan
-from .store import safe_name
 
 FORMATS = ("json", "html", "junit")
 SUFFIX = {"json": ".json", "html": ".html", "junit": ".xml"}
@@ -194,7 +192,7 @@ def _render(kind: str, checked, strict: bool) -> str:
 
         return render_junit(checked.report, strict=strict)
     if kind == "html":
-        from ..report.html import render_checked_plan
+        from ..slices import render_checked_plan
 
         return render_checked_plan(checked.evaluator, checked.report)
     from ..report.json_report import render_json

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import AuditRow, Verdict
-from .escaping import line_text
+from ..safeio import line_text
 from .text import stored_verdict, stored_verdict_label
 
 VERDICT_STYLE = {

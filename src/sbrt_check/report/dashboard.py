@@ -10,20 +10,20 @@ Like the plan report: no script, a Content-Security-Policy forbidding scripts an
 content, CSS inline, and figures as inline SVG written here by hand (no plotting library to
 load for a page of bars and dots). Every DICOM-derived string (patient, plan, ROI, reason,
 institution) goes through `html_text`, in the page and inside the SVG. A pure function of
-the store's `PlanState`s and result rows: the CLI reads the store and writes the files.
+the store's `PlanState`s and result rows (their limits typed, as `store.results_of` reads them
+back): the CLI reads the store and writes the files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
-from ..models import Verdict
-from ..store import ACCEPTABLE, NOT_EVALUABLE, PER_PROTOCOL, UNACCEPTABLE, PlanState, now_utc, report_of
-from .escaping import html_text
+from ..models import Limit, ResultLimit, Verdict
+from ..safeio import html_text
+from ..trial import ACCEPTABLE, NOT_EVALUABLE, PER_PROTOCOL, UNACCEPTABLE, PlanState, now_utc, report_of
 from .html import CSP_META, CSS, VERDICT_COLOR, render_html
 from .json_report import report_from_dict
 from .text import stored_verdict, stored_verdict_label
@@ -37,7 +37,6 @@ COMPLIANT = (PER_PROTOCOL, ACCEPTABLE)
 SECTIONS = (("constraints", "per constraint"), ("strata", "per stratum"), ("institutions", "per institution"),
             ("submissions", "submissions"), ("attention", "plans needing attention"),
             ("values", "values per constraint"), ("plans", "all plans"))
-_LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)")
 EXTRA_CSS = """
 body{max-width:1250px} .rate{font-weight:bold} svg text{font-family:system-ui,sans-serif}
 td.bar{padding:2px 4px} .reason{font-size:12px;color:#444} .small{font-size:12px;color:#555}
@@ -83,12 +82,12 @@ def _jitter(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") / 2**32
 
 
-def limit_value(limit: str | None) -> float | None:
-    match = _LIMIT.match(limit or "")
-    return float(match.group(2)) if match else None
+def limit_value(limit: ResultLimit | None) -> float | None:
+    """Where a limit is drawn: its bound's number; None for a limit in words ('5-8 fractions')."""
+    return limit.value if isinstance(limit, Limit) else None
 
 
-def strip_plot(points: list[tuple[float, str, str]], pass_limit: str, variation_limit: str | None,
+def strip_plot(points: list[tuple[float, str, str]], pass_limit: ResultLimit, variation_limit: ResultLimit | None,
                unit: str, width: int = 640, height: int = 86) -> str:
     """Values of one constraint over the plans (status colour, failing ones larger and outlined),
     the pass limit as a red dashed line and the variation limit as an orange dotted one.

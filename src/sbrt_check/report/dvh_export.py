@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..models import Dvh
-from .escaping import csv_cell
+from ..safeio import csv_cell
 
 EXPORT_STEP_GY = 0.01
 # At most this many points per exported curve: 0.01 Gy up to 100 Gy, then 0.02, 0.05, 0.1 ... Gy,

@@ -6,7 +6,8 @@ forbids scripts and remote content, so even a mistake in escaping could not run 
 DICOM-derived string (ROI names, patient and plan fields, reasons) goes through `html_text`;
 inside figures the text is drawn as pixels with math parsing off, so it cannot be markup.
 
-A pure function of the Report and the SliceSet (`slices.collect_slices`): no file access.
+A pure function of the Report and the SliceSet (`slices.collect_slices` computes it; `slices.render_checked_plan`
+passes it in): no file access, nothing computed from a plan.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..metrics import MetricError, parse_metric
-from ..models import Dvh, Report, Result, Status
+from ..models import TARGET_STATS, DoseSlice, Dvh, Limit, Report, Result, SliceSet, Status, own_prescription
 from ..provenance import provenance_items
-from ..slices import TARGET_STATS, DoseSlice, SliceSet, own_prescription, report_slices, target_statistics
+from ..safeio import html_text, plain_text
 from .dvh_export import resampled
-from .escaping import html_text, plain_text
 from .table import VERDICT_STYLE, _sourced, verdict_line
 from .text import is_report_only, limit_text, note_text, status_label, value_text
 
@@ -38,7 +37,6 @@ VERDICT_COLOR = {"pass": "#1a9641", "variation": "#e69500", "fail": "#d7191c", "
 # Contours: solid, in colours away from the (dashed) isodose lines' blue, green, yellow and red.
 ROI_COLORS = ("#ff00ff", "#00e5ff", "#ff8c00", "#b388ff", "#c5e1a5", "#ff80ab", "#a1887f", "#18ffff",
               "#ea80fc", "#ffcc80", "#80cbc4", "#f48fb1")
-_LIMIT = re.compile(r"^\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)")
 # No script, nothing remote: even a mistake in escaping could not run code (shared with the dashboard).
 CSP_META = ("<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'\">")
@@ -74,14 +72,15 @@ def limit_marker(result: Result, dvh: Dvh, rx: float | None) -> Marker | None:
     Max at 0 %, Min at 100 %, Mean at 50 % (a dose only). Converted doses (EQD2/BED) are not
     physical doses, so they get no marker.
     """
-    match = _LIMIT.match(result.pass_limit)
-    if result.group != "dose" or not match or result.unit.startswith("Gy ") or not dvh.volume_cc > 0:
+    bound = result.pass_limit
+    if result.group != "dose" or not isinstance(bound, Limit) or result.unit.startswith("Gy ") \
+            or not dvh.volume_cc > 0:
         return None
     try:
         metric = parse_metric(result.metric)
     except MetricError:
         return None
-    limit = float(match.group(2))
+    limit = bound.value
     total = dvh.volume_cc
     label = f"{result.metric} {result.pass_limit}"
 
@@ -251,9 +250,8 @@ def _results_table(report: Report) -> str:
 
 
 def _target_stats(report: Report) -> str:
-    """The targets' statistics: kept in the report when it was made, else from its DVHs."""
-    statistics = report.plan.get("target_stats") or target_statistics(
-        report.results, report.dvhs, report.plan.get("prescription_gy"))
+    """The targets' statistics, as the check computed and kept them in the report (`plan.target_stats`)."""
+    statistics = report.plan.get("target_stats") or {}
     head = "<tr><th>Structure</th>" + "".join(f"<th>{html_text(m)}</th>" for m in TARGET_STATS) + "</tr>"
     rows = []
     for name, values in statistics.items():
@@ -336,8 +334,3 @@ def render_html(report: Report, slices: SliceSet | None = None) -> str:
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
-
-def render_checked_plan(evaluator, report: Report) -> str:
-    """The HTML report of a finished check: the slices come from the plan, the rest from the report."""
-    slices = report_slices(evaluator.plan, report, evaluator.tokens_of)
-    return render_html(report, slices)

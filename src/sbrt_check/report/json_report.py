@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..models import Report, Result, Status, Verdict
+from ..models import Report, Result, Status, Verdict, parse_result_limit
 
 SCHEMA_VERSION = 1
 
@@ -23,8 +23,8 @@ def result_dict(result: Result) -> dict:
         "metric": result.metric,
         "value": _number(result.value),
         "unit": result.unit,
-        "pass": result.pass_limit,
-        "variation": result.variation_limit,
+        "pass": str(result.pass_limit),
+        "variation": None if result.variation_limit is None else str(result.variation_limit),
         "status": result.status.value,
         "reason": result.reason,
         "required": result.required,
@@ -65,11 +65,13 @@ def report_from_dict(document: dict) -> Report:
 
     Every field result_dict writes is read back (target, subject, the planning system's value,
     the borderline flag, details), so a check re-rendered from the results store is the report
-    printed when it was made.
+    printed when it was made. Limits are parsed here, once, back into typed limits.
     """
     results = tuple(Result(
         structure=r["structure"], roi=r.get("roi"), metric=r["metric"], value=r.get("value"), unit=r.get("unit", ""),
-        pass_limit=r.get("pass", ""), variation_limit=r.get("variation"), status=Status(r["status"]),
+        pass_limit=parse_result_limit(r.get("pass") or ""),
+        variation_limit=None if r.get("variation") is None else parse_result_limit(r["variation"]),
+        status=Status(r["status"]),
         reason=r.get("reason", ""), required=bool(r.get("required", True)), group=r.get("group", "dose"),
         margin=r.get("margin"), source=r.get("source", ""), details=r.get("details") or {},
         tps=(r.get("tps") or {}).get("value"), borderline=r.get("borderline") or None,

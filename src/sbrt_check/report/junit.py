@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from ..models import Report, Result, Status
 from ..provenance import provenance_of
-from .escaping import line_text, xml_text
+from ..safeio import line_text, xml_text
 from .text import borderline_text, limit_text, tps_text, value_text
 
 # Plan fields shown as testsuite properties (not the patient name: CI logs are widely readable).

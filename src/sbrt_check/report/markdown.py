@@ -11,7 +11,7 @@ import math
 
 from ..models import Report, Result, Status, Verdict
 from ..provenance import provenance_items
-from .escaping import markdown_cell
+from ..safeio import markdown_cell
 from .table import _sourced, verdict_line
 from .text import is_report_only, limit_text, note_text, status_label, value_text
 

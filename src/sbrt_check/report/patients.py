@@ -1,4 +1,4 @@
-"""The statistician's list: one CSV row per patient, the latest submission (`store.patient_lines`).
+"""The statistician's list: one CSV row per patient, the latest submission (`trial.patient_lines`).
 
 Every cell goes through `csv_cell`, like every CSV the tool writes: a patient ID or stratum
 beginning with '=' must not run as a spreadsheet formula.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 
-from ..store import PATIENT_COLUMNS, PatientLine
-from .escaping import csv_cell
+from ..safeio import csv_cell
+from ..trial import PATIENT_COLUMNS, PatientLine
 
 
 def render_patients_csv(lines: list[PatientLine]) -> str:

@@ -10,8 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import Report, Result, Status, Verdict
-from ..protocol import normalize_name
-from .escaping import line_text
+from ..safeio import line_text, normalize_name
 from .text import borderline_text, is_report_only, status_label, tps_text, value_text
 
 STATUS_STYLE = {
@@ -87,7 +86,7 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
     previous = None
     for result in sorted(results, key=lambda r: (_group_rank(r.group), _order(_same_group(results, r), r),
                                                  r.target or 0)):
-        limit = result.pass_limit + (f" (var {result.variation_limit})" if result.variation_limit else "")
+        limit = f"{result.pass_limit}" + (f" (var {result.variation_limit})" if result.variation_limit else "")
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
         name = ""
         if (result.structure, result.key) != previous:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import math
 
-from ..models import Result, Status, Verdict
+from ..models import REPORT_ONLY, Result, Status, Verdict
 
 MEASURED_UNITS = ("Gy", "%", "% Rx", "cc", "mm", "cm")
-REPORT_ONLY = "report only"
 
 
 def value_text(result: Result, missing: str = "-") -> str:
@@ -30,10 +29,11 @@ def value_text(result: Result, missing: str = "-") -> str:
 
 
 def limit_text(result: Result) -> str:
-    """The pass limit, with the acceptable-variation limit when the protocol has one."""
+    """The pass limit, with the acceptable-variation limit when the protocol has one (each limit
+    in its one text form, `str(Limit)`)."""
     if result.variation_limit:
         return f"{result.pass_limit} (variation {result.variation_limit})"
-    return result.pass_limit
+    return str(result.pass_limit)
 
 
 def is_report_only(result: Result) -> bool:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..matching import Matcher, Resolution, union_tokens
-from ..models import Dvh, Result, Sourced, Status
+from ..models import REPORT_ONLY, Dvh, Limit, Result, ResultLimit, Sourced, Status, parse_result_limit
 from ..plandata import PlanData
-from ..protocol import Limit, Protocol, parse_limit
+from ..protocol import Protocol, parse_limit
 from ..targets import TargetSet
 
 # Keys any rule entry may carry, whatever its kind.
@@ -188,14 +188,20 @@ class Measured:
     value: float | None
     unit: str
     status: Status
-    pass_limit: str
+    pass_limit: ResultLimit  # a bound, or words: '5-8 fractions', '2 +-1 mm' ('<= 3' in words is read as the bound)
     reason: str = ""
     roi: str | None = None
     margin: float | None = None
-    variation_limit: str | None = None
+    variation_limit: ResultLimit | None = None
     details: dict = field(default_factory=dict)
     target: int | None = None  # the lesion a per-target measurement is of
     subject: str = ""  # 'PTV (PTV2)' when the plan has several lesions
+
+
+def _as_limit(limit: ResultLimit | None) -> ResultLimit | None:
+    """A rule's limit as every Result carries it: words that state one bound ('<= 3', built from
+    the protocol's numbers) become that bound, as they would when the report is read back."""
+    return parse_result_limit(limit) if isinstance(limit, str) else limit
 
 
 def result(conf: dict, group: str, measured: Measured) -> Result:
@@ -209,8 +215,8 @@ def result(conf: dict, group: str, measured: Measured) -> Result:
         metric=measured.metric,
         value=value,
         unit=measured.unit,
-        pass_limit=measured.pass_limit,
-        variation_limit=measured.variation_limit,
+        pass_limit=_as_limit(measured.pass_limit),
+        variation_limit=_as_limit(measured.variation_limit),
         status=status,
         reason=reason,
         required=not conf.get("optional", False),
@@ -233,10 +239,10 @@ def judged(
     """A value judged against the entry's optional pass/variation limits (reported only without)."""
     pass_limit, variation = limit_of(conf, "pass"), limit_of(conf, "variation")
     if pass_limit is None:
-        return result(conf, group, Measured(structure, metric, value, unit, Status.PASS, "report only", **extra))
+        return result(conf, group, Measured(structure, metric, value, unit, Status.PASS, REPORT_ONLY, **extra))
     status = judge(value, pass_limit, variation)
     return result(conf, group, Measured(
-        structure, metric, value, unit, status, str(pass_limit),
+        structure, metric, value, unit, status, pass_limit,
         margin=pass_limit.margin(value) if math.isfinite(value) else None,
-        variation_limit=str(variation) if variation else None, **extra,
+        variation_limit=variation, **extra,
     ))

@@ -25,12 +25,11 @@ from ..crosscheck import tps_incomparable
 from ..dicom.tps_dvh import TpsDvh
 from ..matching import Resolution
 from ..metrics import MetricError, compute, parse_metric
-from ..models import Result, Sourced, Status
+from ..models import REPORT_ONLY, Result, Sourced, Status
 from .base import Measured, RuleContext, RuleKind, not_evaluated, number_problems, result
 
 GROUP = "crosscheck"
 DEFAULT_METRICS = ("Volume[cc]", "Mean[Gy]", "Max[Gy]", "D95%[Gy]")
-REPORT_ONLY = "report only"
 
 
 def _structures(ctx: RuleContext, conf: dict) -> list[str]:
