@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -84,23 +83,22 @@ def results_table(results: tuple[Result, ...]) -> tuple[Table, list[str]]:
     table.add_column("Status")
     notes: list[str] = []
     previous = None
-    for result in sorted(results, key=lambda r: (_group_rank(r.group), _order(_same_group(results, r), r),
-                                                 r.target or 0)):
+    for result in _in_table_order(results):
         limit = f"{result.pass_limit}" + (f" (var {result.variation_limit})" if result.variation_limit else "")
         margin = f"{result.margin:+.2f}" if result.margin is not None and math.isfinite(result.margin) else ""
-        name = ""
+        name = Text()
         if (result.structure, result.key) != previous:
-            name = escape(line_text(result.structure))
+            name.append(line_text(result.structure))
             if result.roi and normalize_name(result.roi) != normalize_name(result.structure):
-                name += f" [dim]({escape(line_text(result.roi))})[/dim]"
+                name.append(f" ({line_text(result.roi)})", style="dim")
         status = _status_text(result)
         note = "; ".join(t for t in (result.reason, borderline_text(result)) if t)
         if note:
             notes.append(f"{result.key} {result.metric}: {note}")
             status.append(f" [{len(notes)}]", style="dim")
         tps = [Text(tps_text(result).removeprefix("TPS "), style="dim")] if with_tps else []
-        table.add_row(
-            name, escape(result.metric), escape(limit), value_text(result),
+        table.add_row(  # Text, not markup: nothing from a file is parsed, and rich parses nothing
+            name, Text(result.metric), Text(limit), Text(value_text(result)),
             Text(margin, style="green" if (result.margin or 0) >= 0 else "red"), *tps, status,
         )
         previous = (result.structure, result.key)
@@ -115,13 +113,12 @@ def _group_rank(group: str) -> int:
     return GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER)
 
 
-def _same_group(results: tuple[Result, ...], result: Result) -> tuple[Result, ...]:
-    return tuple(r for r in results if r.group == result.group)
-
-
-def _order(results: tuple[Result, ...], result: Result) -> int:
-    structures = list(dict.fromkeys(r.structure for r in results))
-    return structures.index(result.structure)
+def _in_table_order(results: tuple[Result, ...]) -> list[Result]:
+    """By group, then each group's structures in the order they first appear, then lesion."""
+    first_seen: dict[tuple[str, str], int] = {}
+    for result in results:
+        first_seen.setdefault((result.group, result.structure), len(first_seen))
+    return sorted(results, key=lambda r: (_group_rank(r.group), first_seen[(r.group, r.structure)], r.target or 0))
 
 
 def render_table(report: Report) -> Group:
