@@ -403,13 +403,13 @@ def test_dose_plane_is_linear_between_planes(hot_stomach):
 def test_slices_cover_every_target_plane_and_each_oar_hottest_point(hot_stomach):
     evaluator, report = hot_stomach
     slices = _slices(evaluator, report)
-    assert target_structures(report.results) == ["PTV"]
+    assert target_structures(report) == ["PTV"]
     ptv = next(r for r in liver_plan.anatomy() if r.name == "PTV")
     target = [s for s in slices.slices if s.kind == "target"]
     assert [s.z_mm for s in target] == sorted(float(z) for z in ptv.planes)
     hottest = {s.structure: s for s in slices.slices if s.kind == "hottest"}
     oars = ["Liver-GTV", "Kidneys", "Esophagus", "Stomach", "Bowel_Small", "Colon", "Heart", "Ribs", "SpinalCord"]
-    assert oar_structures(report.results) == oars and list(hottest) == oars
+    assert oar_structures(report) == oars and list(hottest) == oars
     stomach = hottest["Stomach"]
     x, y, z = stomach.point
     assert z == STOMACH_HOT_Z
@@ -445,7 +445,7 @@ def test_html_has_a_dvh_per_structure_and_labelled_slices(hot_stomach_html, hot_
                         r'.*?<figcaption>([^<]*)</figcaption>', page)
     ptv = next(r for r in liver_plan.anatomy() if r.name == "PTV")
     assert [float(z) for kind, _, z, _ in slices if kind == "target"] == sorted(float(z) for z in ptv.planes)
-    assert [name for kind, name, _, _ in slices if kind == "hottest"] == oar_structures(report.results)
+    assert [name for kind, name, _, _ in slices if kind == "hottest"] == oar_structures(report)
     for _, name, z, caption in slices:
         assert caption.startswith(f"{name}, z = {z} mm")
     assert ("hottest", "Stomach", f"{STOMACH_HOT_Z:.1f}") in {(k, n, z) for k, n, z, _ in slices}

@@ -26,15 +26,16 @@ import yaml
 from pydicom.dataset import Dataset
 from rich.console import Console
 
-from sbrt_check.cli.check import write_html
 from sbrt_check.evaluate import Evaluator, Options
 from sbrt_check.models import Report, Status, Verdict
 from sbrt_check.plandata import load_plan
 from sbrt_check.protocol import DEFAULT_PROTOCOL, load_protocol
+from sbrt_check.report.html import render_html
 from sbrt_check.report.json_report import render_json
 from sbrt_check.report.junit import render_junit
 from sbrt_check.report.markdown import render_markdown
 from sbrt_check.report.table import render_table
+from sbrt_check.slices import report_slices
 from tests.fixtures import liver_plan, shapes
 from tests.fixtures import two_lesion_plan as tl
 from tests.fixtures.dicom_writer import BeamSpec, RoiSpec, WriteOptions, quantize_planes, write_plan_folder
@@ -249,7 +250,7 @@ def test_every_format_shows_every_lesion_row(tmp_path, underdosed_check):
     shown = table.export_text()
     assert "PTV (PTV2)" in shown and "PTV2 V95%[%]: " not in shown  # its own row, not a note
     html = tmp_path / "report.html"
-    write_html(evaluator, report, html)
+    html.write_text(render_html(report, report_slices(evaluator.plan, report, evaluator.tokens_of)))
     page = html.read_text()
     for subject in ("PTV (PTV)", "PTV (PTV2)"):
         assert f'class="slice target" data-structure="{subject}"' in page  # each lesion's target slices

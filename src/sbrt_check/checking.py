@@ -61,6 +61,17 @@ class Checked:
 
         return json.loads(render_json(self.report))
 
+    def html(self) -> str:
+        """The HTML report: its slices computed from the plan here, the rest from the report.
+
+        Here, not in the renderer: `report.html` draws what it is given and computes nothing
+        from a plan (a stored check, which has no plan, renders through the same function).
+        """
+        from .report.html import render_html
+        from .slices import report_slices
+
+        return render_html(self.report, report_slices(self.plan, self.report, self.evaluator.tokens_of))
+
 
 def protocol_of(path: str | None) -> Protocol:
     """The protocol of a path (None: the shipped one), parsed once per process and content.

@@ -17,14 +17,13 @@ from .dose_scale import Target as ScaleTarget
 from .dose_scale import check_dose_scale, plan_targets
 from .errors import CheckError
 from .matching import Matcher, Resolution
-from .metrics import MetricError, compute
-from .models import Dvh, Report, Result, Sourced, Status, Verdict
+from .metrics import MetricError, compute, parse_metric
+from .models import TARGET_STATS, Dvh, Report, Result, Sourced, Status, Verdict, own_prescription
 from .plandata import DVH_THREADS, PlanData
 from .protocol import Constraint, Protocol
 from .provenance import protocol_record
 from .rules import RuleContext, evaluate_rules
 from .rules.base import judge
-from .slices import target_statistics
 from .targets import Member, TargetSet, find_targets
 
 UNCOVERED_TOLERANCE_CC = 1e-6
@@ -255,7 +254,7 @@ class Evaluator:
         )
         results = [self.annotate(j) for j in judged] + rules
         results += self.target_results() + (extra_results or [])
-        statistics = target_statistics(results, self.dvhs, self.rx.value)  # kept: a stored check has no DVHs
+        statistics = self.target_statistics(results)  # kept: a stored check has no DVHs
         return Report(
             verdict=overall_verdict(results),
             plan={**self.plan_header(), **self.header_extra, "target_stats": statistics},
@@ -268,6 +267,31 @@ class Evaluator:
             protocol=protocol_record(self.protocol, self.plan.contour_model),
             dvhs=dict(self.dvhs),
         )
+
+    def target_statistics(self, results: list[Result]) -> dict[str, dict[str, float | None]]:
+        """Each lesion's target (the protocol's outermost per-target structure, as targets.py
+        sorted the plan) with its dose statistics (TARGET_STATS), at its own prescription.
+
+        Kept in the report (`plan.target_stats`): its keys are what every later view (the HTML
+        slices, a check re-rendered from the results store) takes for the targets.
+        """
+        if not self.targets.levels:
+            return {}
+        outermost = self.targets.levels[0]
+        names = dict.fromkeys(  # the protocol's dose rows of it: one per lesion (not D2cm's all-targets row)
+            r.key for r in results if r.structure == outermost and r.group == "dose" and r.key in self.dvhs)
+        statistics: dict[str, dict[str, float | None]] = {}
+        for name in names:
+            rx = own_prescription(results, name, self.rx.value)
+            row: dict[str, float | None] = {}
+            for text in TARGET_STATS:
+                try:
+                    value = compute(parse_metric(text), self.dvhs[name], rx)
+                except MetricError:
+                    value = None
+                row[text] = round(value, 4) if value is not None and math.isfinite(value) else None
+            statistics[name] = row
+        return statistics
 
     def _no_extremes_needed(self, resolutions: list[Resolution]) -> set[tuple[str, ...]]:
         """Derived structures no constraint reads a dose extreme of (Max, Min, or a D/DC clamped to them)."""

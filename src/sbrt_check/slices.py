@@ -13,66 +13,31 @@ derived structure (`Liver - GTV`) is the same sampled region its DVH was compute
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
 from .dvh import trilinear
-from .metrics import MetricError, compute, parse_metric
-from .models import TARGET_STATS, Contour, DoseGrid, DoseSlice, Dvh, Limit, Report, Result, SliceSet, own_prescription
+from .models import Contour, DoseGrid, DoseSlice, Limit, Report, SliceSet
 from .plandata import PlanData
 
 WINDOW_MARGIN_MM = 25.0
 
 
-def _dose_limited(results: Iterable[Result], lower: bool) -> list[str]:
+def target_structures(report: Report) -> list[str]:
+    """The lesions' targets as the check found them (targets.py): the keys of `plan.target_stats`."""
+    return list(report.plan.get("target_stats") or {})
+
+
+def oar_structures(report: Report) -> list[str]:
+    """Structures with DVH limits that are no target and no minimum: the organs at risk."""
+    targets = set(target_structures(report))
     names: list[str] = []
-    for result in results:
-        bound_is_lower = isinstance(result.pass_limit, Limit) and not result.pass_limit.is_upper
-        if result.group == "dose" and bound_is_lower == lower and result.key not in names:
-            names.append(result.key)  # 'PTV (PTV2)': each lesion's target has its own slices
+    for result in report.results:
+        lower = isinstance(result.pass_limit, Limit) and not result.pass_limit.is_upper
+        if result.group == "dose" and not lower and result.key not in targets and result.key not in names:
+            names.append(result.key)
     return names
-
-
-def target_structures(results: Iterable[Result]) -> list[str]:
-    """Structures with a coverage limit (a lower bound on a DVH metric): the targets.
-
-    The protocol file has no role field; what makes the PTV a target is that the protocol
-    asks for a minimum there (`V95% >= 95`, `Min > 90%`), while organs at risk only get maxima.
-    """
-    return _dose_limited(results, lower=True)
-
-
-def target_statistics(results: Iterable[Result], dvhs: Mapping[str, Dvh], plan_rx: float | None
-                      ) -> dict[str, dict[str, float | None]]:
-    """Each target's dose statistics (TARGET_STATS), from its DVH, with its own prescription.
-
-    Computed when the check is made and kept in the report (`plan.target_stats`), so a check
-    re-rendered from the results store, which keeps no DVH, shows them as it did at the time.
-    """
-    results = list(results)
-    statistics: dict[str, dict[str, float | None]] = {}
-    for name in target_structures(results):
-        dvh = dvhs.get(name)
-        if dvh is None:
-            continue
-        rx = own_prescription(results, name, plan_rx)
-        row: dict[str, float | None] = {}
-        for text in TARGET_STATS:
-            try:
-                value = compute(parse_metric(text), dvh, rx)
-            except MetricError:
-                value = None
-            row[text] = round(value, 4) if value is not None and math.isfinite(value) else None
-        statistics[name] = row
-    return statistics
-
-
-def oar_structures(results: Iterable[Result]) -> list[str]:
-    """Structures with only upper DVH limits: the organs at risk."""
-    targets = set(target_structures(results))
-    return [name for name in _dose_limited(results, lower=False) if name not in targets]
 
 
 def dose_plane(grid: DoseGrid, z_mm: float) -> np.ndarray | None:
@@ -186,16 +151,5 @@ def report_slices(plan: PlanData, report: Report, tokens_of: Callable[[str], tup
     """The slices of a checked plan: its evaluated structures (`tokens_of` gives each one's ROI
     expression, e.g. from the Evaluator's matcher), targets and organs at risk from its limits."""
     structures = {name: tokens_of(name) for name in report.dvhs}
-    return collect_slices(plan, structures, target_structures(report.results), oar_structures(report.results),
+    return collect_slices(plan, structures, target_structures(report), oar_structures(report),
                           report.plan.get("prescription_gy"))
-
-
-def render_checked_plan(evaluator, report: Report) -> str:
-    """The HTML report of a finished check: the slices computed from the plan here, then rendered.
-
-    Here, not in the renderer: `report.html` draws what it is given and computes nothing from a
-    plan (a stored check, which has no plan, renders through the same function).
-    """
-    from .report.html import render_html
-
-    return render_html(report, report_slices(evaluator.plan, report, evaluator.tokens_of))

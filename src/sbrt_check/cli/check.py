@@ -52,7 +52,7 @@ def check(
     if db is not None:
         _record_check(db, checked)
     if html is not None:
-        write_html(checked.evaluator, report, html)
+        write_output(checked.html(), html)
     if output is not None or not quiet:
         if format_ is Format.table:
             _print_table(report, output)
@@ -78,13 +78,6 @@ def _render(report, format_: Format, strict: bool) -> str:
     from ..report.json_report import render_json
 
     return render_json(report)
-
-
-def write_html(evaluator, report, path: Path) -> None:
-    """The HTML report: the slices come from the plan, the rest from the report."""
-    from ..slices import render_checked_plan
-
-    write_output(render_checked_plan(evaluator, report), path)
 
 
 def _record_check(db: str, checked) -> None:

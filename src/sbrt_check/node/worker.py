@@ -192,9 +192,7 @@ def _render(kind: str, checked, strict: bool) -> str:
 
         return render_junit(checked.report, strict=strict)
     if kind == "html":
-        from ..slices import render_checked_plan
-
-        return render_checked_plan(checked.evaluator, checked.report)
+        return checked.html()
     from ..report.json_report import render_json
 
     return render_json(checked.report) + "\n"

@@ -6,7 +6,7 @@ forbids scripts and remote content, so even a mistake in escaping could not run 
 DICOM-derived string (ROI names, patient and plan fields, reasons) goes through `html_text`;
 inside figures the text is drawn as pixels with math parsing off, so it cannot be markup.
 
-A pure function of the Report and the SliceSet (`slices.collect_slices` computes it; `slices.render_checked_plan`
+A pure function of the Report and the SliceSet (`slices.collect_slices` computes it; `checking.Checked.html`
 passes it in): no file access, nothing computed from a plan.
 """
 
