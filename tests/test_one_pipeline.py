@@ -63,16 +63,21 @@ def truncated_protocol(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(compliant, truncated_protocol) -> dict[str, dict]:
-    """The check service's reports (in this process) of the compliant plan, per source of the model:
-    what every entry must give for the same files and settings."""
+def service_checks(compliant, truncated_protocol) -> dict:
+    """The check service's checks (in this process) of the compliant plan, per source of the model."""
     from sbrt_check.checking import CheckSettings, check_plan
 
-    reports = {}
+    checks = {}
     for source, (model, args) in MODEL_SOURCES.items():
         settings = CheckSettings(protocol_path=str(truncated_protocol), contour_model=model if args else None)
-        reports[source] = check_plan(compliant, settings).document()
-    return reports
+        checks[source] = check_plan(compliant, settings)
+    return checks
+
+
+@pytest.fixture(scope="module")
+def service(service_checks) -> dict[str, dict]:
+    """The service's reports as JSON values: what every entry must give for the same files and settings."""
+    return {source: checked.document() for source, checked in service_checks.items()}
 
 
 def test_the_model_shows_in_the_numbers(service):
@@ -91,7 +96,7 @@ def test_check_gives_the_services_values(source, compliant, truncated_protocol, 
 
 
 @pytest.mark.parametrize("source", MODEL_SOURCES)
-def test_audit_gives_the_services_values(source, tmp_path, compliant, truncated_protocol, service):
+def test_audit_gives_the_services_values(source, tmp_path, compliant, truncated_protocol, service, service_checks):
     model, args = MODEL_SOURCES[source]
     out = tmp_path / "audit.json"
     done = subprocess.run([sys.executable, "-m", "sbrt_check", "audit", str(compliant), "--protocol",
@@ -101,6 +106,11 @@ def test_audit_gives_the_services_values(source, tmp_path, compliant, truncated_
     (audited,) = json.loads(out.read_text())["plans"]
     assert audited["contour_model"] == model and audited["report"]["protocol"]["contour_model"] == model
     assert value_bytes(audited["report"]) == value_bytes(service[source])
+    # The service returns the input hash and the provenance the audit records for the same files.
+    checked = service_checks[source]
+    assert audited["input_hash"] == checked.input_hash and len(checked.input_hash) == 64
+    assert (audited["protocol_name"], audited["contour_model"]) == (
+        checked.provenance["protocol_name"], checked.provenance["contour_model"])
 
 
 @pytest.mark.parametrize("source", MODEL_SOURCES)

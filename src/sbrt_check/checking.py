@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .dicom.files import input_hash
 from .dose_scale import check_dose_scale, plan_targets
 from .evaluate import Evaluator, Options
 from .models import Report
 from .plandata import DVH_THREADS, PlanData, load_dose_and_structures, load_plan
 from .protocol import Protocol
-from .provenance import DEFAULT_CONTOUR_MODEL
+from .provenance import DEFAULT_CONTOUR_MODEL, provenance_of
 from .rules import load_protocol
 
 
@@ -60,6 +61,16 @@ class Checked:
         from .report.json_report import render_json
 
         return json.loads(render_json(self.report))
+
+    @property
+    def input_hash(self) -> str:
+        """SHA-256 over the contents of the files the check read: whether a plan must be checked again."""
+        return input_hash(str(path) for path in self.plan.inputs.files)
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What produced the numbers (tool and protocol versions, the protocol's hash, the contour model)."""
+        return provenance_of(self.report.protocol, self.report.plan)
 
     def html(self) -> str:
         """The HTML report: its slices computed from the plan here, the rest from the report.

@@ -152,17 +152,3 @@ def select_shard(jobs: list[PlanJob], index: int, count: int) -> list[PlanJob]:
     return [job for job in jobs if shard_of(job.key, count) == index]
 
 
-def input_hash(files: Iterable[str]) -> str:
-    """SHA-256 over the contents of a plan's files (order and location do not matter)."""
-    digests = []
-    for name in files:
-        digest = hashlib.sha256()
-        try:
-            with open(name, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError as exc:
-            digest.update(f"unreadable: {exc.strerror}".encode())
-        digests.append(digest.hexdigest())
-    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
-

@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ..dicom.files import input_hash
 from ..models import AuditRow
 from ..provenance import DEFAULT_CONTOUR_MODEL, protocol_record, provenance_of
-from .discovery import PlanJob, input_hash, institution_of_files
+from .discovery import PlanJob, institution_of_files
 from .rows import make_row
 from .run import Outcome
 

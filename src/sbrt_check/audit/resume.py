@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..dicom.files import input_hash
 from ..errors import InputError
 from ..models import AuditRow
 from ..provenance import DEFAULT_CONTOUR_MODEL
 from ..safeio import FORMULA_START
-from .discovery import PlanJob, input_hash
+from .discovery import PlanJob
 from .rows import FIXED_COLUMNS, STATUS_SUFFIX
 
 INT_COLUMNS = ("fail", "variation", "not_evaluated", "not_evaluated_optional")

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..dicom.files import input_hash
 from ..errors import CheckError
-from .discovery import PlanJob, input_hash
+from .discovery import PlanJob
 
 if TYPE_CHECKING:  # the check itself (numpy, the DVH engine) is imported by the workers only
     from ..checking import CheckSettings

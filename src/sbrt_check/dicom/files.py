@@ -9,6 +9,7 @@ naming the file, anything that is not DICOM at all is skipped with a note.
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -196,3 +197,18 @@ def scan_folder(folder: Path) -> FolderContents:
     if not folder.exists():
         raise InputError(folder, "no such file or folder")
     return scan_files([folder] if folder.is_file() else list_files(folder))
+
+
+def input_hash(files: Iterable[str]) -> str:
+    """SHA-256 over the contents of a plan's files (order and location do not matter)."""
+    digests = []
+    for name in files:
+        digest = hashlib.sha256()
+        try:
+            with open(name, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            digest.update(f"unreadable: {exc.strerror}".encode())
+        digests.append(digest.hexdigest())
+    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
