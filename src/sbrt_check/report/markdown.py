@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from ..models import Report, Result, Status, Verdict
-from ..provenance import provenance_items
+from ..provenance import DEFAULT_CONTOUR_MODEL, provenance_items
 from ..safeio import markdown_cell
 from .table import _sourced, verdict_line
 from .text import is_report_only, limit_text, note_text, status_label, value_text
@@ -41,7 +41,7 @@ def render_markdown(report: Report) -> str:
         f"Rx {cell(_sourced(plan.get('prescription_gy'), plan.get('prescription_source', ''), ' Gy'))} · "
         f"fractions {cell(_sourced(plan.get('fractions'), plan.get('fractions_source', ''), ''))} · "
         f"protocol {cell(report.protocol.get('name', ''))} v{cell(report.protocol.get('version', ''))} · "
-        f"contour model {cell(plan.get('contour_model', 'slab'))}",
+        f"contour model {cell(plan.get('contour_model', DEFAULT_CONTOUR_MODEL))}",
         "",
         " · ".join(f"{label} {cell(value)}" for label, value in provenance_items(report.protocol, report.plan, False)),
         "",

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..models import Report, Result, Status, Verdict
+from ..provenance import DEFAULT_CONTOUR_MODEL
 from ..safeio import line_text, normalize_name
 from .text import borderline_text, is_report_only, status_label, tps_text, value_text
 
@@ -44,7 +45,7 @@ def header_text(report: Report) -> Text:
         "Rx       " + _sourced(plan.get("prescription_gy"), plan.get("prescription_source", ""), " Gy")
         + "   Fractions  " + _sourced(plan.get("fractions"), plan.get("fractions_source", ""), ""),
         f"Protocol {report.protocol.get('name', '')} v{report.protocol.get('version', '')}"
-        f"   Contour model  {plan.get('contour_model', 'slab')}",
+        f"   Contour model  {plan.get('contour_model', DEFAULT_CONTOUR_MODEL)}",
     ]
     for key, label in (("stratum", "Stratum  "),):
         if plan.get(key):
