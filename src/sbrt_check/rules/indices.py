@@ -280,12 +280,12 @@ def _index(ctx: RuleContext, conf: dict, target: Resolution, lesion: int | None,
     if not rx:
         return missing("prescription dose unknown: give --rx")
     try:
-        dvh = ctx.dvh_of(target)
-        tv = dvh.volume_cc
+        tv, uncovered_cc = _target_volume(ctx, conf, target)
         details: dict = {"tv_cc": round(tv, 3)}
         if ctx.targets.several:
             details.update(prescription_gy=rx, prescription_source=prescription.source)
         if which == "hi":
+            dvh = ctx.dvh_of(target)
             d2, d98, d50 = (dose_at_volume(dvh, tv * f) for f in (0.02, 0.98, 0.50))
             value = (d2 - d98) / d50
             details.update({"d2_gy": d2, "d98_gy": d98, "d50_gy": d50})
@@ -296,7 +296,7 @@ def _index(ctx: RuleContext, conf: dict, target: Resolution, lesion: int | None,
             owner = ctx.targets.targets[lesion - 1].keys[0] if lesion and ctx.targets.several else None
             volumes = isodose_volumes(ctx, conf["body"], rx, owner)
             piv, piv50 = volumes["piv_cc"], volumes["piv50_cc"]
-            tv_piv = volume_at_dose(dvh, rx)
+            tv_piv = volume_at_dose(ctx.dvh_of(target), rx)
             details.update({"piv_cc": piv, "piv50_cc": piv50, "tv_piv_cc": tv_piv, "over": volumes["over"]})
             if owner:
                 details["piv_share"] = "nearest target"
@@ -310,13 +310,32 @@ def _index(ctx: RuleContext, conf: dict, target: Resolution, lesion: int | None,
             }[which]
             if volumes["at_edge"] and which in ("gradient_index", "r50"):
                 return missing("the 50 % isodose reaches the edge of the dose grid: PIV50% is not all in it")
-        if dvh.uncovered_cc > 0:
-            return missing(f"{dvh.uncovered_cc:.2f} cc of {structure} lies outside the dose grid")
+        if uncovered_cc > 0:
+            return missing(f"{uncovered_cc:.2f} cc of {structure} lies outside the dose grid")
     except (CheckError, MetricError) as exc:
         return missing(str(exc))
     details = {k: round(v, 4) if isinstance(v, float) else v for k, v in details.items()}
     return judged(conf, GROUP, structure, label, value, unit, roi=target.label, details=details,
                   target=lesion, subject=shown["subject"])
+
+
+def _target_volume(ctx: RuleContext, conf: dict, target: Resolution) -> tuple[float, float]:
+    """(volume, cc outside the dose grid) of an index's target.
+
+    D2cm's target is every lesion's PTV at once: its volume is the union's (a region, cached),
+    and what lies outside the grid is read from each lesion's DVH, computed for their own
+    rows anyway. A DVH of the union would be a second lesion's largest extra cost, for two
+    numbers; only a union that leaves the grid (overlapping lesions would count twice) is
+    given its own DVH, for the exact figure.
+    """
+    lesions = ctx.each_target(conf["target"])
+    if conf["index"] != "d2cm" or len(lesions) < 2:
+        dvh = ctx.dvh_of(target)
+        return dvh.volume_cc, dvh.uncovered_cc
+    if any(ctx.dvh_of(each).uncovered_cc > 0 for each, _, _ in lesions if each.ok):
+        dvh = ctx.dvh_of(target)
+        return dvh.volume_cc, dvh.uncovered_cc
+    return ctx.plan.volume_cc(target.tokens), 0.0
 
 
 def validate_index(conf: dict) -> list[str]:
