@@ -38,7 +38,7 @@ class CheckSettings:
     contour_model: str | None = None  # --contour-model; None: the protocol's dvh.contour_model, else slab
     dose_holds: str | None = None  # --dose-summation: what the RTDOSE files hold
     prescription_gy: float | None = None  # --rx
-    threads: int = DVH_THREADS  # DVH worker threads (an audit worker process uses one)
+    threads: int = DVH_THREADS  # threads on the check, the caller's included (an audit worker: one)
     strict: bool = False  # --strict: an acceptable variation fails the gate (exit code, JUnit, the node's line)
 
     def model(self, protocol: Protocol) -> str:

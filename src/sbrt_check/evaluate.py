@@ -36,7 +36,7 @@ class Options:
     prescription_gy: float | None = None
     structure_map: tuple[tuple[str, str], ...] = ()  # (structure, ROI or ROIs 'A,B' or '#n')
     not_targets: tuple[str, ...] = ()  # ROIs declared not targets (--not-target)
-    threads: int = DVH_THREADS  # DVH worker threads; the audit runs one process per core instead
+    threads: int = DVH_THREADS  # threads on the check, this one included; the audit runs one process per core instead
 
 
 @dataclass(frozen=True)

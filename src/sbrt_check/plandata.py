@@ -2,8 +2,8 @@
 
 Both `check` (protocol structures) and `dvh` (ROIs by name) go through here, so the
 read -> geometry -> dvh path exists once. DVHs known to be needed can be computed ahead on
-worker threads: numpy releases the GIL in the bulk of the work, so on two cores the DVHs of
-a plan take about two thirds of the time. Contours are parsed and cached under a lock, and
+worker threads while the checking thread runs the rules, and takes queued DVHs back to compute
+them itself whenever it would wait: numpy releases the GIL in the bulk of the work. Contours are parsed and cached under a lock, and
 notes are listed in ROI order, so the report is the same whatever the threads' timing.
 """
 
@@ -41,7 +41,10 @@ from .models import DoseGrid, Dvh, Planes, Roi
 from .provenance import DEFAULT_CONTOUR_MODEL
 
 DEFAULT_SLICE_MM = 3.0
-DVH_THREADS = min(4, os.cpu_count() or 1)  # the GIL-bound remainder makes more not worth it
+# Threads that work on one check, the calling thread included (it runs the rules meanwhile): on
+# two cores one DVH thread beside it; a second one only fought it for the GIL (the two-lesion
+# phantom: 0.41-0.44 s against 0.48-0.57 s, and 0.2 s more CPU). More cores, more DVH threads.
+DVH_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -184,7 +187,8 @@ class PlanData:
         return self.volume_cc((inner, "&", outer)) / whole if whole > 0 else 0.0
 
     def prefetch(self, token_sets: Sequence[tuple[str, ...]], threads: int) -> None:
-        """Start computing these DVHs on `threads` worker threads; `dvh` then waits for each.
+        """Start computing these DVHs on `threads - 1` worker threads; the caller is the other
+        one: `dvh` computes a DVH no worker has started yet itself rather than wait for it.
 
         Errors are kept in the futures and raised by `dvh`, where a sequential run would
         raise them.
@@ -192,20 +196,37 @@ class PlanData:
         wanted = [t for t in dict.fromkeys(token_sets) if t not in self._dvhs]
         if threads < 2 or len(wanted) < 2:
             return
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dvh")
+        pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="dvh")
         for tokens in wanted:
             self._dvhs[tokens] = pool.submit(self._compute_dvh, tokens)
         pool.shutdown(wait=False)
 
     def dvh(self, tokens: tuple[str, ...]) -> Dvh:
-        if tokens not in self._dvhs:
-            done: Future = Future()
-            try:
-                done.set_result(self._compute_dvh(tokens))
-            except Exception as exc:  # kept like a worker's error, raised below and on every later ask
-                done.set_exception(exc)
-            self._dvhs[tokens] = done
-        return self._dvhs[tokens].result()
+        """The DVH of an ROI or expression, computed on this thread unless a worker has started it.
+
+        Asked from the checking thread only. A prefetched DVH still queued is taken back from
+        the pool (`cancel` succeeds only before a worker starts it) and computed here; while a
+        worker computes the one asked for, this thread computes the last queued ones instead of
+        waiting: the workers take the queue from its front, in the order the check asks.
+        """
+        queued = self._dvhs.get(tokens)
+        if queued is None or queued.cancel():
+            return self._computed_here(tokens).result()
+        while not queued.done():
+            spare = next((t for t, f in reversed(self._dvhs.items()) if not f.done() and f.cancel()), None)
+            if spare is None:
+                break
+            self._computed_here(spare)  # an error stays in its future, raised when that one is asked for
+        return queued.result()
+
+    def _computed_here(self, tokens: tuple[str, ...]) -> Future:
+        done: Future = Future()
+        try:
+            done.set_result(self._compute_dvh(tokens))
+        except Exception as exc:  # kept like a worker's error, raised by `dvh` on every ask
+            done.set_exception(exc)
+        self._dvhs[tokens] = done
+        return done
 
     def under_model(self, contour_model: str) -> PlanData:
         """The same plan under another contour model, sharing the parsed ROIs and the dose."""
