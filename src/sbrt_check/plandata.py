@@ -3,8 +3,9 @@
 Both `check` (protocol structures) and `dvh` (ROIs by name) go through here, so the
 read -> geometry -> dvh path exists once. DVHs known to be needed can be computed ahead on
 worker threads while the checking thread runs the rules, and takes queued DVHs back to compute
-them itself whenever it would wait: numpy releases the GIL in the bulk of the work. Contours are parsed and cached under a lock, and
-notes are listed in ROI order, so the report is the same whatever the threads' timing.
+them itself whenever it would wait: numpy releases the GIL in the bulk of the work. Contours are
+parsed and cached under a lock, and notes are listed in ROI order, so the report is the same
+whatever the threads' timing.
 """
 
 from __future__ import annotations
