@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,32 @@ def test_a_worker_error_is_raised_where_the_dvh_is_asked_for(compliant, monkeypa
         with pytest.raises(InputError, match="damaged ROI"):
             plan.dvh((keys[1],))
     assert plan.dvh((keys[2],)).volume_cc > 0
+
+
+def test_the_checking_thread_computes_queued_dvhs_while_a_worker_has_the_one_it_asked_for(compliant, monkeypatch):
+    """Deterministic, whatever the load: the worker's DVH waits (with a deadline) until the checking
+    thread has computed the last queued one itself, which it can only do by taking it back from
+    the queue; it asks for the worker's DVH only once the worker has started it."""
+    plan = load_plan(compliant)
+    keys = [(f"#{roi.number}",) for roi in plan.inputs.structure_set.rois[:3]]
+    compute = PlanData._compute_dvh
+    started, last_done = threading.Event(), threading.Event()
+    computed_on: dict[tuple[str, ...], str] = {}
+
+    def observed(self, tokens):
+        if tokens == keys[0]:
+            started.set()
+            last_done.wait(timeout=30)  # a deadline: without the stealing, the test fails, never hangs
+        result = compute(self, tokens)
+        computed_on[tokens] = threading.current_thread().name
+        if tokens == keys[2]:
+            last_done.set()
+        return result
+
+    monkeypatch.setattr(PlanData, "_compute_dvh", observed)
+    plan.prefetch(keys, threads=2)  # one worker beside this thread
+    assert started.wait(timeout=30)
+    assert plan.dvh(keys[0]).volume_cc > 0
+    here = threading.current_thread().name
+    assert computed_on[keys[2]] == here and computed_on[keys[0]] != here
+    assert plan.dvh(keys[1]).volume_cc > 0 and plan.dvh(keys[2]).volume_cc > 0
