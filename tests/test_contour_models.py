@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from sbrt_check.derived import derive_region, derived_probes
 from sbrt_check.dvh import compute_dvh, dose_axis, trilinear
-from sbrt_check.geometry import SlabShape, derive_region, derived_probes, sample_shape
+from sbrt_check.geometry import SlabShape, sample_shape
 from sbrt_check.models import DoseGrid
 
 

@@ -3,15 +3,9 @@
 import numpy as np
 import pytest
 
+from sbrt_check.derived import parse_expression
 from sbrt_check.dvh import compute_dvh, cumulative_from_pieces, dose_at_volume, dose_axis, volume_at_dose
-from sbrt_check.geometry import (
-    SlabShape,
-    even_odd_area,
-    parse_expression,
-    rasterize,
-    sample_shape,
-    slab_bounds,
-)
+from sbrt_check.geometry import SlabShape, even_odd_area, rasterize, sample_shape, slab_bounds
 from sbrt_check.models import DoseGrid
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 import yaml
 
-from sbrt_check.geometry import SlabShape, surface_points
+from sbrt_check.geometry import SlabShape
+from sbrt_check.surfaces import surface_points
 from tests.fixtures import shapes
 from tests.fixtures.dicom_writer import DoseSpec, PlanSpec, RoiSpec, quantize_planes, write_plan_folder
 from tests.test_rules_plan import row, run_check

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sbrt_check.geometry import SlabShape, derive_region
+from sbrt_check.derived import derive_region
+from sbrt_check.geometry import SlabShape
 from sbrt_check.interpolated import closing, interpolated_region
 from tests.fixtures import real_shapes as rs
 from tests.fixtures import revolved as rv

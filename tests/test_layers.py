@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sbrt_check"
 FLOORS = (
     ("base", {"errors", "safeio", "models", "provenance", "sbrt_check"}),
     ("read", {"dicom", "engines"}),
-    ("geometry", {"geometry", "interpolated"}),
+    ("geometry", {"geometry", "interpolated", "surfaces", "derived"}),
     ("dvh", {"dvh", "metrics", "borderline", "plandata"}),
     ("evaluate", {"protocol", "matching", "targets", "rules", "crosscheck", "dose_scale", "slices", "evaluate"}),
     ("report", {"trial", "report"}),

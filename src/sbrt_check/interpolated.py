@@ -52,17 +52,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .geometry import (
-    GAP_FACTOR,
-    Region,
-    SlabShape,
-    _inside,
-    densify,
-    near_region,
-    nominal_spacing,
-    rasterize,
-    sample_axes,
-)
+from .derived import near_region
+from .geometry import GAP_FACTOR, Region, SlabShape, densify, inside_polygon, nominal_spacing, rasterize, sample_axes
 from .models import Planes
 
 CLOSING_PLANES = 3  # planes of a run whose areas give an end's trend
@@ -182,7 +173,7 @@ def euler_characteristic(polygons: list[np.ndarray]) -> int:
     """Outlines and islands minus holes (even-odd nesting): the e^2 term of Steiner's formula is pi times it."""
     total = 0
     for i, polygon in enumerate(polygons):
-        depth = sum(_inside(polygon[0], other) for j, other in enumerate(polygons) if j != i)
+        depth = sum(inside_polygon(polygon[0], other) for j, other in enumerate(polygons) if j != i)
         total += -1 if depth % 2 else 1
     return total
 
@@ -478,7 +469,7 @@ def _normals(ring: np.ndarray, polygon: np.ndarray, polygons: list[np.ndarray]) 
     """Outward unit normals (out of the even-odd region) at the points of `ring`, the polygon
     densified: each the mean of its two edges' normals (an edge's own normal between vertices)."""
     signed = float(np.sum(polygon[:, 0] * np.roll(polygon[:, 1], -1) - np.roll(polygon[:, 0], -1) * polygon[:, 1]))
-    hole = sum(_inside(polygon[0], other) for other in polygons if other is not polygon) % 2
+    hole = sum(inside_polygon(polygon[0], other) for other in polygons if other is not polygon) % 2
     orientation = (1.0 if signed > 0 else -1.0) * (-1.0 if hole else 1.0)
     edges = np.roll(ring, -1, axis=0) - ring
     edge_normal = orientation * np.column_stack([edges[:, 1], -edges[:, 0]])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .derived import derive_region, derived_probes, near_region
 from .dicom.assemble import PlanInputs, assemble_dose_and_structures, assemble_plans
 from .dicom.files import scan_files, scan_folder
 from .dicom.rtdose import CombinedDose, check_beam_doses, combine_doses
@@ -26,20 +27,11 @@ from .dicom.rtstruct import RoiEntry
 from .dicom.tps_dvh import TpsDvh
 from .dvh import compute_dvh, dose_at_points, dose_axis
 from .errors import InputError
-from .geometry import (
-    CONTOUR_MODELS,
-    Region,
-    SlabShape,
-    contains_points,
-    derive_region,
-    derived_probes,
-    near_region,
-    nominal_spacing,
-    sample_shape,
-)
+from .geometry import CONTOUR_MODELS, Region, SlabShape, nominal_spacing, sample_shape
 from .interpolated import contour_probes, grid_nodes_in_region, interpolated_region
 from .models import DoseGrid, Dvh, Planes, Roi
 from .provenance import DEFAULT_CONTOUR_MODEL
+from .surfaces import contains_points
 
 DEFAULT_SLICE_MM = 3.0
 # Threads that work on one check, the calling thread included (it runs the rules meanwhile): on

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from .derived import expression_names, parse_expression
 from .errors import ProtocolError
-from .geometry import expression_names, parse_expression
 from .metrics import Metric, MetricError, parse_metric
 from .models import Limit
 from .safeio import normalize_name

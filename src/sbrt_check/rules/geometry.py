@@ -40,16 +40,10 @@ from dataclasses import replace
 import numpy as np
 
 from ..errors import CheckError
-from ..geometry import (
-    SlabShape,
-    connected_parts,
-    contains_points,
-    contour_points,
-    extent_along,
-    nearest_distances,
-)
+from ..geometry import SlabShape
 from ..matching import Resolution, union_tokens
 from ..models import Result, Status
+from ..surfaces import connected_parts, contains_points, contour_points, extent_along, nearest_distances
 from .base import (
     Measured,
     RuleContext,

@@ -24,20 +24,14 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..derived import derive_region
 from ..dvh import compute_dvh, dose_at_volume, trilinear, volume_at_dose
 from ..errors import CheckError
-from ..geometry import (
-    PointCloud,
-    Region,
-    box_shape,
-    contains_points,
-    derive_region,
-    grid_distances,
-    surface_points,
-)
+from ..geometry import Region
 from ..matching import Resolution
 from ..metrics import MetricError
 from ..models import DoseGrid, Result, Sourced
+from ..surfaces import PointCloud, box_shape, contains_points, grid_distances, surface_points
 from .base import RuleContext, RuleKind, judged, limit_problems, not_evaluated, number_problems
 
 GROUP = "indices"
