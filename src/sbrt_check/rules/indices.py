@@ -188,42 +188,45 @@ def max_dose_beyond(ctx: RuleContext, target_keys: list[str], distance_mm: float
     falling off from a compact target peaks between nodes) are checked exactly too.
     """
     grid = ctx.plan.dose
-    shapes = [ctx.plan.shape(k) for k in target_keys]
-    clouds = [surface_points(s, SURFACE_SPACING_MM) for s in shapes]
-    cloud = np.concatenate(clouds)
+    surfaced = [(shape, cloud) for shape in (ctx.plan.shape(k) for k in target_keys)
+                if len(cloud := surface_points(shape, SURFACE_SPACING_MM))]
+    if not surfaced:  # no target surface: every node is far from it
+        return float(grid.dose_gy.max(initial=0.0))
+    shapes = [shape for shape, _ in surfaced]
+    cloud = np.concatenate([c for _, c in surfaced])
     steps = [float(np.diff(a).min()) if len(a) > 1 else 1.0 for a in (grid.z, grid.y, grid.x)]
     h = 0.5 * float(np.sqrt(np.sum(np.square(steps))))
-    axes_xyz = (grid.x, grid.y, grid.z)
-    reaches = [(c.min(axis=0) - distance_mm - h, c.max(axis=0) + distance_mm + h) for c in clouds if len(c)]
-    near_each = [[(a >= lo[c]) & (a <= hi[c]) for c, a in enumerate(axes_xyz)] for lo, hi in reaches]
+    # Each target's box: the grid nodes within distance_mm + h of its surface's bounding box.
+    near_each = [
+        [(a >= low) & (a <= high) for a, low, high in zip(
+            (grid.z, grid.y, grid.x), (c.min(axis=0) - distance_mm - h)[::-1], (c.max(axis=0) + distance_mm + h)[::-1],
+            strict=True)]
+        for _, c in surfaced
+    ]
     in_box = np.zeros(grid.dose_gy.shape, dtype=bool)
-    for near_x, near_y, near_z in near_each:
+    for near_z, near_y, near_x in near_each:
         in_box |= near_z[:, None, None] & near_y[None, :, None] & near_x[None, None, :]
     best = float(np.max(grid.dose_gy, where=~in_box, initial=0.0))  # no copy of the grid's bulk
-    near = [np.logical_or.reduce([n[c] for n in near_each]) for c in range(3)] if near_each else []
-    kz, ky, kx = (np.flatnonzero(n) for n in (near[2], near[1], near[0])) if near else ([], [], [])
-    if not (len(kz) and len(ky) and len(kx)):
-        return best
+    kz, ky, kx = (np.flatnonzero(np.logical_or.reduce([n[axis] for n in near_each])) for axis in range(3))
     box_dose = grid.dose_gy[np.ix_(kz, ky, kx)]
     bz, by, bx = np.meshgrid(grid.z[kz], grid.y[ky], grid.x[kx], indexing="ij")
     nodes = np.column_stack([bx.ravel(), by.ravel(), bz.ravel()])
-    inside_any = np.zeros(len(nodes), dtype=bool)
-    for shape in shapes:
-        inside_any |= contains_points(shape, nodes)
-    # Each target's distances on its own box: two lesions apart need two small transforms, not
-    # one over the space between them. A node outside a target's box is over distance_mm + h
-    # from it, so the distance to all targets is the least over the boxes that hold the node.
+    # Each target's distances on its own box, to its own nodes and surface: two lesions apart need
+    # two small transforms, not one over the space between them. A node outside a target's box
+    # is over distance_mm + h from it, so the distance to all targets is the least over the
+    # boxes that hold the node.
     approx = np.full(box_dose.shape, np.inf)
-    for (near_x, near_y, near_z), own_cloud in zip(near_each, (c for c in clouds if len(c)), strict=True):
+    for (shape, own_cloud), (near_z, near_y, near_x) in zip(surfaced, near_each, strict=True):
         sub = [np.flatnonzero(n[k]) for n, k in ((near_z, kz), (near_y, ky), (near_x, kx))]
-        mask = inside_any.reshape(box_dose.shape)[np.ix_(*sub)].copy()
+        view = np.ix_(*sub)
+        mask = contains_points(shape, nodes.reshape(*box_dose.shape, 3)[view].reshape(-1, 3)).reshape(
+            len(sub[0]), len(sub[1]), len(sub[2]))
         axes = ((2, grid.z, kz[sub[0]], steps[0]), (1, grid.y, ky[sub[1]], steps[1]), (0, grid.x, kx[sub[2]], steps[2]))
         snapped = [
             np.clip(np.rint((own_cloud[:, c] - a[k[0]]) / step), 0, len(k) - 1).astype(np.int64)
             for c, a, k, step in axes
         ]
         mask[snapped[0], snapped[1], snapped[2]] = True
-        view = np.ix_(*sub)
         approx[view] = np.minimum(approx[view], grid_distances(mask, tuple(steps)))
     sure = approx > distance_mm + h
     if sure.any():
@@ -322,14 +325,11 @@ def _target_volume(ctx: RuleContext, conf: dict, target: Resolution) -> tuple[fl
     numbers; only a union that leaves the grid (overlapping lesions would count twice) is
     given its own DVH, for the exact figure.
     """
-    lesions = ctx.each_target(conf["target"])
-    if conf["index"] != "d2cm" or len(lesions) < 2:
-        dvh = ctx.dvh_of(target)
-        return dvh.volume_cc, dvh.uncovered_cc
-    if any(ctx.dvh_of(each).uncovered_cc > 0 for each, _, _ in lesions if each.ok):
-        dvh = ctx.dvh_of(target)
-        return dvh.volume_cc, dvh.uncovered_cc
-    return ctx.plan.volume_cc(target.tokens), 0.0
+    lesions = ctx.each_target(conf["target"]) if conf["index"] == "d2cm" else []
+    if len(lesions) > 1 and not any(ctx.dvh_of(each).uncovered_cc > 0 for each, _, _ in lesions if each.ok):
+        return ctx.plan.volume_cc(target.tokens), 0.0
+    dvh = ctx.dvh_of(target)
+    return dvh.volume_cc, dvh.uncovered_cc
 
 
 def validate_index(conf: dict) -> list[str]:
